@@ -1,0 +1,174 @@
+"""Admin socket wire: lifecycle status events, daemon -> client only (upstream-protocol §4).
+
+Every frame is `{"id":"admin","type":"status","status":...}` with the event's detail
+flattened next to those keys (a load phase's `phase` and its fields included).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import DecodeError
+
+
+# ---- load phases ---------------------------------------------------------------
+
+class CheckingLocal(BaseModel):
+    phase: Literal["checking_local"] = "checking_local"
+    path: str
+
+
+class Download(BaseModel):
+    phase: Literal["download"] = "download"
+    downloaded_bytes: int
+    total_bytes: int | None  # serialised as null when unknown, never omitted
+    source_url: str
+
+
+class Verify(BaseModel):
+    phase: Literal["verify"] = "verify"
+    path: str
+
+
+class Quarantine(BaseModel):
+    phase: Literal["quarantine"] = "quarantine"
+    path: str
+    expected_sha256: str
+    actual_sha256: str
+    quarantine_path: str
+
+
+class Mmap(BaseModel):
+    phase: Literal["mmap"] = "mmap"
+    path: str
+
+
+class KvCache(BaseModel):
+    phase: Literal["kv_cache"] = "kv_cache"
+    n_ctx: int
+
+
+LoadPhase = Annotated[
+    Union[CheckingLocal, Download, Verify, Quarantine, Mmap, KvCache], Field(discriminator="phase")
+]
+
+
+# ---- status events -------------------------------------------------------------
+
+class Starting(BaseModel):
+    status: Literal["starting"] = "starting"
+
+
+class LoadingModel(BaseModel):
+    status: Literal["loading_model"] = "loading_model"
+    phase: LoadPhase
+
+
+class Capabilities(BaseModel):
+    """What one configured backend can do. `backend` is the config entry's name."""
+
+    status: Literal["capabilities"] = "capabilities"
+    backend: str
+    v2: bool = False
+    vision: bool = False
+    audio: bool = False
+    tools: bool = False
+    thinking: bool = False
+    embed: bool = False
+    accelerator: str = "cpu"
+    gpu_layers: int = 0
+    # Optional fields are omitted from the wire when unknown.
+    device_name: str | None = None
+    vram_total_bytes: int | None = None
+    # inferd extensions
+    model: str | None = None
+    n_ctx: int | None = None
+
+
+class Ready(BaseModel):
+    status: Literal["ready"] = "ready"
+    # inferd extension: set when a reload failed and the previous model keeps serving.
+    reload_error: str | None = None
+
+
+class Restarting(BaseModel):
+    status: Literal["restarting"] = "restarting"
+    phase: LoadPhase
+
+
+class Draining(BaseModel):
+    status: Literal["draining"] = "draining"
+
+
+StatusEvent = Annotated[
+    Union[Starting, LoadingModel, Capabilities, Ready, Restarting, Draining], Field(discriminator="status")
+]
+
+
+def status_to_dict(event: BaseModel) -> dict[str, Any]:
+    """The flattened wire object for one event."""
+    out: dict[str, Any] = {"id": "admin", "type": "status"}
+    data = event.model_dump()
+    phase = data.pop("phase", None)
+    # Optional extras are omitted when unknown; a phase's fields are kept as they are
+    # (download.total_bytes is null, not absent, when the size is unknown).
+    out.update({k: v for k, v in data.items() if v is not None})
+    if phase is not None:
+        out.update(phase)  # download.total_bytes stays null when unknown
+    return out
+
+
+def encode_status(event: BaseModel) -> bytes:
+    return json.dumps(status_to_dict(event), separators=(",", ":")).encode() + b"\n"
+
+
+# ---- client-side decoding ------------------------------------------------------
+
+class AdminEvent(BaseModel):
+    """A permissive view of any admin frame, for clients.
+
+    Unknown statuses and phases are kept verbatim and unknown keys are ignored, so a
+    newer daemon never breaks an older subscriber.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = ""
+    kind: str = Field(default="", alias="type")
+    status: str
+    phase: str = ""
+    path: str | None = None
+    downloaded_bytes: int | None = None
+    total_bytes: int | None = None
+    source_url: str | None = None
+    expected_sha256: str | None = None
+    actual_sha256: str | None = None
+    quarantine_path: str | None = None
+    n_ctx: int | None = None
+    backend: str | None = None
+    v2: bool | None = None
+    vision: bool | None = None
+    audio: bool | None = None
+    tools: bool | None = None
+    thinking: bool | None = None
+    embed: bool | None = None
+    accelerator: str | None = None
+    gpu_layers: int | None = None
+    device_name: str | None = None
+    vram_total_bytes: int | None = None
+    model: str | None = None
+    reload_error: str | None = None
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == "ready"
+
+
+def parse_admin_event(line: bytes | str) -> AdminEvent:
+    try:
+        return AdminEvent.model_validate_json(line)
+    except ValidationError as exc:
+        raise DecodeError(str(exc.errors(include_url=False)[0].get("msg", "invalid"))) from None

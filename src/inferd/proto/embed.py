@@ -1,0 +1,97 @@
+"""The embed socket's wire (ADR 0017, upstream-protocol §5)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
+
+from .errors import DecodeError, EmbedErrorCode, InvalidRequest
+from .v1 import U32, _summarise
+
+
+class EmbedTask(StrEnum):
+    RETRIEVAL_QUERY = "retrieval_query"
+    RETRIEVAL_DOCUMENT = "retrieval_document"
+    SIMILARITY = "similarity"
+    CLASSIFICATION = "classification"
+    CLUSTERING = "clustering"
+    QUESTION_ANSWERING = "question_answering"
+    FACT_VERIFICATION = "fact_verification"
+    CODE_RETRIEVAL_QUERY = "code_retrieval_query"
+
+
+class EmbedRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    id: StrictStr = ""
+    input: list[StrictStr]
+    dimensions: U32 | None = None
+    # Any string parses (a newer client's task must not close the connection);
+    # resolve() rejects names this daemon does not know.
+    task: StrictStr | None = None
+
+    def resolve(self) -> "EmbedResolved":
+        if not self.input:
+            raise InvalidRequest("input must not be empty")
+        for i, text in enumerate(self.input):
+            if text == "":
+                raise InvalidRequest(f"input[{i}] must not be empty")
+        task: EmbedTask | None = None
+        if self.task is not None:
+            try:
+                task = EmbedTask(self.task)
+            except ValueError:
+                raise InvalidRequest("task uses an unknown variant") from None
+        return EmbedResolved(id=self.id, input=list(self.input), dimensions=self.dimensions, task=task)
+
+
+class EmbedResolved(BaseModel):
+    id: str
+    input: list[str]
+    dimensions: int | None = None
+    task: EmbedTask | None = None
+
+
+class EmbedUsage(BaseModel):
+    input_tokens: int
+
+
+class EmbeddingsFrame(BaseModel):
+    type: Literal["embeddings"] = "embeddings"
+    id: str
+    embeddings: list[list[float]]
+    dimensions: int
+    model: str
+    usage: EmbedUsage
+    backend: str
+
+
+class EmbedErrorFrame(BaseModel):
+    type: Literal["error"] = "error"
+    id: str
+    code: str
+    message: str
+
+
+EmbedResponse = Annotated[Union[EmbeddingsFrame, EmbedErrorFrame], Field(discriminator="type")]
+_EMBED_RESPONSE = TypeAdapter(EmbedResponse)
+
+
+def parse_embed_request(line: bytes | str) -> EmbedRequest:
+    try:
+        return EmbedRequest.model_validate_json(line)
+    except ValidationError as exc:
+        raise DecodeError(_summarise(exc)) from None
+
+
+def parse_embed_response(line: bytes | str) -> EmbeddingsFrame | EmbedErrorFrame:
+    try:
+        return _EMBED_RESPONSE.validate_json(line)
+    except ValidationError as exc:
+        raise DecodeError(_summarise(exc)) from None
+
+
+def embed_error(id: str, code: EmbedErrorCode | str, message: str) -> EmbedErrorFrame:
+    return EmbedErrorFrame(id=id, code=str(code), message=message)

@@ -1,0 +1,63 @@
+"""Error codes and protocol-level exceptions shared by every surface.
+
+The v1 code set is closed (upstream-protocol §3.4); embed adds `embed_unsupported`
+and v2 adds `attachment_unsupported` / `tool_call_malformed`.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    QUEUE_FULL = "queue_full"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    INVALID_REQUEST = "invalid_request"
+    FRAME_TOO_LARGE = "frame_too_large"
+    INTERNAL = "internal"
+
+
+class EmbedErrorCode(StrEnum):
+    QUEUE_FULL = "queue_full"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    INVALID_REQUEST = "invalid_request"
+    FRAME_TOO_LARGE = "frame_too_large"
+    INTERNAL = "internal"
+    EMBED_UNSUPPORTED = "embed_unsupported"
+
+
+class ProtoError(Exception):
+    """A frame could not be read or a request is not acceptable."""
+
+    code: str = ErrorCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class FrameTooLarge(ProtoError):
+    code = ErrorCode.FRAME_TOO_LARGE
+
+    def __init__(self, cap: int) -> None:
+        super().__init__(f"frame exceeds {cap} byte cap")
+        self.cap = cap
+
+
+class DecodeError(ProtoError):
+    """The line is not JSON of the expected shape; the connection is closed after it."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"decode: {detail}")
+
+
+class InvalidRequest(ProtoError):
+    """Well-formed JSON that fails semantic validation; the connection stays open."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"invalid request: {detail}")
+        self.detail = detail

@@ -1,0 +1,199 @@
+"""Protocol v1: the NDJSON generation wire (upstream-protocol §3) plus our additive fields.
+
+Additive extensions (old clients ignore them, old daemons ignore the request fields):
+request `stop` and `seed`, `done.timings`; `stream: false` is honoured by the daemon.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+
+from .errors import DecodeError, ErrorCode, InvalidRequest
+
+VALID_IMAGE_TOKEN_BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
+ImageTokenBudget = Literal[70, 140, 280, 560, 1120]
+
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_P = 0.95
+DEFAULT_TOP_K = 64
+DEFAULT_MAX_TOKENS = 1000
+
+U32_MAX = 4_294_967_295
+U32 = Annotated[StrictInt, Field(ge=0, le=U32_MAX)]
+# JSON numbers: integers are acceptable where a float is expected, strings are not.
+Number = Union[StrictFloat, StrictInt]
+
+
+class Role(StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class _Wire(BaseModel):
+    # Unknown fields are ignored on parse (forward compatibility, upstream §3.1).
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class Message(_Wire):
+    role: Role
+    content: StrictStr
+
+
+class Request(_Wire):
+    id: StrictStr = ""
+    messages: list[Message]
+    temperature: Number | None = None
+    top_p: Number | None = None
+    top_k: U32 | None = None
+    max_tokens: U32 | None = None
+    stream: StrictBool | None = None
+    image_token_budget: U32 | None = None
+    grammar: StrictStr = ""
+    # inferd extensions
+    stop: list[StrictStr] | None = None
+    seed: U32 | None = None
+
+    def resolve(self) -> "Resolved":
+        """Apply server-side defaults and the semantic checks, in upstream order."""
+        if not self.messages:
+            raise InvalidRequest("messages must not be empty")
+        if self.image_token_budget is not None and self.image_token_budget not in VALID_IMAGE_TOKEN_BUDGETS:
+            raise InvalidRequest(
+                f"image_token_budget {self.image_token_budget} not in [70, 140, 280, 560, 1120]"
+            )
+        if self.stop is not None and any(s == "" for s in self.stop):
+            raise InvalidRequest("stop strings must not be empty")
+        return Resolved(
+            id=self.id,
+            messages=list(self.messages),
+            temperature=DEFAULT_TEMPERATURE if self.temperature is None else float(self.temperature),
+            top_p=DEFAULT_TOP_P if self.top_p is None else float(self.top_p),
+            top_k=DEFAULT_TOP_K if self.top_k is None else self.top_k,
+            max_tokens=DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens,
+            stream=True if self.stream is None else self.stream,
+            image_token_budget=self.image_token_budget,
+            grammar=self.grammar,
+            stop=list(self.stop or ()),
+            seed=self.seed,
+        )
+
+
+class Resolved(BaseModel):
+    """A validated request with every default applied; what a backend receives."""
+
+    id: str
+    messages: list[Message]
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    top_k: int = DEFAULT_TOP_K
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    stream: bool = True
+    image_token_budget: int | None = None
+    grammar: str = ""
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+
+
+class StopReason(StrEnum):
+    END = "end"
+    LENGTH = "length"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Timings(BaseModel):
+    """inferd extension on `done`: where the time went."""
+
+    prompt_ms: float
+    generate_ms: float
+    tokens_per_second: float
+
+
+class TokenFrame(BaseModel):
+    type: Literal["token"] = "token"
+    id: str
+    content: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return False
+
+
+class DoneFrame(BaseModel):
+    type: Literal["done"] = "done"
+    id: str
+    content: str
+    usage: Usage
+    stop_reason: StopReason
+    backend: str
+    timings: Timings | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return True
+
+
+class ErrorFrame(BaseModel):
+    type: Literal["error"] = "error"
+    id: str
+    # Kept as a plain string on decode so a newer daemon's code does not break old clients.
+    code: str
+    message: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return True
+
+
+class StatusFrame(BaseModel):
+    type: Literal["status"] = "status"
+    id: str
+    status: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return False
+
+
+Response = Annotated[Union[TokenFrame, DoneFrame, ErrorFrame, StatusFrame], Field(discriminator="type")]
+_RESPONSE = TypeAdapter(Response)
+
+
+def parse_request(line: bytes | str) -> Request:
+    """Decode one request line; any JSON or type error is a DecodeError (connection closes)."""
+    try:
+        return Request.model_validate_json(line)
+    except ValidationError as exc:
+        raise DecodeError(_summarise(exc)) from None
+
+
+def parse_response(line: bytes | str) -> TokenFrame | DoneFrame | ErrorFrame | StatusFrame:
+    try:
+        return _RESPONSE.validate_json(line)
+    except ValidationError as exc:
+        raise DecodeError(_summarise(exc)) from None
+
+
+def error_frame(id: str, code: ErrorCode | str, message: str) -> ErrorFrame:
+    return ErrorFrame(id=id, code=str(code), message=message)
+
+
+def _summarise(exc: ValidationError) -> str:
+    """A short, single-line description of the first validation problem."""
+    errors = exc.errors(include_url=False, include_input=False)
+    if not errors:
+        return "invalid JSON"
+    first = errors[0]
+    loc = ".".join(str(p) for p in first.get("loc", ()))
+    msg = first.get("msg", "invalid")
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{loc}: {msg}{more}" if loc else f"{msg}{more}"
