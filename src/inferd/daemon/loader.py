@@ -1,0 +1,148 @@
+"""Turning config entries into running backends, publishing load phases as it goes.
+
+Model files are resolved and verified first (checking_local, download, verify,
+quarantine), then the backend is constructed (mmap, kv_cache). Construction of a
+llama.cpp backend blocks for seconds, so it runs on a daemon thread: a shutdown
+signal during a load can still end the process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..engine.backend import Backend
+from ..engine.mock import MockBackend, MockConfig
+from ..proto.admin import CheckingLocal, KvCache, Mmap, Verify
+from .config import ConfigFile, LlamaCppEntry, MockEntry
+from .router import Slot
+from .store import ModelStore, StoreError, default_store_root, sha256_file
+
+T = TypeVar("T")
+PhaseSink = Callable[[Any], None]  # receives proto.admin load-phase models; thread-safe
+
+
+class LoadError(Exception):
+    """A backend could not be brought up; the message is for the operator."""
+
+
+async def run_in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Like asyncio.to_thread, but the thread never keeps the process alive."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def target() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            loop.call_soon_threadsafe(_set_exception, fut, exc)
+        else:
+            loop.call_soon_threadsafe(_set_result, fut, result)
+
+    threading.Thread(target=target, name=f"inferd-load-{getattr(fn, '__name__', 'fn')}", daemon=True).start()
+    return await fut
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+async def resolve_model_file(entry: LlamaCppEntry, cfg: ConfigFile, phase: PhaseSink) -> Path:
+    """Find (download if needed) and verify the GGUF for one llamacpp entry."""
+    if entry.model is not None:
+        store = ModelStore(default_store_root(cfg.models_home))
+        try:
+            return await run_in_daemon_thread(store.ensure, entry.model, phase, cfg.auto_pull)
+        except StoreError as exc:
+            raise LoadError(f"backend {entry.name!r}: {exc}") from None
+    assert entry.model_path is not None
+    path = Path(entry.model_path).expanduser()
+    phase(CheckingLocal(path=str(path)))
+    if not path.is_file():
+        raise LoadError(f"backend {entry.name!r}: model file {path} does not exist")
+    if entry.model_sha256:
+        phase(Verify(path=str(path)))
+        actual = await run_in_daemon_thread(sha256_file, path)
+        expected = entry.model_sha256.lower()
+        # F-5: constant-time comparison of the digests.
+        if not hmac.compare_digest(actual, expected):
+            raise LoadError(
+                f"backend {entry.name!r}: sha256 mismatch for {path}: expected {expected}, got {actual}; "
+                "the file is not the model the config names (nothing was loaded)"
+            )
+    return path
+
+
+def _mock(entry: MockEntry) -> MockBackend:
+    return MockBackend(
+        MockConfig(
+            tokens=list(entry.tokens),
+            token_delay_ms=entry.token_delay_ms,
+            drop_after=entry.drop_after,
+            pre_stream_error=entry.pre_stream_error,
+            ready_delay_ms=entry.ready_delay_ms,
+            embed=entry.embed,
+            raise_after=entry.raise_after,
+        )
+    )
+
+
+async def build_backend(entry: MockEntry | LlamaCppEntry, cfg: ConfigFile, phase: PhaseSink) -> Backend:
+    if isinstance(entry, MockEntry):
+        phase(CheckingLocal(path="(mock)"))
+        return _mock(entry)
+    path = await resolve_model_file(entry, cfg, phase)
+    try:
+        from ..engine.llamacpp import LlamaCppBackend, LlamaCppSettings
+    except ImportError as exc:
+        raise LoadError(
+            f"backend {entry.name!r} needs llama-cpp-python ({exc}); install it with `pip install 'inferd[llamacpp]'`"
+        ) from None
+    settings = LlamaCppSettings(
+        model_path=str(path),
+        n_ctx=entry.n_ctx,
+        n_threads=entry.n_threads,
+        n_batch=entry.n_batch,
+        n_gpu_layers=entry.n_gpu_layers,
+        seed=entry.seed,
+        embed=entry.embed,
+        embed_pooling=entry.embed_pooling,
+        embed_n_ctx=entry.embed_n_ctx,
+        chat_template=entry.chat_template,
+    )
+    phase(Mmap(path=str(path)))
+    phase(KvCache(n_ctx=entry.n_ctx))
+    try:
+        return await run_in_daemon_thread(LlamaCppBackend, settings)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise LoadError(f"backend {entry.name!r}: could not load {path}: {exc}") from None
+
+
+async def build_all(cfg: ConfigFile, phase: PhaseSink) -> list[Slot]:
+    slots: list[Slot] = []
+    try:
+        for entry in cfg.backends:
+            backend = await build_backend(entry, cfg, phase)
+            slots.append(Slot(label=entry.name, backend=backend, caps=backend.capabilities()))
+    except BaseException:
+        for slot in slots:
+            await stop_quietly(slot.backend, 5.0)
+        raise
+    return slots
+
+
+async def stop_quietly(backend: Backend, timeout: float) -> None:
+    try:
+        await backend.stop(timeout)
+    except Exception:  # noqa: BLE001 - best-effort release at shutdown
+        pass
