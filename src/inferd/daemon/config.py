@@ -234,15 +234,17 @@ def effective_config(opts: ServeOptions) -> tuple[ConfigFile, str]:
             embed=opts.llamacpp_embed,
         )
         return ConfigFile(backends=[_apply_overrides(entry, opts)]), "--backend llamacpp"
-    path = resolve_config_path(opts.config)
-    explicit = bool(opts.config or os.environ.get("INFERD_CONFIG"))
-    if path.exists() or explicit:
-        cfg = load_config(path)
-        cfg.backends = [_apply_overrides(e, opts) if isinstance(e, LlamaCppEntry) else e for e in cfg.backends]
-        return cfg, str(path)
-    cfg = embedded_default_config()
-    cfg.backends = [_apply_overrides(e, opts) for e in cfg.backends]  # type: ignore[arg-type]
-    return cfg, "embedded default"
+    cfg, source = config_source(opts.config)
+    cfg.backends = [_apply_overrides(e, opts) if isinstance(e, LlamaCppEntry) else e for e in cfg.backends]
+    return cfg, source
+
+
+def config_source(explicit: str | None) -> tuple[ConfigFile, str]:
+    """The config file if there is one (or one was named), else the embedded default."""
+    path = resolve_config_path(explicit)
+    if path.exists() or explicit or os.environ.get("INFERD_CONFIG"):
+        return load_config(path), str(path)
+    return embedded_default_config(), "embedded default"
 
 
 def _apply_overrides(entry: LlamaCppEntry, opts: ServeOptions) -> LlamaCppEntry:

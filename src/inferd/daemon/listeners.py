@@ -121,8 +121,9 @@ def _make_callback(surface: str, kind: str, handler: Handler, sec: ListenerSecur
                 return
             await handler(conn)
         except asyncio.CancelledError:
+            # Shutdown or reload cancelled us. End quietly: asyncio's stream
+            # callback would otherwise log the cancellation as an error.
             conn.abort()
-            raise
         except Exception:  # noqa: BLE001 - one client never takes the daemon down
             log.exception("%s connection handler failed", surface)
             conn.abort()
