@@ -29,6 +29,7 @@ from inferd.proto.v1 import (
 
 from .admin import AdminClient
 from .client import Client, FrameStream
+from .client_v2 import ClientV2, FrameStreamV2
 from .embed import EmbedClient
 from .errors import AdminClosed, ClientDecodeError, ClientError, UnexpectedEof
 from .wait import WaitPermanent, WaitTimeout, dial_and_wait_ready, is_transient_dial_error
@@ -38,6 +39,7 @@ __all__ = [
     "AdminClosed",
     "AdminEvent",
     "Client",
+    "ClientV2",
     "ClientDecodeError",
     "ClientError",
     "DoneFrame",
@@ -52,6 +54,7 @@ __all__ = [
     "ErrorCode",
     "ErrorFrame",
     "FrameStream",
+    "FrameStreamV2",
     "MAX_FRAME_BYTES",
     "Message",
     "Request",

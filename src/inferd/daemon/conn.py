@@ -57,8 +57,9 @@ class Connection:
         if transport.is_closing():
             raise ConnectionResetError("peer went away")
         writer.write(data)
-        # Fast path: the kernel took everything, nothing waits in our buffer.
-        if transport.get_write_buffer_size() == 0:
+        # Fast path: below the high-water mark drain() would not wait, so neither do
+        # we (and we skip arming a timer for every token frame).
+        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
             return
         if self.write_timeout is None:
             await writer.drain()

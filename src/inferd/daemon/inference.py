@@ -16,7 +16,7 @@ import time
 from ..engine.backend import BackendError, Done, Token
 from ..proto.errors import DecodeError, ErrorCode, FrameTooLarge, InvalidRequest
 from ..proto.framing import FrameReader, encode_frame
-from ..proto.v1 import DoneFrame, ErrorFrame, Resolved, TokenFrame, Usage, parse_request
+from ..proto.v1 import DoneFrame, ErrorFrame, Resolved, TokenLines, Usage, parse_request
 from .admission import AdmissionClosed, QueueFull
 from .conn import Connection
 from .context import DaemonContext
@@ -95,12 +95,13 @@ async def _generate(conn: Connection, ctx: DaemonContext, req: Resolved) -> bool
     done: Done | None = None
     send = conn.send
     stream_tokens = req.stream
+    token_line = TokenLines(rid)
     try:
         async for event in stream:
             if type(event) is Token:
                 parts.append(event.text)
                 if stream_tokens:
-                    await send(encode_frame(TokenFrame(id=rid, content=event.text)))
+                    await send(token_line(event.text))
             else:
                 done = event
                 break

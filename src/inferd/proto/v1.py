@@ -6,6 +6,7 @@ request `stop` and `seed`, `done.timings`; `stream: false` is honoured by the da
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 from typing import Annotated, Literal, Union
 
@@ -162,6 +163,26 @@ class StatusFrame(BaseModel):
     @property
     def is_terminal(self) -> bool:
         return False
+
+
+class TokenLines:
+    """Encodes the token frames of one request: the hot path of every generation.
+
+    Produces the same JSON object as `TokenFrame(id=..., content=...)` (the test suite
+    checks this for arbitrary text) but only serialises the changing `content`.
+    """
+
+    __slots__ = ("_head",)
+
+    def __init__(self, id: str) -> None:
+        self._head = b'{"type":"token","id":' + _json_str(id) + b',"content":'
+
+    def __call__(self, content: str) -> bytes:
+        return self._head + _json_str(content) + b"}\n"
+
+
+def _json_str(value: str) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode()
 
 
 Response = Annotated[Union[TokenFrame, DoneFrame, ErrorFrame, StatusFrame], Field(discriminator="type")]

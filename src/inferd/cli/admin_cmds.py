@@ -1,0 +1,83 @@
+"""`inferd status` and `inferd watch`: read the admin socket and print its frames."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Optional
+
+import typer
+
+from inferd.client.admin import AdminClient
+from inferd.client.errors import AdminClosed
+from inferd.proto.endpoints import default_admin_addr
+
+from .common import EXIT_FAIL, admin_json_line, describe, die, run_async
+
+# The daemon sends one capabilities frame per backend before the snapshot (#57:
+# reading a fixed two frames broke multi-backend daemons), so read a generous burst.
+STATUS_MAX_FRAMES = 64
+FRAME_TIMEOUT = 0.5
+
+AdminAddrOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--admin-addr",
+        envvar="INFERD_ADMIN_ADDR",
+        help="Admin socket path or pipe name (default: the platform's admin address).",
+        show_default=False,
+    ),
+]
+
+
+async def dial_admin_or_die(addr: str) -> AdminClient:
+    try:
+        return await AdminClient.dial_admin(addr)
+    except OSError as exc:
+        die(f"cannot connect to admin socket at {addr}: {describe(exc)}; is the daemon running?")
+
+
+async def status(addr: str) -> int:
+    admin = await dial_admin_or_die(addr)
+    seen = 0
+    ready = False
+    async with admin:
+        for _ in range(STATUS_MAX_FRAMES):
+            try:
+                event, obj = await asyncio.wait_for(admin.recv_raw(), FRAME_TIMEOUT)
+            except (TimeoutError, AdminClosed):
+                break
+            seen += 1
+            print(admin_json_line(obj), flush=True)
+            if event.status == "ready":
+                ready = True
+            if event.status != "capabilities":
+                break
+    if seen == 0:
+        die(f"no admin frame received within {int(FRAME_TIMEOUT * 1000)}ms")
+    return 0 if ready else EXIT_FAIL
+
+
+async def watch(addr: str) -> int:
+    admin = await dial_admin_or_die(addr)
+    async with admin:
+        while True:
+            try:
+                _, obj = await admin.recv_raw()
+            except AdminClosed:
+                return 0
+            print(admin_json_line(obj), flush=True)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("status")
+    def status_cmd(admin_addr: AdminAddrOpt = None) -> None:
+        """Print the daemon's capabilities and lifecycle state; exit 0 iff ready."""
+        code = run_async(status(admin_addr or default_admin_addr()))
+        raise typer.Exit(code)
+
+    @app.command("watch")
+    def watch_cmd(admin_addr: AdminAddrOpt = None) -> None:
+        """Print every admin event as a JSON line until the daemon closes the stream."""
+        code = run_async(watch(admin_addr or default_admin_addr()))
+        raise typer.Exit(code)
+

@@ -1,0 +1,125 @@
+"""`inferd doctor`: local checks, then what the running daemon says about itself.
+
+Output lines are `[ ok ] LABEL: DETAIL` / `[FAIL] LABEL: DETAIL` (upstream-engine §7.5);
+scripts grep them, so the shapes are fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Optional
+
+import typer
+
+from inferd.client.admin import AdminClient
+from inferd.client.errors import AdminClosed, ClientDecodeError
+from inferd.proto.admin import AdminEvent
+from inferd.proto.endpoints import default_admin_addr
+
+from .admin_cmds import AdminAddrOpt
+from .common import EXIT_FAIL, describe, human_bytes, run_async
+
+Line = tuple[bool, str, str]
+
+DIAL_TIMEOUT = 1.0
+FRAME_TIMEOUT = 0.5
+MAX_FRAMES = 8
+
+
+def format_line(ok: bool, label: str, detail: str) -> str:
+    return f"[{' ok ' if ok else 'FAIL'}] {label}: {detail}"
+
+
+def local_lines(config_path: str | None) -> list[Line]:
+    """Config, model and manifest checks, owned by the daemon's config module."""
+    try:
+        from inferd.daemon.config import doctor_lines
+    except Exception as exc:  # noqa: BLE001 - a broken install is itself a finding
+        return [(False, "config", f"cannot load the config checks: {describe(exc)}")]
+    try:
+        return [(bool(ok), str(label), str(detail)) for ok, label, detail in doctor_lines(config_path)]
+    except Exception as exc:  # noqa: BLE001
+        return [(False, "config", f"config checks failed: {describe(exc)}")]
+
+
+async def read_admin(addr: str) -> tuple[Line, list[AdminEvent]]:
+    """The `admin` line plus every capabilities frame seen before the snapshot."""
+    try:
+        admin = await asyncio.wait_for(AdminClient.dial_admin(addr), DIAL_TIMEOUT)
+    except TimeoutError:
+        return (False, "admin", f"{addr} did not respond within {DIAL_TIMEOUT:g}s"), []
+    except OSError as exc:
+        return (
+            False,
+            "admin",
+            f"{addr} not reachable: {describe(exc)}; daemon not running, or wrong --admin-addr",
+        ), []
+    frames: list[AdminEvent] = []
+    async with admin:
+        for _ in range(MAX_FRAMES):
+            try:
+                event = await asyncio.wait_for(admin.recv(), FRAME_TIMEOUT)
+            except (TimeoutError, AdminClosed):
+                break
+            except ClientDecodeError as exc:
+                return (False, "admin", f"connected at {addr} but got an unreadable frame: {exc}"), []
+            frames.append(event)
+            # The snapshot comes after the capabilities; anything later is live news.
+            if event.status != "capabilities":
+                break
+    if not frames:
+        return (False, "admin", f"connected at {addr} but no frame within {DIAL_TIMEOUT:g}s"), []
+    snapshot = next((f for f in frames if f.status != "capabilities"), frames[0])
+    phase = snapshot.phase or "-"
+    detail = f"connected at {addr}; daemon status={snapshot.status} phase={phase}"
+    capabilities = [f for f in frames if f.status == "capabilities"]
+    return (snapshot.status == "ready", "admin", detail), capabilities
+
+
+def _flag(value: Any) -> str:
+    return "true" if value else "false"
+
+
+def backend_line(cap: AdminEvent) -> Line:
+    detail = (
+        f"{cap.backend or '?'} accelerator={cap.accelerator or '?'} gpu_layers={cap.gpu_layers or 0}"
+        f" v2={_flag(cap.v2)} vision={_flag(cap.vision)} audio={_flag(cap.audio)}"
+        f" tools={_flag(cap.tools)} thinking={_flag(cap.thinking)} embed={_flag(cap.embed)}"
+    )
+    if cap.model is not None:
+        detail += f" model={cap.model}"
+    if cap.n_ctx is not None:
+        detail += f" n_ctx={cap.n_ctx}"
+    return True, "backend", detail
+
+
+def device_line(cap: AdminEvent) -> Line:
+    if not cap.device_name:
+        return True, "device", "cpu"
+    return True, "device", f"{cap.device_name} vram={human_bytes(cap.vram_total_bytes)}"
+
+
+async def doctor(config_path: str | None, admin_addr: str) -> list[Line]:
+    lines = local_lines(config_path)
+    admin_line, capabilities = await read_admin(admin_addr)
+    lines.append(admin_line)
+    for cap in capabilities:
+        lines.append(backend_line(cap))
+        lines.append(device_line(cap))
+    return lines
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("doctor")
+    def doctor_cmd(
+        config: Annotated[
+            Optional[str],
+            typer.Option("--config", envvar="INFERD_CONFIG", help="Config file to check.", show_default=False),
+        ] = None,
+        admin_addr: AdminAddrOpt = None,
+    ) -> None:
+        """Check the config, the model store and the running daemon; exit 0 iff all ok."""
+        lines = run_async(doctor(config, admin_addr or default_admin_addr()))
+        for ok, label, detail in lines:
+            print(format_line(ok, label, detail), flush=True)
+        raise typer.Exit(0 if all(ok for ok, _, _ in lines) else EXIT_FAIL)

@@ -1,0 +1,90 @@
+"""Retry dialing until the daemon is ready (upstream-protocol §7.2).
+
+The daemon binds its inference sockets only after the model is ready (F-13), so
+"connected" is the readiness signal: keep dialing while the failure means "not up
+yet", give up at once when it means "you may never connect".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+INITIAL_DELAY = 0.1
+MAX_DELAY = 5.0
+
+_TRANSIENT_ERRNOS = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.ETIMEDOUT, errno.EADDRNOTAVAIL))
+
+# Windows reports pipe and socket failures through winerror; the messages below
+# cover them too, these catch localised messages.
+_TRANSIENT_WINERRORS = frozenset(
+    (
+        2,  # ERROR_FILE_NOT_FOUND: the pipe does not exist yet
+        231,  # ERROR_PIPE_BUSY: all pipe instances are busy
+        1225,  # ERROR_CONNECTION_REFUSED
+        10060,  # WSAETIMEDOUT
+        10061,  # WSAECONNREFUSED
+        10049,  # WSAEADDRNOTAVAIL
+    )
+)
+
+_TRANSIENT_MESSAGES = (
+    "all pipe instances are busy",
+    "the system cannot find",
+    "target machine actively refused",
+)
+
+
+class WaitTimeout(TimeoutError):
+    """The daemon did not accept a connection within `timeout` seconds."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"daemon not ready within {timeout:g}s")
+        self.timeout = timeout
+
+
+class WaitPermanent(Exception):
+    """Dialing failed in a way retrying cannot fix; the original is `.error`."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def is_transient_dial_error(exc: BaseException) -> bool:
+    """True when a dial failure means the daemon is not (yet) listening."""
+    if not isinstance(exc, OSError) or isinstance(exc, PermissionError):
+        return False
+    if isinstance(exc, (ConnectionRefusedError, FileNotFoundError, TimeoutError)):
+        return True
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    if getattr(exc, "winerror", None) in _TRANSIENT_WINERRORS:
+        return True
+    message = str(exc).lower()
+    return any(needle in message for needle in _TRANSIENT_MESSAGES)
+
+
+async def dial_and_wait_ready(timeout: float, dial: Callable[[], Awaitable[T]]) -> T:
+    """Call `dial` until it succeeds, backing off 100 ms, 200 ms, ... up to 5 s.
+
+    The first attempt is immediate. The sleep is not clamped to the time left, so
+    the total can overshoot `timeout` by up to one delay (as upstream).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = INITIAL_DELAY
+    while True:
+        try:
+            return await dial()
+        except Exception as exc:
+            if not is_transient_dial_error(exc):
+                raise WaitPermanent(exc) from exc
+            if loop.time() >= deadline:
+                raise WaitTimeout(timeout) from exc
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, MAX_DELAY)

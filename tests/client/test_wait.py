@@ -1,0 +1,172 @@
+"""dial_and_wait_ready and the transient/permanent split (upstream-protocol §9 item 43)."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+import time
+import types
+
+import pytest
+
+from inferd.client import (
+    AdminClient,
+    ClientDecodeError,
+    UnexpectedEof,
+    WaitPermanent,
+    WaitTimeout,
+    dial_and_wait_ready,
+    is_transient_dial_error,
+)
+from inferd.client import wait as wait_mod
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+        FileNotFoundError(errno.ENOENT, "No such file or directory"),
+        TimeoutError("timed out"),
+        OSError(errno.ECONNREFUSED, "refused, as a plain OSError"),
+        OSError(errno.ENOENT, "missing, as a plain OSError"),
+        OSError(errno.ETIMEDOUT, "timed out"),
+        OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address"),
+        OSError("All pipe instances are busy."),
+        OSError("The system cannot find the file specified."),
+        OSError("No connection could be made because the target machine actively refused it."),
+    ],
+)
+def test_transient(exc):
+    assert is_transient_dial_error(exc)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        PermissionError(errno.EACCES, "Permission denied"),
+        # Even a permission error whose text looks like a busy pipe stays permanent.
+        PermissionError("All pipe instances are busy."),
+        ClientDecodeError("decode: bad frame"),
+        UnexpectedEof(),
+        OSError(errno.EINVAL, "Invalid argument"),
+        ValueError("TCP address must be HOST:PORT"),
+        RuntimeError("boom"),
+    ],
+)
+def test_permanent(exc):
+    assert not is_transient_dial_error(exc)
+
+
+class Dialer:
+    """Fails with the queued errors in order, then returns `value`."""
+
+    def __init__(self, *errors: BaseException, value: str = "client") -> None:
+        self.errors = list(errors)
+        self.calls = 0
+        self.value = value
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return self.value
+
+
+async def test_success_first_try_dials_once():
+    dial = Dialer()
+    assert await dial_and_wait_ready(5, dial) == "client"
+    assert dial.calls == 1
+
+
+async def test_two_refusals_then_success_is_three_calls():
+    dial = Dialer(ConnectionRefusedError(), FileNotFoundError())
+    started = time.monotonic()
+    assert await dial_and_wait_ready(5, dial) == "client"
+    elapsed = time.monotonic() - started
+    assert dial.calls == 3
+    # Sleeps of 100 ms then 200 ms between the attempts.
+    assert 0.28 <= elapsed < 1.5
+
+
+async def test_permanent_error_is_one_call():
+    denied = PermissionError(errno.EACCES, "Permission denied")
+    dial = Dialer(denied)
+    with pytest.raises(WaitPermanent) as info:
+        await dial_and_wait_ready(5, dial)
+    assert dial.calls == 1
+    assert info.value.error is denied
+    assert info.value.__cause__ is denied
+
+
+async def test_decode_error_is_permanent():
+    dial = Dialer(ClientDecodeError("bad"))
+    with pytest.raises(WaitPermanent):
+        await dial_and_wait_ready(5, dial)
+    assert dial.calls == 1
+
+
+async def test_constant_refusal_times_out():
+    class Refuse:
+        calls = 0
+
+        async def __call__(self):
+            self.calls += 1
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    dial = Refuse()
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout) as info:
+        await dial_and_wait_ready(0.25, dial)
+    elapsed = time.monotonic() - started
+    assert isinstance(info.value, TimeoutError)
+    assert info.value.timeout == 0.25
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+    # Attempts at 0, 0.1, 0.3 (past the deadline): the sleep is not clamped.
+    assert dial.calls == 3
+    assert 0.25 <= elapsed < 1.5
+
+
+async def test_backoff_doubles_and_caps_at_five_seconds(monkeypatch):
+    slept: list[float] = []
+    clock = [0.0]
+
+    async def fake_sleep(delay: float) -> None:
+        slept.append(delay)
+        clock[0] += delay
+
+    class Loop:
+        def time(self) -> float:
+            return clock[0]
+
+    monkeypatch.setattr(
+        wait_mod, "asyncio", types.SimpleNamespace(sleep=fake_sleep, get_running_loop=lambda: Loop())
+    )
+    dial = Dialer(*[ConnectionRefusedError() for _ in range(9)])
+    assert await dial_and_wait_ready(60, dial) == "client"
+    assert slept == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0])
+    assert dial.calls == 10
+
+
+async def test_real_socket_appears_while_waiting(servers, sock_dir):
+    path = str(sock_dir / "late.sock")
+
+    async def bind_later():
+        await asyncio.sleep(0.3)
+        await servers.uds(lambda r, w: r.read(), name="late.sock")
+
+    binder = asyncio.create_task(bind_later())
+    admin = await dial_and_wait_ready(5, lambda: AdminClient.dial_admin_uds(path))
+    await binder
+    await admin.aclose()
+
+
+async def test_stale_socket_file_is_transient_refusal(sock_dir):
+    path = str(sock_dir / "stale.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.close()  # the file stays, nobody listens: what a crashed daemon leaves
+    with pytest.raises(WaitTimeout) as info:
+        await dial_and_wait_ready(0.15, lambda: AdminClient.dial_admin_uds(path))
+    assert isinstance(info.value.__cause__, ConnectionRefusedError)
+
