@@ -1,0 +1,459 @@
+"""The NDJSON activity log: `<log dir>/inferd.ndjson`, one JSON object per line.
+
+Each record is `{"t", "level", "component", "msg", ...fields}` with `t` in RFC 3339
+UTC with milliseconds. Before a line reaches the disk it goes through `redact`
+(THREAT_MODEL F-3); the live file is rotated at 16 MiB keeping three older
+generations (F-4).
+
+What callers may log: request ids, counts, token usage, stop reasons, backend
+names, peer identities, timings. Never prompt text, message content, generated
+output or attachment bytes at `info` or above; such text may only be logged at
+`debug`, which an operator has to switch on (`INFERD_LOG=debug`). The redactor
+is a safety net for credentials that slip into ids and error messages, not a
+licence to log content.
+
+The level threshold comes from `INFERD_LOG` (`debug`, `info` (default), `warn`,
+`error`, `off`; `0` means off and `1` means info, as the upstream docs describe;
+an EnvFilter-style `target=level,...` list uses its most verbose level).
+
+Logging must never take the daemon down: serialisation problems turn into a
+synthetic error record, and write errors are swallowed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import stat
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+__all__ = [
+    "ActivityLog",
+    "ActivitySink",
+    "DEFAULT_GENERATIONS",
+    "DEFAULT_MAX_BYTES",
+    "LOG_FILE_NAME",
+    "NullActivityLog",
+    "default_log_dir",
+    "parse_level",
+    "redact",
+]
+
+LOG_FILE_NAME = "inferd.ndjson"
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024  # F-4
+DEFAULT_GENERATIONS = 3  # F-4
+
+_LEVELS = {"trace": 0, "debug": 1, "info": 2, "warn": 3, "error": 4}
+_OFF = 5
+_LEVEL_ALIASES = {
+    "warning": "warn",
+    "critical": "error",
+    "fatal": "error",
+    "err": "error",
+}
+
+
+def default_log_dir() -> Path:
+    """`$INFERD_LOG_DIR` when set and non-empty, else the platform's per-user log dir."""
+    env = os.environ.get("INFERD_LOG_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    # appauthor=False: on Windows this gives %LOCALAPPDATA%\inferd\Logs rather
+    # than a doubled inferd\inferd.
+    return Path(platformdirs.user_log_dir("inferd", appauthor=False))
+
+
+# --------------------------------------------------------------------------- #
+# Redaction (F-3)
+# --------------------------------------------------------------------------- #
+#
+# The rules and markers are upstream's (its THREAT_MODEL F-3 redactor); they run
+# on the serialised JSON line, exactly what reaches the disk. Two details are ours:
+#   * A secret that is a JSON field (`"password": "..."`,
+#     `"authorization": "Bearer ..."`) keeps its key and quotes and only the value
+#     becomes the marker, so the line stays valid JSON. Anywhere else the whole
+#     match becomes the marker, as upstream does.
+#   * Prefix-style keys (`sk-`, `AKIA`, ...) must start at a word boundary, so
+#     `task-specific-model` or `disk-usage-...` in a model path is not mistaken
+#     for `sk-...`. In a serialised line the text after a JSON escape such as
+#     `\n` or `\u001b` counts as a boundary too.
+
+_AUTH_MARK = "[REDACTED:auth-header]"
+_SECRET_MARK = "[REDACTED:secret-kv]"
+
+_SECRET_WORDS = r"(?:password|passwd|pwd|api_key|apikey|api-key|secret|token)"
+_AUTH_VALUE = r"(?:bearer|basic|token)\s+[A-Za-z0-9._~+/=\-]{8,}"
+# A value stops at whitespace, quotes, backslashes (JSON escapes) and the usual
+# separators, so a replacement never swallows the structure around it.
+_KV_VALUE = r"[^\s\"'\\,;&]{4,}"
+_BOUNDARY = r"(?:(?<![A-Za-z0-9])|(?<=\\[bfnrt])|(?<=\\u[0-9a-fA-F]{4}))"
+
+# `"authorization": "Bearer xyz..."` as a JSON field: keep the key and quotes.
+_AUTH_FIELD = re.compile(r'(?P<keep>authorization"\s*:\s*")' + _AUTH_VALUE, re.IGNORECASE)
+# `Authorization: Bearer xyz...`, `authorization=token xyz...` inside text.
+_AUTH_TEXT = re.compile(
+    r"authorization(?:\\\")?\s*[:=]\s*(?:\\\"|\"|')?" + _AUTH_VALUE, re.IGNORECASE
+)
+# `"db_password": "..."` / `"token": 12345678` as a JSON field: keep the key.
+_SECRET_FIELD = re.compile(
+    r'(?P<keep>' + _SECRET_WORDS + r'"\s*:\s*)'
+    r'(?:"(?:[^"\\]|\\.){4,}"|-?[0-9][0-9.eE+\-]{3,})',
+    re.IGNORECASE,
+)
+# `password=hunter22`, `token: abcd`, `secret="abcd"` (escaped or not) inside text.
+_SECRET_TEXT = re.compile(
+    _SECRET_WORDS + r"(?:\\\")?\s*[:=]\s*(?:\\\"|\"|')?" + _KV_VALUE, re.IGNORECASE
+)
+
+_SIMPLE_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (_AUTH_TEXT, _AUTH_MARK),
+    (_SECRET_TEXT, _SECRET_MARK),
+    (
+        re.compile(_BOUNDARY + r"eyJ[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*"),
+        "[REDACTED:jwt]",
+    ),
+    (
+        re.compile(
+            _BOUNDARY
+            + r"(?:sk-[A-Za-z0-9_\-]{16,}"
+            + r"|xox[baps]-[A-Za-z0-9\-]{10,}"
+            + r"|gh[posu]_[A-Za-z0-9]{20,}"
+            + r"|pat-[A-Za-z0-9_\-]{16,}"
+            + r"|thingspat_[A-Za-z0-9_\-]{16,})"
+        ),
+        "[REDACTED:api-key]",
+    ),
+    (re.compile(_BOUNDARY + r"AKIA[0-9A-Z]{16}"), "[REDACTED:aws-access]"),
+    (re.compile(_BOUNDARY + r"ASIA[0-9A-Z]{16}"), "[REDACTED:aws-session]"),
+)
+
+
+def _keep_key(mark: str, *, quoted: bool) -> Callable[[re.Match[str]], str]:
+    value = f'"{mark}"' if quoted else mark
+
+    def replace(m: re.Match[str]) -> str:
+        return m.group("keep") + value
+
+    return replace
+
+
+_REPLACE_AUTH_FIELD = _keep_key(_AUTH_MARK, quoted=False)
+_REPLACE_SECRET_FIELD = _keep_key(_SECRET_MARK, quoted=True)
+_SECRET_KEY = re.compile(_SECRET_WORDS + r"$", re.IGNORECASE)
+_AUTH_KEY_VALUE = re.compile(_AUTH_VALUE, re.IGNORECASE)
+
+
+def redact(line: str) -> str:
+    """Replace credentials in `line` (plain text or a serialised JSON record) with markers.
+
+    auth headers -> [REDACTED:auth-header]; password/secret/token/api key
+    `key=value` pairs -> [REDACTED:secret-kv]; JWTs -> [REDACTED:jwt];
+    sk-/xox?-/gh?_/pat-/thingspat_ keys -> [REDACTED:api-key];
+    AKIA... -> [REDACTED:aws-access]; ASIA... -> [REDACTED:aws-session].
+    """
+    if not line:
+        return line
+    out = _AUTH_FIELD.sub(_REPLACE_AUTH_FIELD, line)
+    out = _SECRET_FIELD.sub(_REPLACE_SECRET_FIELD, out)
+    for pattern, mark in _SIMPLE_RULES:
+        out = pattern.sub(mark, out)
+    return out
+
+
+# --------------------------------------------------------------------------- #
+# Levels
+# --------------------------------------------------------------------------- #
+
+
+def _normalise_level(level: str) -> str:
+    name = str(level).strip().lower()
+    return _LEVEL_ALIASES.get(name, name)
+
+
+def parse_level(spec: str | None) -> int:
+    """Threshold rank for an `INFERD_LOG` value; unknown or empty means `info`."""
+    if spec is None or not spec.strip():
+        return _LEVELS["info"]
+    ranks: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name = _normalise_level(part.rsplit("=", 1)[-1])
+        if name in ("off", "0", "none"):
+            ranks.append(_OFF)
+        elif name == "1":
+            ranks.append(_LEVELS["info"])
+        elif name in _LEVELS:
+            ranks.append(_LEVELS[name])
+    return min(ranks) if ranks else _LEVELS["info"]
+
+
+def _rank(level: str) -> int:
+    return _LEVELS.get(level, _LEVELS["info"])
+
+
+def _timestamp() -> str:
+    now = datetime.now(timezone.utc)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+# --------------------------------------------------------------------------- #
+# Serialisation
+# --------------------------------------------------------------------------- #
+
+_MAX_DEPTH = 16
+
+
+def _plain(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe copy: str keys, lists for sequences, str() for everything else."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth >= _MAX_DEPTH:
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v, depth + 1) for v in value]
+    return str(value)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def _redact_tree(value: Any, key: str | None = None) -> Any:
+    """Field-by-field redaction of a parsed record; used when line redaction misfires."""
+    if isinstance(value, dict):
+        return {redact(k): _redact_tree(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact_tree(v) for v in value]
+    if key is not None and not isinstance(value, bool) and isinstance(value, (str, int, float)):
+        if _SECRET_KEY.search(key) and len(str(value)) >= 4:
+            return _SECRET_MARK
+        if key.lower().endswith("authorization") and isinstance(value, str):
+            if _AUTH_KEY_VALUE.match(value):
+                return _AUTH_MARK
+    if isinstance(value, str):
+        return redact(value)
+    return value
+
+
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _serialise(record: dict[str, Any]) -> str:
+    try:
+        line = _dumps(record)
+    except (TypeError, ValueError, RecursionError):
+        try:
+            record = _plain(record)
+            line = _dumps(record)
+        except Exception as exc:  # noqa: BLE001 - a log call must not raise
+            line = _dumps(
+                {
+                    "t": record.get("t", _timestamp()),
+                    "level": "error",
+                    "component": "activity",
+                    "msg": "log record could not be serialised",
+                    "error": type(exc).__name__,
+                    "dropped_component": str(record.get("component", "")),
+                    "dropped_msg": str(record.get("msg", "")),
+                }
+            )
+            record = json.loads(line)
+    # F-3: redact the serialised line, exactly what would reach the disk.
+    clean = redact(line)
+    if clean != line and not _is_json(clean):
+        # A match straddled a JSON escape; redact the strings one by one
+        # instead, which cannot break the syntax.
+        clean = _dumps(_redact_tree(json.loads(line)))
+    return clean
+
+
+# --------------------------------------------------------------------------- #
+# Sinks
+# --------------------------------------------------------------------------- #
+
+
+class ActivitySink(Protocol):
+    def record(self, level: str, component: str, msg: str, **fields: Any) -> None: ...
+
+    def enabled(self, level: str) -> bool: ...
+
+    def close(self) -> None: ...
+
+
+class ActivityLog:
+    """Append-only NDJSON log with size-based rotation; safe to call from any thread."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        generations: int = DEFAULT_GENERATIONS,
+        *,
+        level: str | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / LOG_FILE_NAME
+        self.max_bytes = max_bytes
+        self.generations = max(0, generations)
+        self._threshold = parse_level(os.environ.get("INFERD_LOG") if level is None else level)
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._ino: tuple[int, int] | None = None
+        self._size = 0
+        self._closed = False
+
+    # -- public ------------------------------------------------------------- #
+
+    def enabled(self, level: str) -> bool:
+        """Whether a record at `level` would be written (to skip building costly fields)."""
+        return self._threshold < _OFF and _rank(_normalise_level(level)) >= self._threshold
+
+    def record(self, level: str, component: str, msg: str, **fields: Any) -> None:
+        name = _normalise_level(level)
+        if not self.enabled(name):
+            return
+        entry: dict[str, Any] = {"t": _timestamp(), "level": name, "component": component, "msg": msg}
+        for key, value in fields.items():
+            # The four envelope keys are authoritative.
+            entry[f"field_{key}" if key in entry else key] = value
+        try:
+            data = (_serialise(entry) + "\n").encode("utf-8", "backslashreplace")
+        except Exception:  # noqa: BLE001 - a log call must not raise
+            return
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self._write(data)
+            except OSError:
+                # Disk full, directory gone, read-only mount: drop the record,
+                # and reopen next time in case the condition has cleared.
+                self._close_fd()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._close_fd()
+
+    def __enter__(self) -> ActivityLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals (called with self._lock held) ----------------------------- #
+
+    def _open(self) -> None:
+        from inferd.daemon.paths import ensure_private_dir
+
+        ensure_private_dir(self.directory)
+        # O_NOFOLLOW: a symlink planted at the log path must not redirect our
+        # writes into another file (same reasoning as F-2).
+        flags = (
+            os.O_WRONLY
+            | os.O_APPEND
+            | os.O_CREAT
+            | getattr(os, "O_NOFOLLOW", 0)
+            | getattr(os, "O_CLOEXEC", 0)
+            | getattr(os, "O_BINARY", 0)
+        )
+        fd = os.open(self.path, flags, 0o600)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise OSError(f"{self.path} is not a regular file")
+        self._fd = fd
+        self._ino = (st.st_dev, st.st_ino)
+        self._size = st.st_size
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        self._ino = None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _still_ours(self) -> bool:
+        """Whether the live path still names the file we hold open.
+
+        If the file or its directory was removed or replaced behind our back,
+        writes to the old descriptor would vanish silently; reopen instead.
+        """
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._ino
+
+    def _write(self, data: bytes) -> None:
+        if self._fd is not None and not self._still_ours():
+            self._close_fd()
+        if self._fd is None:
+            self._open()
+        # F-4: rotate before a record would push a non-empty file past the cap.
+        if self._size > 0 and self._size + len(data) > self.max_bytes:
+            self._rotate()
+        assert self._fd is not None
+        written = os.write(self._fd, data)
+        self._size += written
+
+    def _rotate(self) -> None:
+        self._close_fd()
+        base = str(self.path)
+        if self.generations == 0:
+            _unlink_quietly(base)
+        else:
+            _unlink_quietly(f"{base}.{self.generations}")
+            for n in range(self.generations - 1, 0, -1):
+                try:
+                    os.replace(f"{base}.{n}", f"{base}.{n + 1}")
+                except FileNotFoundError:
+                    pass
+            os.replace(base, f"{base}.1")
+        self._open()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class NullActivityLog:
+    """An activity log that drops everything (tests, embedding the daemon)."""
+
+    def enabled(self, level: str) -> bool:
+        return False
+
+    def record(self, level: str, component: str, msg: str, **fields: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> NullActivityLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None

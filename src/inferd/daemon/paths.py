@@ -1,0 +1,119 @@
+"""Filesystem guards for the daemon's runtime paths (Unix socket files, their directory).
+
+A socket path lives in a directory other local users might be able to write to
+(`/tmp/inferd-<uid>/` is the last-resort default), so nothing here follows a
+symlink or deletes something it did not positively identify as a dead socket
+(THREAT_MODEL F-2).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from pathlib import Path
+
+__all__ = [
+    "SocketPathError",
+    "ensure_private_dir",
+    "prepare_socket_path",
+    "remove_socket_file",
+]
+
+# How long the liveness probe of an existing socket file may take. A live
+# listener with a full backlog makes connect() wait; that still means "in use".
+_PROBE_TIMEOUT_S = 1.0
+
+
+class SocketPathError(OSError):
+    """A socket path cannot be used safely; the message says why."""
+
+
+def ensure_private_dir(directory: str | Path) -> None:
+    """Create `directory` (and missing parents) if absent, the leaf with mode 0700.
+
+    An existing directory is left exactly as it is: tightening e.g. `/tmp` or a
+    systemd `RuntimeDirectory` the operator chose is not ours to do.
+    """
+    directory = Path(directory)
+    if directory.is_dir():
+        return
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=False)
+    except FileExistsError:
+        # Lost a race with another creator (or it is not a directory; the
+        # caller's next open/bind reports that more precisely than we could).
+        return
+    # makedirs' mode is filtered through the umask; an unusual umask such as
+    # 0o277 would leave the directory unusable, and a sloppy one is irrelevant
+    # here, so set the bits explicitly.
+    os.chmod(directory, 0o700)
+
+
+def prepare_socket_path(path: str | Path) -> None:
+    """Make `path` ready for bind(): create its directory, clear a stale socket file.
+
+    Raises SocketPathError when the path is a symlink, a directory, another kind
+    of file, or a socket some process is still listening on.
+    """
+    path = Path(path)
+    ensure_private_dir(path.parent)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    # F-2: a planted symlink would make bind() or unlink() act on its target.
+    if stat.S_ISLNK(st.st_mode):
+        raise SocketPathError(f"refusing socket path {path}: it is a symlink")
+    if stat.S_ISDIR(st.st_mode):
+        raise SocketPathError(f"refusing socket path {path}: it is a directory")
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketPathError(f"refusing socket path {path}: it exists and is not a socket")
+
+    if _socket_is_live(path):
+        raise SocketPathError(f"{path} is in use by a running process")
+    # Stale: left behind by a daemon that died without cleaning up. unlink()
+    # removes the directory entry itself and never follows a link, so a swap
+    # between the lstat above and here cannot redirect it.
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _socket_is_live(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(_PROBE_TIMEOUT_S)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except (TimeoutError, BlockingIOError):
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return False
+        # EACCES and friends: we cannot tell, and the bind() would fail anyway.
+        raise SocketPathError(f"cannot tell whether {path} is in use: {exc.strerror or exc}") from exc
+    else:
+        return True
+    finally:
+        probe.close()
+
+
+def remove_socket_file(path: str | Path) -> bool:
+    """Remove `path` if it is a socket file; return whether something was removed.
+
+    Used on shutdown. Anything else at the path (symlink, regular file, nothing,
+    or a path we cannot stat) is left alone, and errors are swallowed: cleanup
+    must never turn a clean exit into a crash.
+    """
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISSOCK(st.st_mode):
+            return False
+        os.unlink(path)
+    except OSError:
+        return False
+    return True

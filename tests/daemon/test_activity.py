@@ -1,0 +1,408 @@
+"""The NDJSON activity log: record shape, redaction (F-3), rotation (F-4), levels, failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import platformdirs
+import pytest
+
+from inferd.daemon.activity import (
+    LOG_FILE_NAME,
+    ActivityLog,
+    NullActivityLog,
+    default_log_dir,
+    parse_level,
+    redact,
+)
+
+GHP = "ghp_" + "A1b2C3d4E5" * 3 + "f6G7h8"  # 36 characters after the prefix
+JWT = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9"
+    ".eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ"
+    ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+)
+
+
+def read_records(directory: Path, name: str = LOG_FILE_NAME) -> list[dict]:
+    text = (directory / name).read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+@pytest.fixture(autouse=True)
+def _default_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INFERD_LOG", raising=False)
+
+
+# --------------------------------------------------------------------------- #
+# Record shape
+# --------------------------------------------------------------------------- #
+
+
+def test_record_shape(tmp_path: Path) -> None:
+    log = ActivityLog(tmp_path)
+    before = datetime.now(timezone.utc)
+    log.record(
+        "INFO",
+        "activity",
+        "v2_request_done",
+        req_id="log-r1",
+        backend="mock",
+        output_tokens=2,
+        stop_reason="end_turn",
+    )
+    log.close()
+    (rec,) = read_records(tmp_path)
+    assert list(rec)[:4] == ["t", "level", "component", "msg"]
+    assert rec["level"] == "info"
+    assert rec["component"] == "activity"
+    assert rec["msg"] == "v2_request_done"
+    assert rec["req_id"] == "log-r1"
+    assert rec["backend"] == "mock"
+    assert rec["output_tokens"] == 2
+    assert rec["stop_reason"] == "end_turn"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", rec["t"]), rec["t"]
+    stamp = datetime.strptime(rec["t"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    assert abs((stamp - before).total_seconds()) < 60
+
+
+def test_one_line_per_record_and_file_mode(tmp_path: Path) -> None:
+    log = ActivityLog(tmp_path)
+    log.record("info", "lifecycle", "first", note="line\nbreak")
+    log.record("warn", "lifecycle", "second")
+    log.close()
+    raw = (tmp_path / LOG_FILE_NAME).read_text()
+    assert raw.count("\n") == 2
+    assert [r["msg"] for r in read_records(tmp_path)] == ["first", "second"]
+    assert read_records(tmp_path)[1]["level"] == "warn"
+    assert (os.stat(tmp_path / LOG_FILE_NAME).st_mode & 0o777) == 0o600
+
+
+def test_unserialisable_fields_become_strings(tmp_path: Path) -> None:
+    class Thing:
+        def __str__(self) -> str:
+            return "thing!"
+
+    cyclic: dict = {}
+    cyclic["self"] = cyclic
+    log = ActivityLog(tmp_path)
+    log.record("info", "activity", "odd", obj=Thing(), path=Path("/x/y"), ratio=float("inf"))
+    log.record("info", "activity", "odder", nested={(1, 2): Thing()}, cyclic=cyclic)
+    log.close()
+    first, second = read_records(tmp_path)
+    assert first["obj"] == "thing!"
+    assert first["path"] == "/x/y"
+    assert first["ratio"] == "inf"
+    assert second["nested"] == {"(1, 2)": "thing!"}
+    assert second["msg"] == "odder"
+
+
+def test_envelope_keys_win_over_fields(tmp_path: Path) -> None:
+    log = ActivityLog(tmp_path)
+    log.record("info", "activity", "m", t="not a time")
+    log.close()
+    (rec,) = read_records(tmp_path)
+    assert rec["t"] != "not a time"
+    assert rec["field_t"] == "not a time"
+
+
+# --------------------------------------------------------------------------- #
+# Redaction (F-3)
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("key sk-1234567890abcdefghij here", "key [REDACTED:api-key] here"),
+        ("id=AKIAABCDEFGHIJKLMNOP", "id=[REDACTED:aws-access]"),
+        ("ASIAABCDEFGHIJKLMNOP", "[REDACTED:aws-session]"),
+        (f"push with {GHP}", "push with [REDACTED:api-key]"),
+        ("gho_" + "x" * 20, "[REDACTED:api-key]"),
+        ("xoxb-1234567890-abcd", "[REDACTED:api-key]"),
+        ("pat-na1-0123456789abcdef", "[REDACTED:api-key]"),
+        ("thingspat_0123456789abcdef", "[REDACTED:api-key]"),
+        (f"session {JWT}", "session [REDACTED:jwt]"),
+        ("Authorization: Bearer abcdefgh12345", "[REDACTED:auth-header]"),
+        ("authorization=basic dXNlcjpwYXNz", "[REDACTED:auth-header]"),
+        ("password=hunter22", "[REDACTED:secret-kv]"),
+        ("login with PASSWD: hunter22 now", "login with [REDACTED:secret-kv] now"),
+        ("api_key=abcd&user=bob", "[REDACTED:secret-kv]&user=bob"),
+        ("api-key: abcd", "[REDACTED:secret-kv]"),
+        ('token="abcd1234"', '[REDACTED:secret-kv]"'),
+    ],
+)
+def test_redaction_rules(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The quick brown fox jumps over the lazy dog.",
+        "loaded task-specific-model-q4_k_m.gguf from disk-cache-0123456789",
+        "sk-short",  # below the 16-character minimum
+        "AKIA1234",  # not 16 after the prefix
+        "password=abc",  # value below 4 characters
+        "input_tokens=12 output_tokens=34 stop_reason=end",
+        "Authorization: Bearer short",
+    ],
+)
+def test_redaction_leaves_innocent_text_alone(text: str) -> None:
+    assert redact(text) == text
+
+
+def test_secrets_never_reach_disk(tmp_path: Path) -> None:
+    secrets = [
+        "sk-1234567890abcdefghij",
+        "AKIAABCDEFGHIJKLMNOP",
+        GHP,
+        JWT,
+        "abcdefgh12345",
+        "hunter22",
+    ]
+    log = ActivityLog(tmp_path)
+    log.record("info", "activity", "v2_request_done", req_id="sk-1234567890abcdefghij")
+    log.record("info", "activity", "aws", key="AKIAABCDEFGHIJKLMNOP", gh=GHP)
+    log.record("warn", "activity", f"rejected {JWT}")
+    log.record("info", "activity", "hdr", header="Authorization: Bearer abcdefgh12345")
+    log.record("info", "activity", "kv", password="hunter22", note="login\npassword=hunter22")
+    log.record("info", "activity", "plain", sentence="nothing to see here")
+    # After a JSON escape (\n, \t, \u001b) a key still starts at a boundary.
+    log.record("error", "activity", "multi", text="first\nsk-1234567890abcdefghij\tAKIAABCDEFGHIJKLMNOP")
+    log.record("error", "activity", "esc", text="\x1bsk-1234567890abcdefghij")
+    log.close()
+    raw = (tmp_path / LOG_FILE_NAME).read_text()
+    for secret in secrets:
+        assert secret not in raw
+    for marker in ("api-key", "aws-access", "jwt", "auth-header", "secret-kv"):
+        assert f"[REDACTED:{marker}]" in raw
+    records = read_records(tmp_path)  # every line is still valid JSON
+    assert records[0]["req_id"] == "[REDACTED:api-key]"
+    assert records[4]["password"] == "[REDACTED:secret-kv]"
+    assert records[5]["sentence"] == "nothing to see here"
+
+
+def test_redaction_that_straddles_an_escape_still_yields_json(tmp_path: Path) -> None:
+    log = ActivityLog(tmp_path)
+    # On the serialised line "\x1a" becomes \u001a and "\t" becomes \t, so the
+    # line-level rules see "api_key=..." and "token=..." that are not in the text.
+    log.record(
+        "info",
+        "activity",
+        "edge",
+        a="\x1apassword=hunter22",
+        b="\x1api_key=abcdef",
+        c="\token=abcdefg",
+        d="sk-1234567890abcdefghij",
+    )
+    log.close()
+    (rec,) = read_records(tmp_path)  # fails if the line is not valid JSON
+    assert rec["a"] == "\x1a[REDACTED:secret-kv]"
+    assert rec["b"] == "\x1api_key=abcdef"
+    assert rec["c"] == "\token=abcdefg"
+    assert rec["d"] == "[REDACTED:api-key]"
+
+
+# --------------------------------------------------------------------------- #
+# Rotation (F-4)
+# --------------------------------------------------------------------------- #
+
+
+def test_rotation_cascade_keeps_live_plus_three(tmp_path: Path) -> None:
+    log = ActivityLog(tmp_path, max_bytes=50)
+    for i in range(8):
+        log.record("info", "activity", f"m{i}")  # each record alone exceeds 50 bytes
+    log.close()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [LOG_FILE_NAME, f"{LOG_FILE_NAME}.1", f"{LOG_FILE_NAME}.2", f"{LOG_FILE_NAME}.3"]
+    # Newest in the live file, then .1, .2, .3; m0..m3 have been dropped.
+    assert [r["msg"] for r in read_records(tmp_path)] == ["m7"]
+    assert [r["msg"] for r in read_records(tmp_path, f"{LOG_FILE_NAME}.1")] == ["m6"]
+    assert [r["msg"] for r in read_records(tmp_path, f"{LOG_FILE_NAME}.2")] == ["m5"]
+    assert [r["msg"] for r in read_records(tmp_path, f"{LOG_FILE_NAME}.3")] == ["m4"]
+
+
+def test_rotation_only_when_the_cap_would_be_exceeded(tmp_path: Path) -> None:
+    log = ActivityLog(tmp_path, max_bytes=400)
+    for i in range(6):
+        log.record("info", "activity", f"m{i}")
+    log.close()
+    live = (tmp_path / LOG_FILE_NAME).stat().st_size
+    old = (tmp_path / f"{LOG_FILE_NAME}.1").stat().st_size
+    assert live <= 400 and old <= 400
+    assert not (tmp_path / f"{LOG_FILE_NAME}.2").exists()
+    msgs = [r["msg"] for r in read_records(tmp_path, f"{LOG_FILE_NAME}.1")]
+    msgs += [r["msg"] for r in read_records(tmp_path)]
+    assert msgs == [f"m{i}" for i in range(6)]
+
+
+def test_rotation_counts_an_existing_file(tmp_path: Path) -> None:
+    (tmp_path / LOG_FILE_NAME).write_text('{"msg":"from a previous run"}\n' * 3)
+    log = ActivityLog(tmp_path, max_bytes=100)
+    log.record("info", "activity", "fresh")
+    log.close()
+    assert [r["msg"] for r in read_records(tmp_path)] == ["fresh"]
+    assert (tmp_path / f"{LOG_FILE_NAME}.1").read_text().count("previous run") == 3
+
+
+def test_concurrent_writers_do_not_interleave(tmp_path: Path) -> None:
+    log = ActivityLog(tmp_path, max_bytes=4096)
+
+    def work(n: int) -> None:
+        for i in range(100):
+            log.record("info", "worker", "tick", worker=n, i=i, pad="x" * 40)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 4
+    for f in files:
+        for line in f.read_text().splitlines():
+            assert json.loads(line)["msg"] == "tick"
+        assert f.stat().st_size <= 4096
+
+
+# --------------------------------------------------------------------------- #
+# Levels
+# --------------------------------------------------------------------------- #
+
+
+def test_default_level_is_info(tmp_path: Path) -> None:
+    log = ActivityLog(tmp_path)
+    log.record("debug", "activity", "prompt text would go here")
+    log.record("info", "activity", "kept")
+    log.close()
+    assert [r["msg"] for r in read_records(tmp_path)] == ["kept"]
+
+
+@pytest.mark.parametrize(
+    ("env", "kept"),
+    [
+        ("debug", ["d", "i", "w", "e"]),
+        ("info", ["i", "w", "e"]),
+        ("warn", ["w", "e"]),
+        ("WARNING", ["w", "e"]),
+        ("error", ["e"]),
+        ("inferd=debug,warn", ["d", "i", "w", "e"]),
+        ("nonsense", ["i", "w", "e"]),
+    ],
+)
+def test_level_threshold_from_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str, kept: list[str]
+) -> None:
+    monkeypatch.setenv("INFERD_LOG", env)
+    log = ActivityLog(tmp_path)
+    for level in ("debug", "info", "warn", "error"):
+        log.record(level, "activity", level[0])
+    log.close()
+    assert [r["msg"] for r in read_records(tmp_path)] == kept
+
+
+@pytest.mark.parametrize("env", ["off", "0"])
+def test_level_off_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str) -> None:
+    monkeypatch.setenv("INFERD_LOG", env)
+    log = ActivityLog(tmp_path / "logs")
+    log.record("error", "activity", "boom")
+    log.close()
+    assert not (tmp_path / "logs" / LOG_FILE_NAME).exists()
+    assert not log.enabled("error")
+
+
+def test_explicit_level_overrides_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERD_LOG", "error")
+    log = ActivityLog(tmp_path, level="debug")
+    log.record("debug", "activity", "d")
+    log.close()
+    assert [r["msg"] for r in read_records(tmp_path)] == ["d"]
+    assert parse_level(None) == parse_level("info")
+
+
+# --------------------------------------------------------------------------- #
+# Where the log lives
+# --------------------------------------------------------------------------- #
+
+
+def test_inferd_log_dir_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "custom" / "logs"
+    monkeypatch.setenv("INFERD_LOG_DIR", str(target))
+    assert default_log_dir() == target
+    log = ActivityLog(default_log_dir())
+    log.record("info", "lifecycle", "inferd-daemon starting")
+    log.close()
+    assert read_records(target)[0]["msg"] == "inferd-daemon starting"
+    assert (os.stat(target).st_mode & 0o777) == 0o700
+
+
+def test_empty_inferd_log_dir_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("INFERD_LOG_DIR", "")
+    assert default_log_dir() == Path(platformdirs.user_log_dir("inferd", appauthor=False))
+    monkeypatch.delenv("INFERD_LOG_DIR")
+    assert default_log_dir().name in ("log", "Logs", "inferd")
+
+
+# --------------------------------------------------------------------------- #
+# Failures never propagate
+# --------------------------------------------------------------------------- #
+
+
+def test_directory_removed_while_open(tmp_path: Path) -> None:
+    directory = tmp_path / "logs"
+    log = ActivityLog(directory)
+    log.record("info", "activity", "before")
+    shutil.rmtree(directory)
+    directory.write_text("a file where the directory was")  # makes every reopen fail
+    log.record("info", "activity", "lost")  # must not raise
+    directory.unlink()
+    log.record("info", "activity", "after")  # recovers once the path is usable again
+    log.close()
+    assert [r["msg"] for r in read_records(directory)] == ["after"]
+
+
+def test_unwritable_log_path_does_not_raise(tmp_path: Path) -> None:
+    # Root ignores permission bits, so block the write with a directory squatting
+    # on the log file's name instead of a read-only mode.
+    (tmp_path / LOG_FILE_NAME).mkdir()
+    log = ActivityLog(tmp_path, max_bytes=10)
+    log.record("info", "activity", "dropped")
+    log.record("info", "activity", "dropped again")
+    log.close()
+    assert (tmp_path / LOG_FILE_NAME).is_dir()
+
+
+def test_symlink_at_log_path_is_not_followed(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / LOG_FILE_NAME).symlink_to(victim)
+    log = ActivityLog(logs)
+    log.record("info", "activity", "should not land in victim")
+    log.close()
+    assert victim.read_text() == "keep\n"
+
+
+def test_record_after_close_is_ignored(tmp_path: Path) -> None:
+    log = ActivityLog(tmp_path)
+    log.record("info", "activity", "one")
+    log.close()
+    log.record("info", "activity", "two")
+    assert [r["msg"] for r in read_records(tmp_path)] == ["one"]
+
+
+def test_null_log_does_nothing(tmp_path: Path) -> None:
+    log = NullActivityLog()
+    log.record("error", "activity", "ignored", x=1)
+    assert not log.enabled("error")
+    log.close()
+    assert list(tmp_path.iterdir()) == []
