@@ -123,7 +123,7 @@ class Backend(ABC):
         """Start one generation. Raise a BackendError for pre-stream failures."""
 
     async def generate_v2(self, request: object) -> AsyncIterator[object]:
-        raise Unsupported(f"v2 not supported by this backend")
+        raise Unsupported("v2 not supported by this backend")
 
     async def embed(self, request: EmbedResolved) -> EmbedResult:
         raise Unsupported("embed not supported by this backend")

@@ -16,6 +16,7 @@ from typing import Literal
 
 from ..proto.embed import EmbedResolved
 from ..proto.v1 import Resolved, StopReason
+from ..proto.v2 import ResolvedV2, StopReasonV2
 from .backend import (
     Backend,
     BackendCapabilities,
@@ -28,6 +29,7 @@ from .backend import (
     Token,
     Unavailable,
 )
+from .events_v2 import DoneV2, EventV2, TextDelta, ToolUse
 
 PreStreamError = Literal["NotReady", "InvalidRequest", "Unavailable"]
 
@@ -42,6 +44,9 @@ class MockConfig:
     embed: bool = True
     # Raise from inside the stream after N tokens (a backend fault, not a clean drop).
     raise_after: int | None = None
+    # v2 only: after the tape, one ToolUse with this name (input {}), stop reason
+    # tool_use - a way to exercise tool frames without a model that calls tools.
+    emit_tool_use: str | None = None
 
 
 def _pre_stream(kind: PreStreamError) -> BackendError:
@@ -93,6 +98,33 @@ class MockBackend(Backend):
             yield Token(tok)
             sent += 1
         yield Done(StopReason.END, prompt_tokens=0, completion_tokens=sent)
+
+    async def generate_v2(self, request: ResolvedV2) -> AsyncIterator[EventV2]:
+        if self.config.pre_stream_error is not None:
+            raise _pre_stream(self.config.pre_stream_error)
+        if not self.ready():
+            raise NotReady()
+        return self._stream_v2()
+
+    async def _stream_v2(self) -> AsyncIterator[EventV2]:
+        # The same tape and fault knobs as v1, so one mock config drives both wires.
+        cfg = self.config
+        delay = cfg.token_delay_ms / 1000
+        sent = 0
+        for tok in cfg.tokens:
+            if cfg.drop_after is not None and sent >= cfg.drop_after:
+                return
+            if cfg.raise_after is not None and sent >= cfg.raise_after:
+                raise RuntimeError("mock backend fault")
+            if delay:
+                await asyncio.sleep(delay)
+            yield TextDelta(tok)
+            sent += 1
+        stop = StopReasonV2.END_TURN
+        if cfg.emit_tool_use is not None:
+            yield ToolUse(tool_call_id="mock-call-1", name=cfg.emit_tool_use, input={})
+            stop = StopReasonV2.TOOL_USE
+        yield DoneV2(stop, input_tokens=0, output_tokens=sent)
 
     async def embed(self, request: EmbedResolved) -> EmbedResult:
         if self.config.pre_stream_error is not None:

@@ -34,6 +34,7 @@ from .embed import (
 )
 from .errors import DecodeError, EmbedErrorCode, ErrorCode, FrameTooLarge, InvalidRequest, ProtoError
 from .framing import MAX_FRAME_BYTES, FrameReader, encode_frame, read_frame, write_frame
+from . import v2
 from .v1 import (
     VALID_IMAGE_TOKEN_BUDGETS,
     DoneFrame,

@@ -1,0 +1,434 @@
+"""Protocol v2 (ADR 0015, attachments as reshaped by ADR 0016): typed content blocks.
+
+NDJSON on its own socket (`infer.v2.sock`), same framing and cap as v1. Media travel
+already decoded (raw RGB for images, little-endian f32 PCM for audio) as standard
+padded base64 inside the JSON; the daemon links no codecs.
+
+Forward compatibility: a content block with an unrecognised `type` or an attachment
+with an unrecognised `kind` still parses (as UnknownBlock / UnknownAttachment), so a
+newer client's request is answered with `invalid_request` on its own id instead of
+a decode error that closes the connection. `resolve()` is where they are rejected.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, JsonValue, PlainSerializer, PlainValidator,
+                      SerializerFunctionWrapHandler, StrictBool, StrictStr, Tag, TypeAdapter, ValidationError,
+                      model_serializer)
+
+from .errors import DecodeError, InvalidRequest
+from .v1 import U32, Number, _summarise
+
+# Applied by the serving backend when a request has no max_tokens (upstream lib.rs).
+DEFAULT_V2_MAX_TOKENS = 1000
+
+
+class RoleV2(StrEnum):
+    # Kept apart from v1's Role so the two wires can evolve independently.
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class StopReasonV2(StrEnum):
+    END_TURN = "end_turn"
+    MAX_TOKENS = "max_tokens"
+    TOOL_USE = "tool_use"
+    STOP_SEQUENCE = "stop_sequence"  # reserved: no backend emits it
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class ErrorCodeV2(StrEnum):
+    QUEUE_FULL = "queue_full"
+    BACKEND_UNAVAILABLE = "backend_unavailable"
+    INVALID_REQUEST = "invalid_request"
+    FRAME_TOO_LARGE = "frame_too_large"
+    INTERNAL = "internal"
+    ATTACHMENT_UNSUPPORTED = "attachment_unsupported"
+    TOOL_CALL_MALFORMED = "tool_call_malformed"
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---- base64 media ------------------------------------------------------------------
+
+def _decode_b64(value: object) -> bytes:
+    # Python callers may hand over raw bytes; on the wire it is always a string.
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("bytes must be standard padded base64") from None
+    raise ValueError("bytes must be a base64 string")
+
+
+def _encode_b64(raw: bytes) -> str:
+    # b64encode, not encodebytes: a newline inside a JSON string is legal but
+    # needless, and every byte counts against the 64 MiB frame cap.
+    return base64.b64encode(raw).decode("ascii")
+
+
+B64Bytes = Annotated[
+    bytes,
+    PlainValidator(_decode_b64),
+    PlainSerializer(_encode_b64, return_type=str, when_used="json"),
+]
+
+
+def _tagged(key: str, known: frozenset[str], unknown_cls: type[BaseModel]) -> Callable[[Any], str | None]:
+    """Discriminator that sends any unrecognised tag value to the Unknown variant.
+
+    A missing or non-string tag yields None, which pydantic reports as a
+    validation error: the tag itself is still mandatory, as upstream.
+    """
+
+    def pick(value: Any) -> str | None:
+        if isinstance(value, unknown_cls):
+            return "unknown"
+        tag = value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+        if not isinstance(tag, str):
+            return None
+        return tag if tag in known else "unknown"
+
+    return pick
+
+
+# ---- attachments (ADR 0016) ----------------------------------------------------------
+
+class ImageAttachment(_Wire):
+    kind: Literal["image"] = "image"
+    id: StrictStr
+    width: U32
+    height: U32
+    bytes: B64Bytes = Field(repr=False)  # width * height * 3 interleaved RGB
+
+
+class AudioAttachment(_Wire):
+    kind: Literal["audio"] = "audio"
+    id: StrictStr
+    sample_rate: U32
+    bytes: B64Bytes = Field(repr=False)  # little-endian f32 PCM samples
+
+
+class VideoAttachment(_Wire):
+    """Reserved: no backend decodes video yet; they answer `attachment_unsupported`."""
+
+    kind: Literal["video"] = "video"
+    id: StrictStr
+    bytes: B64Bytes = Field(repr=False)
+
+
+class UnknownAttachment(_Wire):
+    kind: StrictStr
+
+
+Attachment = Annotated[
+    Union[
+        Annotated[ImageAttachment, Tag("image")],
+        Annotated[AudioAttachment, Tag("audio")],
+        Annotated[VideoAttachment, Tag("video")],
+        Annotated[UnknownAttachment, Tag("unknown")],
+    ],
+    Discriminator(
+        _tagged("kind", frozenset({"image", "audio", "video"}), UnknownAttachment),
+        custom_error_type="missing_tag",
+        custom_error_message="attachment needs a string `kind`",
+    ),
+]
+
+
+# ---- tools -----------------------------------------------------------------------------
+
+class Tool(_Wire):
+    name: StrictStr
+    description: StrictStr
+    # Documentation for the model; the daemon never validates tool input against it.
+    input_schema: JsonValue
+
+    @model_serializer(mode="wrap")
+    def _keep_schema(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A JSON null schema is still a present key; exclude_none must not drop it.
+        data = handler(self)
+        data.setdefault("input_schema", None)
+        return data
+
+
+# ---- content blocks ----------------------------------------------------------------------
+
+class TextBlock(_Wire):
+    type: Literal["text"] = "text"
+    text: StrictStr  # may be empty
+
+
+class ImageBlock(_Wire):
+    type: Literal["image"] = "image"
+    attachment_id: StrictStr
+
+
+class AudioBlock(_Wire):
+    type: Literal["audio"] = "audio"
+    attachment_id: StrictStr
+
+
+class VideoBlock(_Wire):
+    type: Literal["video"] = "video"
+    attachment_id: StrictStr
+
+
+class ToolUseBlock(_Wire):
+    """A complete tool call: replayed by clients in assistant turns, emitted by the daemon."""
+
+    type: Literal["tool_use"] = "tool_use"
+    tool_call_id: StrictStr
+    # Not checked against `tools`: a replayed turn may name a tool the model knew anyway.
+    name: StrictStr
+    input: JsonValue
+
+    @model_serializer(mode="wrap")
+    def _keep_input(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        data.setdefault("input", None)
+        return data
+
+
+class ToolResultBlock(_Wire):
+    type: Literal["tool_result"] = "tool_result"
+    tool_call_id: StrictStr
+    content: list[ContentBlock]
+
+
+class UnknownBlock(_Wire):
+    type: StrictStr
+
+
+_BLOCK_TYPES = frozenset({"text", "image", "audio", "video", "tool_use", "tool_result"})
+
+ContentBlock = Annotated[
+    Union[
+        Annotated[TextBlock, Tag("text")],
+        Annotated[ImageBlock, Tag("image")],
+        Annotated[AudioBlock, Tag("audio")],
+        Annotated[VideoBlock, Tag("video")],
+        Annotated[ToolUseBlock, Tag("tool_use")],
+        Annotated[ToolResultBlock, Tag("tool_result")],
+        Annotated[UnknownBlock, Tag("unknown")],
+    ],
+    Discriminator(
+        _tagged("type", _BLOCK_TYPES, UnknownBlock),
+        custom_error_type="missing_tag",
+        custom_error_message="content block needs a string `type`",
+    ),
+]
+
+ToolResultBlock.model_rebuild()
+
+# Block class -> (kind named in messages, attachment class it must point at).
+_MEDIA: dict[type[BaseModel], tuple[str, type[BaseModel]]] = {
+    ImageBlock: ("image", ImageAttachment),
+    AudioBlock: ("audio", AudioAttachment),
+    VideoBlock: ("video", VideoAttachment),
+}
+
+
+# ---- request -------------------------------------------------------------------------------
+
+class MessageV2(_Wire):
+    role: RoleV2
+    content: list[ContentBlock]
+
+
+class RequestV2(_Wire):
+    id: StrictStr = ""
+    messages: list[MessageV2]
+    attachments: list[Attachment] = Field(default_factory=list)
+    tools: list[Tool] = Field(default_factory=list)
+    # No proto-level defaults: each backend picks its own (unlike v1).
+    temperature: Number | None = None
+    top_p: Number | None = None
+    top_k: U32 | None = None
+    max_tokens: U32 | None = None
+    stream: StrictBool | None = None
+
+    @model_serializer(mode="wrap")
+    def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Text-only requests stay as small as upstream clients make them.
+        data = handler(self)
+        if data.get("id") == "":
+            del data["id"]
+        for key in ("attachments", "tools"):
+            if key in data and not data[key]:
+                del data[key]
+        return data
+
+    def resolve(self) -> ResolvedV2:
+        """The semantic checks, in upstream order; the first failure wins."""
+        if not self.messages:
+            raise InvalidRequest("messages must not be empty")
+        by_id: dict[str, BaseModel] = {}
+        for att in self.attachments:
+            if isinstance(att, UnknownAttachment):
+                raise InvalidRequest("attachments contain an unknown kind")
+            if not att.id:
+                raise InvalidRequest("attachments must have non-empty id")
+            if att.id in by_id:
+                raise InvalidRequest(f"duplicate attachment id: {att.id}")
+            by_id[att.id] = att
+        names: set[str] = set()
+        for tool in self.tools:
+            if tool.name in names:
+                raise InvalidRequest(f"duplicate tool name: {tool.name}")
+            names.add(tool.name)
+        for mi, message in enumerate(self.messages):
+            if not message.content:
+                raise InvalidRequest(f"messages[{mi}].content must not be empty")
+            _check_blocks(message.content, mi, by_id)
+        return ResolvedV2(
+            id=self.id,
+            messages=list(self.messages),
+            attachments=list(self.attachments),
+            tools=list(self.tools),
+            temperature=None if self.temperature is None else float(self.temperature),
+            top_p=None if self.top_p is None else float(self.top_p),
+            top_k=self.top_k,
+            max_tokens=self.max_tokens,
+            stream=self.stream,
+        )
+
+
+def _quote(text: str) -> str:
+    # Upstream formats ids with Rust's Debug for str: double-quoted, escaped.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _check_blocks(blocks: list[Any], mi: int, by_id: dict[str, BaseModel]) -> None:
+    # Nested tool_result blocks are reported with their own index under the same
+    # message, exactly as upstream words it.
+    for bi, block in enumerate(blocks):
+        if isinstance(block, UnknownBlock):
+            raise InvalidRequest(f"messages[{mi}].content[{bi}] uses unknown content-block type")
+        if isinstance(block, ToolResultBlock):
+            _check_blocks(block.content, mi, by_id)
+            continue
+        media = _MEDIA.get(type(block))
+        if media is None:
+            continue
+        kind, expected = media
+        ref = block.attachment_id
+        att = by_id.get(ref)
+        if att is None:
+            raise InvalidRequest(f"messages[{mi}].content[{bi}] references unknown attachment_id {_quote(ref)}")
+        if not isinstance(att, expected):
+            raise InvalidRequest(
+                f"messages[{mi}].content[{bi}] block expects {kind} attachment but {_quote(ref)} is a different kind"
+            )
+
+
+class ResolvedV2(BaseModel):
+    """A validated v2 request: every attachment reference points at the right kind."""
+
+    id: str
+    messages: list[MessageV2]
+    attachments: list[Attachment] = Field(default_factory=list)
+    tools: list[Tool] = Field(default_factory=list)
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    stream: bool | None = None
+
+    def attachment(self, attachment_id: str) -> ImageAttachment | AudioAttachment | VideoAttachment | None:
+        for att in self.attachments:
+            if getattr(att, "id", None) == attachment_id:
+                return att  # type: ignore[return-value]
+        return None
+
+
+# ---- responses -------------------------------------------------------------------------------
+
+class TextDeltaBlock(BaseModel):
+    type: Literal["text"] = "text"
+    delta: str
+
+
+class ThinkingDeltaBlock(BaseModel):
+    type: Literal["thinking"] = "thinking"
+    delta: str
+
+
+ResponseBlock = Annotated[Union[TextDeltaBlock, ThinkingDeltaBlock, ToolUseBlock], Field(discriminator="type")]
+
+
+class UsageV2(BaseModel):
+    input_tokens: int
+    output_tokens: int
+
+
+class FrameV2(BaseModel):
+    type: Literal["frame"] = "frame"
+    id: str
+    block: ResponseBlock
+
+    @property
+    def is_terminal(self) -> bool:
+        return False
+
+
+class DoneFrameV2(BaseModel):
+    """Terminal success. Unlike v1 there is no `content`: the deltas are the text."""
+
+    type: Literal["done"] = "done"
+    id: str
+    usage: UsageV2
+    stop_reason: StopReasonV2
+    backend: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return True
+
+
+class ErrorFrameV2(BaseModel):
+    type: Literal["error"] = "error"
+    id: str
+    # A plain string on decode so a newer daemon's code does not break old clients.
+    code: str
+    message: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return True
+
+
+ResponseV2 = Annotated[Union[FrameV2, DoneFrameV2, ErrorFrameV2], Field(discriminator="type")]
+_RESPONSE = TypeAdapter(ResponseV2)
+
+
+def parse_request(line: bytes | str) -> RequestV2:
+    """Decode one v2 request line; a JSON or type error is a DecodeError (connection closes)."""
+    try:
+        return RequestV2.model_validate_json(line)
+    except ValidationError as exc:
+        raise DecodeError(_summarise(exc)) from None
+
+
+def parse_response(line: bytes | str) -> FrameV2 | DoneFrameV2 | ErrorFrameV2:
+    try:
+        return _RESPONSE.validate_json(line)
+    except ValidationError as exc:
+        raise DecodeError(_summarise(exc)) from None
+
+
+def error_frame(id: str, code: ErrorCodeV2 | str, message: str) -> ErrorFrameV2:
+    return ErrorFrameV2(id=id, code=str(code), message=message)
