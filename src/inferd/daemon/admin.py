@@ -24,14 +24,17 @@ LAG_LIMIT = 256
 
 
 class Subscription:
-    __slots__ = ("_queue", "_wake", "_ended", "lagged", "_limit")
+    """One subscriber's view: the connect-time replay, then a bounded live queue."""
+
+    __slots__ = ("_initial", "_queue", "_wake", "_ended", "lagged", "_limit")
 
     def __init__(self, initial: list[bytes], limit: int) -> None:
-        self._queue: deque[bytes] = deque(initial)
+        self._initial: deque[bytes] = deque(initial)
+        self._queue: deque[bytes] = deque()
         self._wake = asyncio.Event()
         self._wake.set()
         self._ended = False
-        self._limit = limit
+        self._limit = limit  # live events only; the replay does not count
         self.lagged = False
 
     def _push(self, frame: bytes) -> None:
@@ -40,6 +43,7 @@ class Subscription:
         if len(self._queue) >= self._limit:
             self.lagged = True
             self._ended = True
+            self._initial.clear()
             self._queue.clear()
         else:
             self._queue.append(frame)
@@ -52,7 +56,11 @@ class Subscription:
 
     async def next(self) -> bytes | None:
         while True:
-            if self._queue and not self.lagged:
+            if self.lagged:
+                return None
+            if self._initial:
+                return self._initial.popleft()
+            if self._queue:
                 return self._queue.popleft()
             if self._ended:
                 return None
@@ -61,7 +69,7 @@ class Subscription:
 
     @property
     def pending(self) -> int:
-        return len(self._queue)
+        return len(self._initial) + len(self._queue)
 
 
 class StatusBroadcaster:
@@ -104,7 +112,7 @@ class StatusBroadcaster:
     def subscribe(self) -> Subscription:
         initial = [self._caps[name] for name in sorted(self._caps)]
         initial.append(self._snapshot_frame)
-        sub = Subscription(initial, self._lag_limit + len(initial))
+        sub = Subscription(initial, self._lag_limit)
         if self._closed:
             sub.end()
         else:

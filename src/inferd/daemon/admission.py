@@ -80,7 +80,10 @@ class Admission:
                 # We were handed the permit just as we were cancelled: pass it on.
                 self._release_run()
             else:
-                self._waiters.remove(fut)
+                try:
+                    self._waiters.remove(fut)
+                except ValueError:
+                    pass  # a release in the same tick already skipped our cancelled future
             raise
 
     def _release_run(self) -> None:

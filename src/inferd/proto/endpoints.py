@@ -88,6 +88,7 @@ def default_admin_addr(env: dict[str, str] | None = None, platform: str | None =
 
 def default_lock_path(env: dict[str, str] | None = None, platform: str | None = None) -> str:
     if _is_windows(platform):
-        base = (env or os.environ).get("LOCALAPPDATA") or str(Path.home())
+        env_map = dict(os.environ) if env is None else env
+        base = env_map.get("LOCALAPPDATA") or str(Path.home())
         return str(Path(base) / "inferd" / LOCK_LEAF)
     return str(runtime_dir(env, platform) / LOCK_LEAF)

@@ -36,7 +36,9 @@ class Role(StrEnum):
 
 class _Wire(BaseModel):
     # Unknown fields are ignored on parse (forward compatibility, upstream §3.1).
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    # allow_inf_nan=False: NaN/Infinity (and 1e400 -> inf) are not JSON; upstream's
+    # parser refused them and a non-finite temperature must never reach a sampler.
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, allow_inf_nan=False)
 
 
 class Message(_Wire):
