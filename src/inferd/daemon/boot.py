@@ -15,6 +15,7 @@ inference sockets closed once in-flight work is done, new backends, `capabilitie
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -209,15 +210,7 @@ class Server:
         self.router.slots = slots
         self.broadcaster.clear_capabilities()
         for slot in slots:
-            caps = slot.caps
-            self.broadcaster.publish(
-                Capabilities(
-                    backend=slot.label, v2=caps.v2, vision=caps.vision, audio=caps.audio, tools=caps.tools,
-                    thinking=caps.thinking, embed=caps.embed, accelerator=caps.accelerator,
-                    gpu_layers=caps.gpu_layers, device_name=caps.device_name,
-                    vram_total_bytes=caps.vram_total_bytes, model=caps.model, n_ctx=caps.n_ctx,
-                )
-            )
+            self.broadcaster.publish(Capabilities(backend=slot.label, **dataclasses.asdict(slot.caps)))
 
     async def _await_ready(self) -> None:
         deadline = time.monotonic() + self.opts.ready_timeout_secs

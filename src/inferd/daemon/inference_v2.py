@@ -17,13 +17,11 @@ import time
 
 from ..engine.backend import BackendError
 from ..engine.events_v2 import DoneV2, TextDelta, ThinkingDelta, ToolUse
-from ..proto.errors import DecodeError, FrameTooLarge, InvalidRequest
-from ..proto.framing import FrameReader, encode_frame
+from ..proto.framing import encode_frame
 from ..proto.v2 import (
     DoneFrameV2,
     ErrorCodeV2,
     FrameV2,
-    RequestV2,
     ResolvedV2,
     TextDeltaBlock,
     ThinkingDeltaBlock,
@@ -32,9 +30,9 @@ from ..proto.v2 import (
     error_frame,
     parse_request,
 )
-from .admission import AdmissionClosed, QueueFull
 from .conn import Connection
 from .context import DaemonContext
+from .surface import serve_requests
 
 log = logging.getLogger("inferd.inference_v2")
 
@@ -46,46 +44,10 @@ def _error(id: str, code: str, message: str) -> bytes:
 
 
 async def serve_inference_v2(conn: Connection, ctx: DaemonContext) -> None:
-    frames = FrameReader(conn.reader)
-    try:
-        while True:
-            try:
-                line = await frames.read_frame()
-            except FrameTooLarge as exc:
-                await conn.send(_error("", ErrorCodeV2.FRAME_TOO_LARGE, exc.message))
-                return
-            if line is None:
-                return
-            try:
-                request = parse_request(line)
-            except DecodeError as exc:
-                await conn.send(_error("", ErrorCodeV2.INVALID_REQUEST, exc.message))
-                return
-            if not await _serve_one(conn, ctx, request):
-                return
-    except (ConnectionError, OSError):
-        pass  # the peer went away or stalled (F-17); its slot is already released
-    finally:
-        await conn.close()
+    async def run(req: ResolvedV2) -> None:
+        await _generate(conn, ctx, req)
 
-
-async def _serve_one(conn: Connection, ctx: DaemonContext, request: RequestV2) -> bool:
-    rid = request.id
-    try:
-        resolved = request.resolve()
-    except InvalidRequest as exc:
-        await conn.send(_error(rid, ErrorCodeV2.INVALID_REQUEST, exc.message))
-        return True
-    try:
-        ticket = ctx.admission.try_admit()
-    except QueueFull:
-        await conn.send(_error(rid, ErrorCodeV2.QUEUE_FULL, "queue full"))
-        return True
-    except AdmissionClosed:
-        await conn.send(_error(rid, ErrorCodeV2.BACKEND_UNAVAILABLE, "admission closed"))
-        return False
-    async with ticket:
-        return await _generate(conn, ctx, resolved)
+    await serve_requests(conn, ctx, parse_request, run, _error)
 
 
 def _block_for(event: object) -> TextDeltaBlock | ThinkingDeltaBlock | ToolUseBlock | None:
@@ -99,25 +61,25 @@ def _block_for(event: object) -> TextDeltaBlock | ThinkingDeltaBlock | ToolUseBl
     return None
 
 
-async def _generate(conn: Connection, ctx: DaemonContext, req: ResolvedV2) -> bool:
+async def _generate(conn: Connection, ctx: DaemonContext, req: ResolvedV2) -> None:
     rid = req.id
     slot = ctx.router.dispatch()
     if slot is None:
         await conn.send(_error(rid, ErrorCodeV2.BACKEND_UNAVAILABLE, "no backend available"))
-        return True
+        return
     if not slot.caps.v2:
         await conn.send(_error(rid, ErrorCodeV2.INTERNAL, f'backend "{slot.label}" does not advertise v2 capability'))
-        return True
+        return
     started = time.perf_counter()
     try:
         stream = await slot.backend.generate_v2(req)
     except BackendError as exc:
         await conn.send(_error(rid, exc.code, exc.message))
-        return True
+        return
     except Exception as exc:  # a backend bug must not take the daemon down
         log.exception("backend %s failed before streaming (v2)", slot.label)
         await conn.send(_error(rid, ErrorCodeV2.INTERNAL, f"backend failed: {type(exc).__name__}"))
-        return True
+        return
 
     # The NDJSON-era daemon always streams, whatever `stream` says: `done` carries
     # no content in v2, so withholding the deltas would lose the answer.
@@ -160,7 +122,7 @@ async def _generate(conn: Connection, ctx: DaemonContext, req: ResolvedV2) -> bo
     if done is None:
         await send(_error(rid, ErrorCodeV2.BACKEND_UNAVAILABLE, MID_STREAM_DROP))
         ctx.activity.record("warn", "v2", "v2_request_error_mid_stream", **shape)
-        return True
+        return
     await send(
         encode_frame(
             DoneFrameV2(
@@ -176,4 +138,4 @@ async def _generate(conn: Connection, ctx: DaemonContext, req: ResolvedV2) -> bo
         stop_reason=str(done.stop_reason), input_tokens=done.input_tokens, output_tokens=done.output_tokens,
         ms=round((time.perf_counter() - started) * 1000, 1), **shape,
     )
-    return True
+

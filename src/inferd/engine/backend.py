@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..proto.embed import EmbedResolved
 from ..proto.errors import EmbedErrorCode, ErrorCode
@@ -48,6 +48,8 @@ class EmbedResult:
 
 @dataclass(slots=True)
 class BackendCapabilities:
+    """What a backend can do; the admin `capabilities` frame carries exactly these fields."""
+
     v2: bool = False
     vision: bool = False
     audio: bool = False
@@ -60,7 +62,6 @@ class BackendCapabilities:
     vram_total_bytes: int | None = None
     model: str | None = None
     n_ctx: int | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 # ---- errors (Display strings follow upstream) ------------------------------------

@@ -76,61 +76,57 @@ class MockBackend(Backend):
     def capabilities(self) -> BackendCapabilities:
         return BackendCapabilities(v2=True, thinking=True, embed=self.config.embed, model="mock")
 
-    async def generate(self, request: Resolved) -> AsyncIterator[Event]:
+    def _check(self) -> None:
         # The error knob is checked before readiness, as upstream.
         if self.config.pre_stream_error is not None:
             raise _pre_stream(self.config.pre_stream_error)
         if not self.ready():
             raise NotReady()
+
+    async def _tape(self) -> AsyncIterator[str]:
+        """The configured tokens, with the fault knobs applied; one tape drives both wires."""
+        cfg = self.config
+        delay = cfg.token_delay_ms / 1000
+        for sent, tok in enumerate(cfg.tokens):
+            if cfg.drop_after is not None and sent >= cfg.drop_after:
+                return
+            if cfg.raise_after is not None and sent >= cfg.raise_after:
+                raise RuntimeError("mock backend fault")
+            if delay:
+                await asyncio.sleep(delay)
+            yield tok
+
+    async def generate(self, request: Resolved) -> AsyncIterator[Event]:
+        self._check()
         return self._stream()
 
     async def _stream(self) -> AsyncIterator[Event]:
-        cfg = self.config
-        delay = cfg.token_delay_ms / 1000
         sent = 0
-        for tok in cfg.tokens:
-            if cfg.drop_after is not None and sent >= cfg.drop_after:
-                return
-            if cfg.raise_after is not None and sent >= cfg.raise_after:
-                raise RuntimeError("mock backend fault")
-            if delay:
-                await asyncio.sleep(delay)
+        async for tok in self._tape():
             yield Token(tok)
             sent += 1
-        yield Done(StopReason.END, prompt_tokens=0, completion_tokens=sent)
+        if self.config.drop_after is None or sent < self.config.drop_after:
+            yield Done(StopReason.END, prompt_tokens=0, completion_tokens=sent)
 
     async def generate_v2(self, request: ResolvedV2) -> AsyncIterator[EventV2]:
-        if self.config.pre_stream_error is not None:
-            raise _pre_stream(self.config.pre_stream_error)
-        if not self.ready():
-            raise NotReady()
+        self._check()
         return self._stream_v2()
 
     async def _stream_v2(self) -> AsyncIterator[EventV2]:
-        # The same tape and fault knobs as v1, so one mock config drives both wires.
-        cfg = self.config
-        delay = cfg.token_delay_ms / 1000
         sent = 0
-        for tok in cfg.tokens:
-            if cfg.drop_after is not None and sent >= cfg.drop_after:
-                return
-            if cfg.raise_after is not None and sent >= cfg.raise_after:
-                raise RuntimeError("mock backend fault")
-            if delay:
-                await asyncio.sleep(delay)
+        async for tok in self._tape():
             yield TextDelta(tok)
             sent += 1
+        if self.config.drop_after is not None and sent >= self.config.drop_after:
+            return
         stop = StopReasonV2.END_TURN
-        if cfg.emit_tool_use is not None:
-            yield ToolUse(tool_call_id="mock-call-1", name=cfg.emit_tool_use, input={})
+        if self.config.emit_tool_use is not None:
+            yield ToolUse(tool_call_id="mock-call-1", name=self.config.emit_tool_use, input={})
             stop = StopReasonV2.TOOL_USE
         yield DoneV2(stop, input_tokens=0, output_tokens=sent)
 
     async def embed(self, request: EmbedResolved) -> EmbedResult:
-        if self.config.pre_stream_error is not None:
-            raise _pre_stream(self.config.pre_stream_error)
-        if not self.ready():
-            raise NotReady()
+        self._check()
         dims = request.dimensions if request.dimensions is not None else 8
         vectors = []
         total = 0
