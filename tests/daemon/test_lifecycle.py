@@ -138,10 +138,12 @@ async def test_reload_switches_config_and_publishes_restarting(sockdir):
             if frame["status"] == "ready":
                 break
         statuses = [f["status"] for f in seen]
-        assert statuses == ["restarting", "capabilities", "ready"]
-        assert seen[0]["phase"] == "checking_local"
-        assert seen[1]["backend"] == "two"
-        assert "reload_error" not in seen[2]
+        # `restarting` at once (sockets closing), then the new backend's load phases.
+        assert statuses == ["restarting", "restarting", "capabilities", "ready"]
+        assert seen[0]["phase"] == "checking_local" and seen[0]["path"] == str(cfg)
+        assert seen[1]["path"] == "(mock)"
+        assert seen[2]["backend"] == "two"
+        assert "reload_error" not in seen[3]
         assert (await roundtrip(d.infer, req("after")))[-1]["content"] == "new"
     finally:
         await d.stop()

@@ -18,6 +18,21 @@ def _setup_logging() -> None:
     numeric = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
                "error": logging.ERROR, "off": logging.CRITICAL + 1, "0": logging.CRITICAL + 1}.get(level, logging.INFO)
     logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_RedactingFilter())
+
+
+class _RedactingFilter(logging.Filter):
+    """F-3 for stderr too: journald keeps what we print."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from ..daemon.activity import redact
+
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
 
 
 def serve(

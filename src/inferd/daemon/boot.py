@@ -25,8 +25,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..proto.admin import Capabilities, Draining, LoadingModel, Ready, Restarting, Starting
-from ..proto.endpoints import DEFAULT_TCP_ADDR, DEFAULT_V2_TCP_ADDR
+from ..proto.admin import Capabilities, CheckingLocal, Draining, LoadingModel, Ready, Restarting, Starting
+from ..proto.endpoints import DEFAULT_EMBED_TCP_ADDR, DEFAULT_TCP_ADDR, DEFAULT_V2_TCP_ADDR
 from .activity import ActivityLog, NullActivityLog, default_log_dir
 from .admin import StatusBroadcaster, serve_admin
 from .admission import Admission
@@ -101,7 +101,13 @@ class Server:
             if self._shutdown.is_set():
                 break
             self._reload.clear()
-            await self._do_reload()
+            try:
+                await self._do_reload()
+            except Exception as exc:  # noqa: BLE001 - not even the old model came back
+                log.exception("reload failed and the previous model could not be restored")
+                self.activity.record("error", "lifecycle", "reload_fatal", reason=str(exc))
+                await self._drain()
+                return 1
         await self._drain()
         return 0
 
@@ -238,7 +244,7 @@ class Server:
             log.warning("--embed given but no backend can embed; the embed socket is not bound")
         plan: list[tuple[str, Any, str | None, str | None, tuple[str, int]]] = []
         if want_embed:
-            plan.append(("embed", embed, opts.embed_address(), opts.embed_tcp, DEFAULT_TCP_ADDR))
+            plan.append(("embed", embed, opts.embed_address(), opts.embed_tcp, DEFAULT_EMBED_TCP_ADDR))
         if opts.v2:
             from .inference_v2 import serve_inference_v2
 
@@ -326,6 +332,8 @@ class Server:
             self._reload_failed(f"reload refused, still serving the previous model: {exc}")
             return
         sink = self._phase_sink(Restarting)
+        # Say so at once: the sockets close now, long before the first load phase.
+        self.broadcaster.publish(Restarting(phase=CheckingLocal(path=source)))
         await self._quiesce()
         for slot in old_slots:
             await stop_quietly(slot.backend, 5.0)
@@ -333,7 +341,7 @@ class Server:
             slots = await build_all(new_cfg, sink)
             self.config = new_cfg
             error = None
-        except (LoadError, Exception) as exc:  # noqa: BLE001 - keep serving something
+        except Exception as exc:  # noqa: BLE001 - keep serving something
             error = f"reload failed, serving the previous model again: {exc}"
             assert old_cfg is not None
             slots = await build_all(old_cfg, sink)

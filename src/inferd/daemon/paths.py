@@ -38,6 +38,7 @@ def ensure_private_dir(directory: str | Path) -> None:
     """
     directory = Path(directory)
     if directory.is_dir():
+        _refuse_foreign_dir(directory)
         return
     try:
         os.makedirs(directory, mode=0o700, exist_ok=False)
@@ -49,6 +50,24 @@ def ensure_private_dir(directory: str | Path) -> None:
     # 0o277 would leave the directory unusable, and a sloppy one is irrelevant
     # here, so set the bits explicitly.
     os.chmod(directory, 0o700)
+
+
+def _refuse_foreign_dir(directory: Path) -> None:
+    """F-2: a directory another user controls could swap our socket files.
+
+    Refused: a directory owned by another non-root user, or one that others may
+    write to without the sticky bit (so they could rename our files). `/tmp`
+    (root, sticky) and systemd's RuntimeDirectory (ours) pass.
+    """
+    if not hasattr(os, "getuid"):
+        return
+    st = os.stat(directory)
+    if st.st_uid not in (os.getuid(), 0):
+        raise SocketPathError(f"refusing socket directory {directory}: it is owned by uid {st.st_uid}")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise SocketPathError(
+            f"refusing socket directory {directory}: others may write to it (mode {stat.S_IMODE(st.st_mode):o})"
+        )
 
 
 def prepare_socket_path(path: str | Path) -> None:

@@ -27,6 +27,8 @@ PIPE_ADMIN = r"\\.\pipe\inferd-admin"
 
 DEFAULT_TCP_ADDR = ("127.0.0.1", 47321)
 DEFAULT_V2_TCP_ADDR = ("127.0.0.1", 47322)
+# Upstream named no embed port; the next one up keeps the three surfaces apart.
+DEFAULT_EMBED_TCP_ADDR = ("127.0.0.1", 47323)
 
 
 def _nonempty(name: str, env: os._Environ[str] | dict[str, str]) -> str | None:

@@ -57,7 +57,7 @@ class ErrorCodeV2(StrEnum):
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 # ---- base64 media ------------------------------------------------------------------
