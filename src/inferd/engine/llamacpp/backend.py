@@ -1,0 +1,265 @@
+"""LlamaCppBackend: one GGUF model served through llama-cpp-python's low-level API.
+
+The constructor blocks (model load, context creation); the daemon calls it through
+asyncio.to_thread. Generation runs on a worker thread that owns the generation
+context; embeddings, when enabled, on a second thread with its own context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import llama_cpp.llama_cpp as L
+
+from ...proto.embed import EmbedResolved
+from ...proto.v1 import Resolved
+from ..backend import (
+    Backend,
+    BackendCapabilities,
+    BackendInvalidRequest,
+    EmbedResult,
+    NotReady,
+    Unsupported,
+)
+from .embed import EmbedContext, EmbedJob
+from .native import (
+    bos_piece,
+    eos_piece,
+    init_backend,
+    load_model,
+    meta_str,
+    probe_accelerator,
+    resolve_gpu_layers,
+    tokenize,
+)
+from .sampling import GrammarError, SamplingParams, check_grammar_limits, parse_grammar
+from .settings import LlamaCppSettings
+from .templates import BUILTIN, KNOWN_TEMPLATES, ChatRenderer, RenderError, resolve_renderer
+from .threads import ContextThread
+from .worker import GenerationContext, GenerationJob, TokenStream, loop_emitter
+
+log = logging.getLogger("inferd.engine.llamacpp")
+
+
+class LlamaCppBackend(Backend):
+    name = "llamacpp"
+
+    def __init__(self, settings: LlamaCppSettings) -> None:
+        self.settings = settings
+        self._ready = False
+        self._gen: ContextThread[GenerationContext] | None = None
+        self._embed: ContextThread[EmbedContext] | None = None
+        # Pre-stream work reads the vocabulary off the workers' threads; close() must
+        # not free the model under it.
+        self._prep_cond = threading.Condition()
+        self._preparing = 0
+        path = str(Path(settings.model_path))
+        if settings.chat_template is not None and settings.chat_template.strip().lower() not in KNOWN_TEMPLATES:
+            # Refuse a typo before spending seconds on the model load.
+            raise ValueError(
+                f"unknown chat_template {settings.chat_template!r}; known: {', '.join(KNOWN_TEMPLATES)}"
+            )
+        init_backend(settings.verbose)
+        self._accelerator = probe_accelerator()
+        # On CPU nothing can be offloaded, whatever the config says (upstream §3.1 step 3).
+        n_gpu_layers = 0 if self._accelerator.kind == "cpu" else settings.n_gpu_layers
+        self._model = load_model(path, n_gpu_layers)
+        try:
+            self._setup(settings, path, n_gpu_layers)
+        except BaseException:
+            self.close(timeout=5.0)
+            raise
+        self._ready = True
+
+    def _setup(self, settings: LlamaCppSettings, path: str, n_gpu_layers: int) -> None:
+        model = self._model
+        self._vocab = L.llama_model_get_vocab(model)
+        self.label = settings.label or meta_str(model, "general.name") or Path(path).stem or "llamacpp"
+        self.architecture = meta_str(model, "general.architecture")
+        n_layer_all = L.llama_model_n_layer(model) + L.llama_model_n_layer_nextn(model)
+        self._gpu_layers = resolve_gpu_layers(n_gpu_layers, n_layer_all, self._accelerator.kind)
+        self._bos_piece = bos_piece(self._vocab)
+        self._renderer: ChatRenderer | None = resolve_renderer(
+            settings.chat_template,
+            gguf_template=meta_str(model, "tokenizer.chat_template"),
+            architecture=self.architecture,
+            bos_token=self._bos_piece,
+            eos_token=eos_piece(self._vocab),
+        )
+        if self._renderer is None and not settings.embed:
+            log.warning("%s has no chat template and no built-in renderer: generation will be refused", path)
+        self._gen = ContextThread(
+            "inferd-llamacpp-generate",
+            lambda: GenerationContext(model, settings),
+            GenerationContext.close,
+        )
+        gen = self._gen.start()
+        self.n_ctx: int = gen.n_ctx
+        self._gen_state = gen
+        if settings.embed:
+            label = self.label
+            self._embed = ContextThread(
+                "inferd-llamacpp-embed",
+                lambda: EmbedContext(model, settings, label),
+                EmbedContext.close,
+            )
+            self.n_embd: int | None = self._embed.start().n_embd
+        else:
+            self.n_embd = None
+
+    # ---- Backend contract ----------------------------------------------------------
+
+    def ready(self) -> bool:
+        return self._ready
+
+    def capabilities(self) -> BackendCapabilities:
+        acc = self._accelerator
+        return BackendCapabilities(
+            v2=False,
+            vision=False,
+            audio=False,
+            tools=False,
+            thinking=False,
+            embed=self._embed is not None,
+            accelerator=acc.kind,
+            gpu_layers=self._gpu_layers,
+            device_name=acc.device_name,
+            vram_total_bytes=acc.vram_total_bytes,
+            model=self.label,
+            n_ctx=self.n_ctx,
+        )
+
+    @property
+    def chat_template(self) -> str | None:
+        """Name of the renderer in use ("model" = the GGUF's own template)."""
+        return self._renderer.name if self._renderer is not None else None
+
+    @property
+    def last_prompt_evaluated(self) -> int:
+        """Prompt tokens the most recent generation evaluated (the rest came from the KV cache)."""
+        return self._gen_state.last_prompt_evaluated
+
+    def render(self, messages: Sequence[dict[str, str]]) -> str:
+        """The prompt text for a conversation, exactly as generation would feed it."""
+        if not messages:
+            raise BackendInvalidRequest("messages must not be empty")
+        if self._renderer is None:
+            raise BackendInvalidRequest(
+                "model has no chat template; set chat_template to one of "
+                + ", ".join(BUILTIN)
+            )
+        try:
+            return self._renderer.render(messages)
+        except RenderError as exc:
+            raise BackendInvalidRequest(f"chat template render failed: {exc}") from None
+
+    def tokenize_prompt(self, prompt: str) -> list[int]:
+        # A template that writes the BOS itself must not get a second one from the tokenizer.
+        has_bos = bool(self._bos_piece) and prompt.startswith(self._bos_piece)
+        return tokenize(self._vocab, prompt, add_special=not has_bos, parse_special=True)
+
+    def _prepare(self, request: Resolved) -> list[int]:
+        """Pre-stream work (off the event loop): everything that can refuse the request."""
+        with self._prep_cond:
+            if not self._ready:
+                raise NotReady()
+            self._preparing += 1
+        try:
+            return self._prepare_ready(request)
+        finally:
+            with self._prep_cond:
+                self._preparing -= 1
+                self._prep_cond.notify_all()
+
+    def _prepare_ready(self, request: Resolved) -> list[int]:
+        if request.grammar:
+            try:
+                check_grammar_limits(request.grammar)
+            except GrammarError as exc:
+                raise BackendInvalidRequest(str(exc)) from None
+        messages = [{"role": str(m.role), "content": m.content} for m in request.messages]
+        tokens = self.tokenize_prompt(self.render(messages))
+        if not tokens:
+            raise BackendInvalidRequest("the rendered prompt is empty")
+        if len(tokens) > self.n_ctx:
+            raise BackendInvalidRequest(
+                f"prompt is {len(tokens)} tokens but the context holds {self.n_ctx}"
+            )
+        if request.grammar:
+            # Parse once here so a broken grammar is an invalid_request, not a dead stream;
+            # the worker builds its own sampler from the same text.
+            try:
+                L.llama_sampler_free(parse_grammar(self._vocab, request.grammar))
+            except GrammarError as exc:
+                raise BackendInvalidRequest(str(exc)) from None
+        return tokens
+
+    async def generate(self, request: Resolved) -> TokenStream:
+        if not self._ready:
+            raise NotReady()
+        tokens = await asyncio.to_thread(self._prepare, request)
+        if not self._ready or self._gen is None:
+            raise NotReady()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        cancel = threading.Event()
+        job = GenerationJob(
+            tokens=tokens,
+            params=SamplingParams(
+                temperature=request.temperature,
+                top_p=request.top_p,
+                top_k=request.top_k,
+                seed=self.settings.seed if request.seed is None else request.seed,
+            ),
+            grammar=request.grammar,
+            max_tokens=request.max_tokens,
+            stop=list(request.stop),
+            emit=loop_emitter(loop, queue, cancel),
+            cancel=cancel,
+        )
+        stream = TokenStream(queue, cancel)
+        self._gen.submit(job)
+        return stream
+
+    async def embed(self, request: EmbedResolved) -> EmbedResult:
+        if not self._ready:
+            raise NotReady()
+        if self._embed is None:
+            raise Unsupported("embed not supported by this backend")
+        future: concurrent.futures.Future[EmbedResult] = concurrent.futures.Future()
+        self._embed.submit(EmbedJob(request, future))
+        return await asyncio.wrap_future(future)
+
+    async def stop(self, timeout: float) -> None:
+        await asyncio.to_thread(self.close, timeout)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Stop the workers and free the model. False if a worker outlived `timeout`
+        (its context and the model are then left alone: freeing them under a running
+        decode would crash the process)."""
+        with self._prep_cond:
+            self._ready = False
+        workers = [w for w in (self._gen, self._embed) if w is not None]
+        for w in workers:
+            w.shutdown()
+        deadline = time.monotonic() + max(0.0, timeout)
+        clean = True
+        for w in workers:
+            clean = w.join(max(0.0, deadline - time.monotonic())) and clean
+        with self._prep_cond:
+            clean = self._prep_cond.wait_for(
+                lambda: self._preparing == 0, max(0.0, deadline - time.monotonic())
+            ) and clean
+        if not clean:
+            log.warning("llama.cpp still busy after %.1fs; model left loaded", timeout)
+            return False
+        if self._model:
+            L.llama_model_free(self._model)
+            self._model = None
+        return True

@@ -1,0 +1,160 @@
+"""Embeddings: a second llama context (embeddings=true, pooled) on its own thread.
+
+Follows upstream `run_embed` (upstream-engine §3.5): task prefix, one pass per input
+with the cache cleared in between, MRL truncation to `dimensions`, then L2
+normalisation of the truncated vector.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import math
+from dataclasses import dataclass
+
+import llama_cpp.llama_cpp as L
+
+from ...proto.embed import EmbedResolved, EmbedTask
+from ..backend import BackendInvalidRequest, EmbedResult, Unavailable
+from .native import tokenize
+from .settings import LlamaCppSettings
+
+TASK_PREFIX: dict[EmbedTask | None, str] = {
+    None: "",
+    EmbedTask.RETRIEVAL_QUERY: "task: search result | query: ",
+    EmbedTask.RETRIEVAL_DOCUMENT: "title: none | text: ",
+    EmbedTask.SIMILARITY: "task: sentence similarity | query: ",
+    EmbedTask.CLASSIFICATION: "task: classification | query: ",
+    EmbedTask.CLUSTERING: "task: clustering | query: ",
+    EmbedTask.QUESTION_ANSWERING: "task: question answering | query: ",
+    EmbedTask.FACT_VERIFICATION: "task: fact checking | query: ",
+    EmbedTask.CODE_RETRIEVAL_QUERY: "task: code retrieval | query: ",
+}
+
+
+def task_prefix(task: EmbedTask | None) -> str:
+    return TASK_PREFIX.get(task, "")
+
+
+def l2_normalise(vec: list[float]) -> list[float]:
+    norm = math.sqrt(math.fsum(x * x for x in vec))
+    if norm == 0.0:
+        return vec
+    return [x / norm for x in vec]
+
+
+class EmbedContext:
+    """Embedding context; touched by its owner thread only."""
+
+    def __init__(self, model: L.llama_model_p, settings: LlamaCppSettings, label: str) -> None:
+        n = settings.embed_n_ctx
+        params = L.llama_context_default_params()
+        params.n_ctx = n
+        params.n_batch = n
+        params.n_ubatch = n
+        params.n_seq_max = 1
+        params.embeddings = True
+        params.pooling_type = (
+            settings.embed_pooling if settings.embed_pooling is not None else L.LLAMA_POOLING_TYPE_MEAN
+        )
+        params.n_threads = settings.threads()
+        params.n_threads_batch = settings.threads_batch()
+        params.no_perf = True
+        ctx = L.llama_init_from_model(model, params)
+        if not ctx:
+            raise ValueError(f"llama.cpp could not create the embedding context (n_ctx={n})")
+        self.ctx = ctx
+        self.label = label
+        self.vocab = L.llama_model_get_vocab(model)
+        self.n_embd = L.llama_model_n_embd_out(model) or L.llama_model_n_embd(model)
+        # The physical batch is the real ceiling: libllama asserts past it (upstream issue #20).
+        self.n_ubatch = L.llama_n_ubatch(ctx)
+        self.mem = L.llama_get_memory(ctx)
+        # Encoder-only models need llama_encode; everything else (incl. non-causal
+        # decoders such as EmbeddingGemma) goes through llama_decode.
+        self.use_encode = bool(L.llama_model_has_encoder(model)) and not L.llama_model_has_decoder(model)
+        self.batch = L.llama_batch_init(self.n_ubatch, 0, 1)
+        for i in range(self.n_ubatch):
+            self.batch.n_seq_id[i] = 1
+            self.batch.seq_id[i][0] = 0
+            self.batch.logits[i] = 1
+
+    def close(self) -> None:
+        if self.ctx:
+            L.llama_batch_free(self.batch)
+            L.llama_free(self.ctx)
+            self.ctx = None
+
+    def tokenize(self, text: str) -> list[int]:
+        return tokenize(self.vocab, text, add_special=True, parse_special=False)
+
+    def embed(self, request: EmbedResolved) -> EmbedResult:
+        dims = self.n_embd if request.dimensions is None else request.dimensions
+        if dims > self.n_embd:
+            raise BackendInvalidRequest(f"dimensions {dims} exceeds model n_embd {self.n_embd}")
+        if dims < 1:
+            raise BackendInvalidRequest("dimensions must be at least 1")
+        prefix = task_prefix(request.task)
+        # Check every input before spending compute on any of them.
+        batches: list[list[int]] = []
+        for i, text in enumerate(request.input):
+            tokens = self.tokenize(prefix + text)
+            if not tokens:
+                raise BackendInvalidRequest(f"input[{i}] produced no tokens")
+            if len(tokens) > self.n_ubatch:
+                raise BackendInvalidRequest(
+                    f"input exceeds embed context: {len(tokens)} tokens > n_ubatch {self.n_ubatch}"
+                )
+            batches.append(tokens)
+        vectors = [l2_normalise(self._one(tokens)[:dims]) for tokens in batches]
+        return EmbedResult(
+            embeddings=vectors,
+            dimensions=dims,
+            model=self.label,
+            input_tokens=sum(len(t) for t in batches),
+        )
+
+    def _one(self, tokens: list[int]) -> list[float]:
+        if self.mem:
+            L.llama_memory_clear(self.mem, True)
+        b = self.batch
+        tok, pos = b.token, b.pos
+        for i, t in enumerate(tokens):
+            tok[i] = t
+            pos[i] = i
+        b.n_tokens = len(tokens)
+        rc = L.llama_encode(self.ctx, b) if self.use_encode else L.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise Unavailable(f"embedding pass failed ({rc})")
+        out = L.llama_get_embeddings_seq(self.ctx, 0)
+        if not out:
+            raise Unavailable("the embedding context produced no pooled vector (pooling none?)")
+        return out[: self.n_embd]
+
+
+@dataclass(eq=False)
+class EmbedJob:
+    request: EmbedResolved
+    future: concurrent.futures.Future[EmbedResult]
+
+    def run(self, state: EmbedContext) -> None:
+        # False when the awaiting coroutine was cancelled while we queued.
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            result = state.embed(self.request)
+        except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting coroutine
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(result)
+
+    def abandon(self, exc: BaseException) -> None:
+        if not isinstance(exc, (BackendInvalidRequest, Unavailable)):
+            exc = Unavailable(str(exc) or type(exc).__name__)
+        fut = self.future
+        if fut.done():
+            return
+        if fut.running() or fut.set_running_or_notify_cancel():
+            fut.set_exception(exc)
+
+    def interrupt(self) -> None:
+        """Embedding passes are short; a running one finishes."""

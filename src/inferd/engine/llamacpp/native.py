@@ -1,0 +1,231 @@
+"""Thin helpers over llama-cpp-python's ctypes bindings (llama_cpp.llama_cpp).
+
+Everything here is stateless or process-wide: log routing, backend init, model
+load/metadata, tokenisation and the accelerator probe. Contexts live in the workers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass
+
+import llama_cpp.llama_cpp as L
+
+log = logging.getLogger("inferd.engine.llamacpp")
+_native_log = logging.getLogger("inferd.engine.llamacpp.native")
+
+# ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the previous line).
+_GGML_LOG_CONT = 5
+
+_init_lock = threading.Lock()
+_initialised = False
+_verbose = False
+_capture = threading.local()
+
+
+@L.llama_log_callback
+def _log_sink(level: int, text: bytes, _user: ctypes.c_void_p) -> None:
+    # Called from whichever native thread logs; it must never raise into C.
+    try:
+        msg = text.decode("utf-8", "replace")
+        lines = getattr(_capture, "lines", None)
+        if lines is not None:
+            lines.append(msg)
+        if _verbose:
+            sys.stderr.write(msg)
+        elif level != _GGML_LOG_CONT:
+            _native_log.debug("%s", msg.rstrip())
+    except Exception:  # noqa: BLE001 - see above
+        pass
+
+
+class capture_native_log:
+    """Collect llama.cpp log lines emitted on this thread (for error messages)."""
+
+    def __enter__(self) -> list[str]:
+        self._saved = getattr(_capture, "lines", None)
+        _capture.lines = []
+        return _capture.lines
+
+    def __exit__(self, *exc: object) -> None:
+        _capture.lines = self._saved
+
+
+def init_backend(verbose: bool) -> None:
+    """Process-wide llama.cpp setup; idempotent."""
+    global _initialised, _verbose
+    with _init_lock:
+        _verbose = verbose
+        # Importing llama_cpp installs a sink that prints everything to stderr;
+        # ours keeps the daemon's stderr clean and the lines in `logging`.
+        L.llama_log_set(_log_sink, ctypes.c_void_p(0))
+        if not _initialised:
+            L.llama_backend_init()
+            _initialised = True
+
+
+# ---- model -------------------------------------------------------------------------
+
+def load_model(path: str, n_gpu_layers: int) -> L.llama_model_p:
+    if not os.path.isfile(path):
+        raise ValueError(f"model file not found: {path}")
+    params = L.llama_model_default_params()
+    params.n_gpu_layers = n_gpu_layers
+    model = L.llama_model_load_from_file(path.encode(), params)
+    if not model:
+        raise ValueError(f"llama.cpp could not load the model: {path}")
+    return model
+
+
+def meta_str(model: L.llama_model_p, key: str) -> str | None:
+    size = 4096
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        n = L.llama_model_meta_val_str(model, key.encode(), buf, size)
+        if n < 0:
+            return None
+        if n < size:
+            return buf.raw[:n].decode("utf-8", "replace")
+        # Chat templates can be tens of KiB; n is the full length without the NUL.
+        size = n + 1
+
+
+def tokenize(vocab: L.llama_vocab_p, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+    data = text.encode("utf-8")
+    # Every token covers at least one byte, plus room for the added specials.
+    cap = len(data) + 8
+    arr = (L.llama_token * cap)()
+    n = L.llama_tokenize(vocab, data, len(data), arr, cap, add_special, parse_special)
+    if n < 0:
+        cap = -n
+        arr = (L.llama_token * cap)()
+        n = L.llama_tokenize(vocab, data, len(data), arr, cap, add_special, parse_special)
+        if n < 0:
+            raise RuntimeError(f"llama_tokenize failed ({n})")
+    return arr[:n]
+
+
+class PieceReader:
+    """Token -> bytes with a reusable buffer; one instance per thread."""
+
+    def __init__(self, vocab: L.llama_vocab_p) -> None:
+        self._vocab = vocab
+        self._size = 256
+        self._buf = ctypes.create_string_buffer(self._size)
+
+    def __call__(self, token: int) -> bytes:
+        n = L.llama_token_to_piece(self._vocab, token, self._buf, self._size, 0, True)
+        if n < 0:
+            self._size = -n
+            self._buf = ctypes.create_string_buffer(self._size)
+            n = L.llama_token_to_piece(self._vocab, token, self._buf, self._size, 0, True)
+        return self._buf.raw[:n]
+
+
+def bos_piece(vocab: L.llama_vocab_p) -> str:
+    bos = L.llama_vocab_bos(vocab)
+    if bos < 0:
+        return ""
+    return PieceReader(vocab)(bos).decode("utf-8", "replace")
+
+
+def eos_piece(vocab: L.llama_vocab_p) -> str:
+    eos = L.llama_vocab_eos(vocab)
+    if eos < 0:
+        return ""
+    return PieceReader(vocab)(eos).decode("utf-8", "replace")
+
+
+# ---- accelerator -------------------------------------------------------------------
+
+_KIND_BY_REG = {
+    "metal": "metal", "mtl": "metal",
+    "cuda": "cuda",
+    "rocm": "rocm", "hip": "rocm",
+    "vulkan": "vulkan",
+}
+_CASCADE = ("metal", "cuda", "rocm", "vulkan")
+_FORCE = {"cpu": "cpu", "metal": "metal", "cuda": "cuda", "rocm": "rocm", "hip": "rocm",
+          "vulkan": "vulkan", "vk": "vulkan"}
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    kind: str = "cpu"
+    device_name: str | None = None
+    vram_total_bytes: int | None = None
+
+
+def _ggml() -> ctypes.CDLL | None:
+    try:
+        from llama_cpp._ggml import libggml
+    except Exception:  # noqa: BLE001 - a missing symbol table only costs us the probe
+        return None
+    try:
+        libggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+        libggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+        libggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+        libggml.ggml_backend_dev_backend_reg.argtypes = [ctypes.c_void_p]
+        libggml.ggml_backend_dev_backend_reg.restype = ctypes.c_void_p
+        libggml.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
+        libggml.ggml_backend_reg_name.restype = ctypes.c_char_p
+        libggml.ggml_backend_dev_description.argtypes = [ctypes.c_void_p]
+        libggml.ggml_backend_dev_description.restype = ctypes.c_char_p
+        libggml.ggml_backend_dev_memory.argtypes = [
+            ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+        libggml.ggml_backend_dev_memory.restype = None
+    except AttributeError:
+        return None
+    return libggml
+
+
+def probe_accelerator() -> Accelerator:
+    """Which device llama.cpp will use: Metal > CUDA > ROCm > Vulkan > CPU (upstream ADR 0019).
+
+    INFERD_FORCE_BACKEND (cpu|metal|cuda|rocm|hip|vulkan|vk) overrides the pick.
+    """
+    devices: dict[str, tuple[str | None, int | None]] = {}
+    lib = _ggml() if L.llama_supports_gpu_offload() else None
+    if lib is not None:
+        for i in range(lib.ggml_backend_dev_count()):
+            dev = lib.ggml_backend_dev_get(i)
+            reg = lib.ggml_backend_dev_backend_reg(dev)
+            name = (lib.ggml_backend_reg_name(reg) or b"").decode(errors="replace").lower()
+            kind = _KIND_BY_REG.get(name)
+            if kind is None or kind in devices:
+                continue
+            desc = lib.ggml_backend_dev_description(dev)
+            free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+            lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+            devices[kind] = (desc.decode(errors="replace") if desc else None, total.value or None)
+
+    forced = os.environ.get("INFERD_FORCE_BACKEND", "").strip().lower()
+    if forced:
+        kind = _FORCE.get(forced)
+        if kind is None:
+            log.warning("INFERD_FORCE_BACKEND=%r is not one of %s; detecting", forced, sorted(_FORCE))
+        elif kind == "cpu":
+            return Accelerator()
+        elif kind in devices:
+            name, total = devices[kind]
+            return Accelerator(kind, name, total)
+        else:
+            log.warning("INFERD_FORCE_BACKEND=%s but this llama.cpp build has no such device; detecting", forced)
+    for kind in _CASCADE:
+        if kind in devices:
+            name, total = devices[kind]
+            return Accelerator(kind, name, total)
+    return Accelerator()
+
+
+def resolve_gpu_layers(requested: int, n_layer_all: int, kind: str) -> int:
+    """How many layers libllama actually offloads (upstream issue #51)."""
+    if kind == "cpu" or requested == 0:
+        return 0
+    if requested < 0:
+        return n_layer_all + 1
+    return min(requested, n_layer_all + 1)

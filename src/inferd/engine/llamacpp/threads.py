@@ -1,0 +1,121 @@
+"""A thread that exclusively owns one llama.cpp context (ARCHITECTURE: concurrency model).
+
+The context is created, used and freed on this thread only. Jobs arrive on a FIFO and
+run one at a time; a job that raises is reported through the job itself and the thread
+carries on with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+log = logging.getLogger("inferd.engine.llamacpp")
+
+S = TypeVar("S")
+S_contra = TypeVar("S_contra", contravariant=True)
+
+
+class Job(Protocol[S_contra]):
+    def run(self, state: S_contra) -> None:
+        """Do the work on the owner thread; report results through the job's own channel."""
+
+    def abandon(self, exc: BaseException) -> None:
+        """The job will not (fully) run: report `exc` to whoever waits on it."""
+
+    def interrupt(self) -> None:
+        """Ask a running job to stop at its next checkpoint (shutdown)."""
+
+
+class WorkerStopped(Exception):
+    pass
+
+
+class ContextThread(Generic[S]):
+    def __init__(self, name: str, open_state: Callable[[], S], close_state: Callable[[S], None]) -> None:
+        self.name = name
+        self._open_state = open_state
+        self._close_state = close_state
+        self._jobs: queue.SimpleQueue[Job[S] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closing = False
+        self._current: Job[S] | None = None
+        self._opened = threading.Event()
+        self._open_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self.state: S | None = None
+
+    def start(self) -> S:
+        """Start the thread and wait until its context exists; re-raise a failure to create it."""
+        self._thread.start()
+        self._opened.wait()
+        if self._open_error is not None:
+            self._thread.join()
+            raise self._open_error
+        assert self.state is not None
+        return self.state
+
+    def submit(self, job: Job[S]) -> None:
+        with self._lock:
+            if not self._closing:
+                self._jobs.put(job)
+                return
+        job.abandon(WorkerStopped("backend stopped"))
+
+    def shutdown(self) -> None:
+        """Refuse new jobs, interrupt the running one, and let the thread exit."""
+        with self._lock:
+            if self._closing:
+                return
+            self._closing = True
+            current = self._current
+            self._jobs.put(None)
+        if current is not None:
+            current.interrupt()
+
+    def join(self, timeout: float | None) -> bool:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _main(self) -> None:
+        try:
+            self.state = self._open_state()
+        except BaseException as exc:  # noqa: BLE001 - handed to start()
+            self._open_error = exc
+            self._opened.set()
+            return
+        self._opened.set()
+        try:
+            while True:
+                job = self._jobs.get()
+                if job is None:
+                    break
+                with self._lock:
+                    if self._closing:
+                        job.abandon(WorkerStopped("backend stopped"))
+                        continue
+                    self._current = job
+                try:
+                    job.run(self.state)
+                except Exception as exc:  # noqa: BLE001 - one bad job must not end the worker
+                    log.exception("%s: job failed", self.name)
+                    job.abandon(exc)
+                finally:
+                    with self._lock:
+                        self._current = None
+        finally:
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job.abandon(WorkerStopped("backend stopped"))
+            try:
+                self._close_state(self.state)
+            except Exception:  # noqa: BLE001
+                log.exception("%s: freeing the context failed", self.name)
