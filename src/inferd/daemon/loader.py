@@ -121,7 +121,8 @@ async def build_backend(entry: MockEntry | LlamaCppEntry, cfg: ConfigFile, phase
         chat_template=entry.chat_template,
     )
     phase(Mmap(path=str(path)))
-    phase(KvCache(n_ctx=entry.n_ctx))
+    # llama.cpp pads the context to a multiple of 256; say what it will allocate.
+    phase(KvCache(n_ctx=-(-entry.n_ctx // 256) * 256))
     try:
         return await run_in_daemon_thread(LlamaCppBackend, settings)
     except (ValueError, RuntimeError, OSError) as exc:

