@@ -70,8 +70,9 @@ def test_identity_and_capabilities(backend):
     assert backend.name == "llamacpp"
     assert backend.ready()
     caps = backend.capabilities()
+    # v2 is served text-only through the v1 path (engine/v2_text.py).
     assert (caps.v2, caps.vision, caps.audio, caps.tools, caps.thinking, caps.embed) == (
-        False, False, False, False, False, False)
+        True, False, False, False, False, False)
     assert caps.accelerator == "cpu" and caps.gpu_layers == 0
     assert caps.model == backend.label == "Gemma 3 270m"
     assert caps.n_ctx == N_CTX
