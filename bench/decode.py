@@ -1,0 +1,139 @@
+"""Decode speed through the daemon's Unix socket vs llama-cpp-python in-process, same run.
+
+    python bench/decode.py [--model PATH] [--tokens 128] [--threads 2] [--rounds 5]
+
+Three legs with the same prompt tokens, greedy sampling and 2 threads, run in
+alternation so background load hits each alike (medians reported):
+  reference  llama-cpp-python `create_completion(stream=True)` in this process
+  backend    inferd's LlamaCppBackend in this process (no sockets)
+  daemon     `inferd serve --backend llamacpp` as a subprocess, streamed over its Unix
+             socket to a client in this process (what an app sees)
+Time to first token counts from writing the request; decode tok/s counts the tokens
+after the first. Before every round each leg's KV cache is emptied, so every leg
+prefills the whole prompt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from engine_decode import PROMPT, Run, _model_path, run_backend, run_reference  # noqa: E402
+
+
+async def run_daemon(sock: str, n: int) -> Run:
+    reader, writer = await asyncio.open_unix_connection(sock, limit=1 << 20)
+    try:
+        # A different first message moves the daemon's KV cache off our prompt.
+        writer.write(json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": 0,
+                                 "max_tokens": 1}).encode() + b"\n")
+        while not (await reader.readline()).startswith(b'{"type":"done"'):
+            pass
+        request = json.dumps({"id": "bench", "messages": PROMPT, "temperature": 0, "max_tokens": n}).encode() + b"\n"
+        start = time.perf_counter()
+        writer.write(request)
+        first = last = None
+        text = []
+        while True:
+            raw = await reader.readline()
+            now = time.perf_counter()
+            frame = json.loads(raw)
+            if frame["type"] == "token":
+                text.append(frame["content"])
+                if first is None:
+                    first = now
+                last = now
+            elif frame["type"] == "done":
+                count = frame["usage"]["completion_tokens"]
+                break
+            else:
+                raise RuntimeError(frame)
+    finally:
+        writer.close()
+    assert first is not None and last is not None
+    tps = (count - 1) / (last - first) if count > 1 and last > first else 0.0
+    return Run((first - start) * 1000, tps, count, "".join(text))
+
+
+def start_daemon(model: str, args: argparse.Namespace, d: Path) -> tuple[subprocess.Popen, str]:
+    sock = str(d / "infer.sock")
+    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferd.cli.main", "serve", "--backend", "llamacpp", "--model-path", model,
+         "--n-ctx", str(args.n_ctx), "--n-threads", str(args.threads), "--no-embed", "--uds", sock,
+         "--admin-addr", str(d / "admin.sock"), "--lock", str(d / "inferd.lock")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(sock):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("daemon did not start")
+        time.sleep(0.1)
+    return proc, sock
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--n-ctx", type=int, default=2048)
+    args = ap.parse_args()
+
+    from llama_cpp import Llama
+
+    from inferd.engine.llamacpp import LlamaCppBackend, LlamaCppSettings
+
+    path = _model_path(args.model)
+    d = Path(tempfile.mkdtemp(prefix="ifd-decode-", dir="/tmp"))
+    proc, sock = start_daemon(path, args, d)
+    backend = LlamaCppBackend(LlamaCppSettings(model_path=path, n_ctx=args.n_ctx, n_threads=args.threads,
+                                               n_threads_batch=args.threads))
+    # Configured like the daemon's context (llama.cpp's "auto" picks flash attention on CPU).
+    llm = Llama(path, n_ctx=args.n_ctx, n_batch=512, n_threads=args.threads, n_threads_batch=args.threads,
+                flash_attn=True, verbose=False)
+    tokens = backend.tokenize_prompt(backend.render(PROMPT))
+    legs: dict[str, list[Run]] = {"reference": [], "backend": [], "daemon": []}
+    try:
+        run_reference(llm, tokens, 8)  # warm-up: first-call allocations everywhere
+        asyncio.run(run_backend(backend, 8))
+        asyncio.run(run_daemon(sock, 8))
+        for _ in range(args.rounds):
+            legs["reference"].append(run_reference(llm, tokens, args.tokens))
+            legs["backend"].append(asyncio.run(run_backend(backend, args.tokens)))
+            legs["daemon"].append(asyncio.run(run_daemon(sock, args.tokens)))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        backend.close()
+
+    def med(name: str, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in legs[name])
+
+    print(f"model {backend.label}  prompt {len(tokens)} tokens  greedy  max_tokens {args.tokens}  "
+          f"threads {args.threads}  rounds {args.rounds}")
+    print(f"{'':12}{'ttft ms':>10}{'decode tok/s':>15}{'tokens':>8}")
+    for name in legs:
+        print(f"{name:12}{med(name, 'ttft_ms'):10.1f}{med(name, 'decode_tps'):15.2f}{legs[name][-1].tokens:8d}")
+    for a, b in (("daemon", "reference"), ("daemon", "backend"), ("backend", "reference")):
+        print(f"{a}/{b}: decode {med(a, 'decode_tps') / med(b, 'decode_tps'):.3f}   "
+              f"ttft {med(a, 'ttft_ms') / med(b, 'ttft_ms'):.3f}")
+    texts = {name: runs[-1].text for name, runs in legs.items()}
+    print("same text on all legs:", len(set(texts.values())) == 1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
