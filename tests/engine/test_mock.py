@@ -215,3 +215,16 @@ async def test_each_generate_gets_a_fresh_stream() -> None:
     first = await collect(backend)
     second = await collect(backend)
     assert first == second == [Token("x"), Token("y"), Done(StopReason.END, 0, 2)]
+
+
+async def test_mock_embed_dimensions_are_bounded():
+    """Found by fuzzing: dimensions up to u32 max built 4e9 floats per input on the loop."""
+    from inferd.engine.backend import BackendInvalidRequest
+    from inferd.proto.embed import EmbedRequest
+
+    backend = MockBackend()
+    with pytest.raises(BackendInvalidRequest, match="between 1 and 4096"):
+        await backend.embed(EmbedRequest(input=["x"], dimensions=4097).resolve())
+    with pytest.raises(BackendInvalidRequest):
+        await backend.embed(EmbedRequest(input=["x"], dimensions=0).resolve())
+    assert (await backend.embed(EmbedRequest(input=["x"], dimensions=4096).resolve())).dimensions == 4096

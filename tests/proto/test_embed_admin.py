@@ -557,3 +557,12 @@ def test_windows_lock_path_honours_explicit_env(monkeypatch: pytest.MonkeyPatch)
     # An explicit (empty) env must not fall back to the process environment.
     monkeypatch.setenv("LOCALAPPDATA", "/proc-env/local")
     assert endpoints.default_lock_path({}, "win32") == str(Path.home() / "inferd" / "inferd.lock")
+
+
+def test_embed_input_count_is_capped():
+    from inferd.proto.embed import MAX_EMBED_INPUTS
+
+    ok = EmbedRequest(input=["x"] * MAX_EMBED_INPUTS).resolve()
+    assert len(ok.input) == 2048
+    with pytest.raises(InvalidRequest, match="input has 2049 entries; at most 2048 per request"):
+        EmbedRequest(input=["x"] * (MAX_EMBED_INPUTS + 1)).resolve()

@@ -469,3 +469,10 @@ def test_extensions_left_out_when_unset() -> None:
     obj = json.loads(line)
     assert "stop" not in obj and "seed" not in obj
     assert "temperature" not in obj  # unset sampling fields are left for the server
+
+
+def test_integer_too_large_for_a_float_is_a_decode_error():
+    """Found by fuzzing: float(10**400) raised OverflowError inside resolve()."""
+    body = '{"messages":[{"role":"user","content":"x"}],"top_p":1' + "0" * 400 + "}"
+    with pytest.raises(DecodeError, match="number out of range"):
+        parse_request(body)

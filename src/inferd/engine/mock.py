@@ -31,6 +31,8 @@ from .backend import (
 )
 from .events_v2 import DoneV2, EventV2, TextDelta, ToolUse
 
+MAX_MOCK_DIMENSIONS = 4096
+
 PreStreamError = Literal["NotReady", "InvalidRequest", "Unavailable"]
 
 
@@ -128,6 +130,9 @@ class MockBackend(Backend):
     async def embed(self, request: EmbedResolved) -> EmbedResult:
         self._check()
         dims = request.dimensions if request.dimensions is not None else 8
+        if not 1 <= dims <= MAX_MOCK_DIMENSIONS:
+            # u32 allows 4e9 floats per input: refuse before building them on the loop.
+            raise BackendInvalidRequest(f"dimensions must be between 1 and {MAX_MOCK_DIMENSIONS}")
         vectors = []
         total = 0
         for text in request.input:

@@ -11,6 +11,9 @@ from .errors import DecodeError, EmbedErrorCode, InvalidRequest
 from .v1 import U32, _summarise
 
 
+MAX_EMBED_INPUTS = 2048
+
+
 class EmbedTask(StrEnum):
     RETRIEVAL_QUERY = "retrieval_query"
     RETRIEVAL_DOCUMENT = "retrieval_document"
@@ -35,6 +38,9 @@ class EmbedRequest(BaseModel):
     def resolve(self) -> "EmbedResolved":
         if not self.input:
             raise InvalidRequest("input must not be empty")
+        if len(self.input) > MAX_EMBED_INPUTS:
+            # A 64 MiB line holds millions of one-letter inputs, each a full vector.
+            raise InvalidRequest(f"input has {len(self.input)} entries; at most {MAX_EMBED_INPUTS} per request")
         for i, text in enumerate(self.input):
             if text == "":
                 raise InvalidRequest(f"input[{i}] must not be empty")

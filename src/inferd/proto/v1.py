@@ -7,10 +7,11 @@ request `stop` and `seed`, `done.timings`; `stream: false` is honoured by the da
 from __future__ import annotations
 
 import json
+import math
 from enum import StrEnum
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 
 from .errors import DecodeError, ErrorCode, InvalidRequest
 
@@ -24,8 +25,22 @@ DEFAULT_MAX_TOKENS = 1000
 
 U32_MAX = 4_294_967_295
 U32 = Annotated[StrictInt, Field(ge=0, le=U32_MAX)]
+
+
+def _finite(value: float | int) -> float | int:
+    # An integer literal of 400 digits is valid JSON but no float: upstream's parser
+    # refused it as a decode error, and float() would raise OverflowError later.
+    try:
+        as_float = float(value)
+    except OverflowError:
+        raise ValueError("number out of range") from None
+    if not math.isfinite(as_float):
+        raise ValueError("number out of range")
+    return value
+
+
 # JSON numbers: integers are acceptable where a float is expected, strings are not.
-Number = Union[StrictFloat, StrictInt]
+Number = Annotated[Union[StrictFloat, StrictInt], AfterValidator(_finite)]
 
 
 class Role(StrEnum):

@@ -15,11 +15,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from collections.abc import Callable
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, JsonValue, PlainSerializer, PlainValidator,
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, JsonValue, PlainSerializer, PlainValidator,
                       SerializerFunctionWrapHandler, StrictBool, StrictStr, Tag, TypeAdapter, ValidationError,
                       model_serializer)
 
@@ -29,6 +30,24 @@ from .v1 import U32, Number, _summarise
 # Applied by the serving backend when a request has no max_tokens (upstream lib.rs).
 DEFAULT_V2_MAX_TOKENS = 1000
 
+
+
+
+def _finite_json(value: JsonValue) -> JsonValue:
+    """NaN and Infinity are not JSON; allow_inf_nan does not reach free-form values."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("NaN and Infinity are not JSON")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return value
+
+
+FiniteJson = Annotated[JsonValue, AfterValidator(_finite_json)]
 
 class RoleV2(StrEnum):
     # Kept apart from v1's Role so the two wires can evolve independently.
@@ -155,7 +174,7 @@ class Tool(_Wire):
     name: StrictStr
     description: StrictStr
     # Documentation for the model; the daemon never validates tool input against it.
-    input_schema: JsonValue
+    input_schema: FiniteJson
 
     @model_serializer(mode="wrap")
     def _keep_schema(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -194,7 +213,7 @@ class ToolUseBlock(_Wire):
     tool_call_id: StrictStr
     # Not checked against `tools`: a replayed turn may name a tool the model knew anyway.
     name: StrictStr
-    input: JsonValue
+    input: FiniteJson
 
     @model_serializer(mode="wrap")
     def _keep_input(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
