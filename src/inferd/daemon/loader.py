@@ -9,7 +9,9 @@ signal during a load can still end the process.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,7 @@ from ..engine.mock import MockBackend, MockConfig
 from ..proto.admin import CheckingLocal, KvCache, Mmap, Verify
 from .config import ConfigFile, LlamaCppEntry, MockEntry
 from .router import Slot
-from .store import ModelStore, StoreError, default_store_root, sha256_file
+from .store import ModelStore, StoreError, default_store_root
 
 T = TypeVar("T")
 PhaseSink = Callable[[Any], None]  # receives proto.admin load-phase models; thread-safe
@@ -57,12 +59,54 @@ def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-async def resolve_model_file(entry: LlamaCppEntry, cfg: ConfigFile, phase: PhaseSink) -> Path:
+class VerifiedModel:
+    """A model file as verified, and the path llama.cpp should load it from.
+
+    THREAT_MODEL F-6: between hashing a file and mapping it, another process could
+    swap the file at that path. So the file is opened once, hashed through that
+    descriptor, and (on Linux) llama.cpp loads `/proc/self/fd/N`: the very inode
+    that was hashed, whatever the path names by then. No copy is made (upstream's
+    copy-to-temp filled small disks).
+    """
+
+    def __init__(self, path: Path, fd: int | None = None) -> None:
+        self.path = path
+        self._fd = fd
+
+    @property
+    def load_path(self) -> Path:
+        if self._fd is not None:
+            return Path(f"/proc/self/fd/{self._fd}")
+        return self.path
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _hash_pinned(path: Path) -> tuple[str, int | None]:
+    """The sha256 of `path`, read through a descriptor kept open when /proc allows it."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            digest.update(chunk)
+    except BaseException:
+        os.close(fd)
+        raise
+    if os.path.isdir("/proc/self/fd"):
+        return digest.hexdigest(), fd
+    os.close(fd)
+    return digest.hexdigest(), None
+
+
+async def resolve_model_file(entry: LlamaCppEntry, cfg: ConfigFile, phase: PhaseSink) -> VerifiedModel:
     """Find (download if needed) and verify the GGUF for one llamacpp entry."""
     if entry.model is not None:
         store = ModelStore(default_store_root(cfg.models_home))
         try:
-            return await run_in_daemon_thread(store.ensure, entry.model, phase, cfg.auto_pull)
+            return VerifiedModel(await run_in_daemon_thread(store.ensure, entry.model, phase, cfg.auto_pull))
         except StoreError as exc:
             raise LoadError(f"backend {entry.name!r}: {exc}") from None
     assert entry.model_path is not None
@@ -70,17 +114,20 @@ async def resolve_model_file(entry: LlamaCppEntry, cfg: ConfigFile, phase: Phase
     phase(CheckingLocal(path=str(path)))
     if not path.is_file():
         raise LoadError(f"backend {entry.name!r}: model file {path} does not exist")
-    if entry.model_sha256:
-        phase(Verify(path=str(path)))
-        actual = await run_in_daemon_thread(sha256_file, path)
-        expected = entry.model_sha256.lower()
-        # F-5: constant-time comparison of the digests.
-        if not hmac.compare_digest(actual, expected):
-            raise LoadError(
-                f"backend {entry.name!r}: sha256 mismatch for {path}: expected {expected}, got {actual}; "
-                "the file is not the model the config names (nothing was loaded)"
-            )
-    return path
+    if not entry.model_sha256:
+        return VerifiedModel(path)  # operator-trusted: nothing pinned, nothing to hold
+    phase(Verify(path=str(path)))
+    actual, fd = await run_in_daemon_thread(_hash_pinned, path)
+    model = VerifiedModel(path, fd)
+    expected = entry.model_sha256.lower()
+    # F-5: constant-time comparison of the digests.
+    if not hmac.compare_digest(actual, expected):
+        model.close()
+        raise LoadError(
+            f"backend {entry.name!r}: sha256 mismatch for {path}: expected {expected}, got {actual}; "
+            "the file is not the model the config names (nothing was loaded)"
+        )
+    return model
 
 
 def _mock(entry: MockEntry) -> MockBackend:
@@ -101,15 +148,17 @@ async def build_backend(entry: MockEntry | LlamaCppEntry, cfg: ConfigFile, phase
     if isinstance(entry, MockEntry):
         phase(CheckingLocal(path="(mock)"))
         return _mock(entry)
-    path = await resolve_model_file(entry, cfg, phase)
+    model = await resolve_model_file(entry, cfg, phase)
     try:
         from ..engine.llamacpp import LlamaCppBackend, LlamaCppSettings
     except ImportError as exc:
+        model.close()
         raise LoadError(
             f"backend {entry.name!r} needs llama-cpp-python ({exc}); install it with `pip install 'inferd[llamacpp]'`"
         ) from None
     settings = LlamaCppSettings(
-        model_path=str(path),
+        model_path=str(model.load_path),
+        source_path=str(model.path),
         n_ctx=entry.n_ctx,
         n_threads=entry.n_threads,
         n_batch=entry.n_batch,
@@ -120,13 +169,15 @@ async def build_backend(entry: MockEntry | LlamaCppEntry, cfg: ConfigFile, phase
         embed_n_ctx=entry.embed_n_ctx,
         chat_template=entry.chat_template,
     )
-    phase(Mmap(path=str(path)))
+    phase(Mmap(path=str(model.path)))
     # llama.cpp pads the context to a multiple of 256; say what it will allocate.
     phase(KvCache(n_ctx=-(-entry.n_ctx // 256) * 256))
     try:
         return await run_in_daemon_thread(LlamaCppBackend, settings)
     except (ValueError, RuntimeError, OSError) as exc:
-        raise LoadError(f"backend {entry.name!r}: could not load {path}: {exc}") from None
+        raise LoadError(f"backend {entry.name!r}: could not load {model.path}: {exc}") from None
+    finally:
+        model.close()  # llama.cpp holds its own mapping of the verified inode now
 
 
 async def build_all(cfg: ConfigFile, phase: PhaseSink) -> list[Slot]:

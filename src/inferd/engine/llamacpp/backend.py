@@ -83,7 +83,8 @@ class LlamaCppBackend(Backend):
     def _setup(self, settings: LlamaCppSettings, path: str, n_gpu_layers: int) -> None:
         model = self._model
         self._vocab = L.llama_model_get_vocab(model)
-        self.label = settings.label or meta_str(model, "general.name") or Path(path).stem or "llamacpp"
+        named = settings.source_path or path
+        self.label = settings.label or meta_str(model, "general.name") or Path(named).stem or "llamacpp"
         self.architecture = meta_str(model, "general.architecture")
         n_layer_all = L.llama_model_n_layer(model) + L.llama_model_n_layer_nextn(model)
         self._gpu_layers = resolve_gpu_layers(n_gpu_layers, n_layer_all, self._accelerator.kind)

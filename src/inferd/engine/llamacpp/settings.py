@@ -18,6 +18,9 @@ DEFAULT_EMBED_N_CTX = 2048
 @dataclass
 class LlamaCppSettings:
     model_path: str | Path
+    #: The file the operator named, when `model_path` is another way to reach it
+    #: (the daemon loads a verified file through /proc/self/fd, THREAT_MODEL F-6).
+    source_path: str | Path | None = None
     #: Display name reported as `model`; None = GGUF `general.name`, else the file stem.
     label: str | None = None
     n_ctx: int = DEFAULT_N_CTX
