@@ -163,6 +163,7 @@ class Server:
             api_key=opts.api_key or None,
             group_gid=group_gid,
             activity=self.activity,
+            max_connections=opts.max_connections or None,
         )
 
     async def _bind_admin(self) -> Listener:

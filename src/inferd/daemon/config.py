@@ -191,6 +191,7 @@ class ServeOptions:
     ready_timeout_secs: float = 30.0
     write_timeout_secs: float = 60.0
     drain_timeout_secs: float = 30.0
+    max_connections: int = 256  # 0 = unbounded
     api_key: str | None = None
     group: str | None = None
     allow_uids: list[int] = field(default_factory=list)

@@ -42,6 +42,9 @@ class ListenerSecurity:
     api_key: str | None = None
     group_gid: int | None = None
     activity: ActivityLog | NullActivityLog = field(default_factory=NullActivityLog)
+    # F-1/F-17 in aggregate: each connection may buffer a partial line up to the frame
+    # cap, so their number is bounded too. None = unbounded.
+    max_connections: int | None = None
 
 
 class ConnectionTracker:
@@ -95,8 +98,14 @@ def _make_callback(surface: str, kind: str, handler: Handler, sec: ListenerSecur
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        tracker.add(task, surface)
         conn = Connection(reader, writer, surface=surface, transport_kind=kind, write_timeout=sec.write_timeout)
+        if sec.max_connections is not None and tracker.count() >= sec.max_connections:
+            sec.activity.record("warn", "activity", "connection_refused_limit", surface=surface,
+                                limit=sec.max_connections)
+            log.warning("refusing a %s connection: %d connections open", surface, sec.max_connections)
+            conn.abort()
+            return
+        tracker.add(task, surface)
         try:
             if kind == "unix":
                 sock = writer.get_extra_info("socket")
