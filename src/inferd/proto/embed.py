@@ -26,7 +26,8 @@ class EmbedTask(StrEnum):
 
 
 class EmbedRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # cache_strings="keys": ids and texts are unique per request; caching them only grows memory.
+    model_config = ConfigDict(extra="ignore", cache_strings="keys")
 
     id: StrictStr = ""
     input: list[StrictStr]

@@ -76,7 +76,7 @@ class ErrorCodeV2(StrEnum):
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, cache_strings="keys")
 
 
 # ---- base64 media ------------------------------------------------------------------
