@@ -11,7 +11,7 @@ from inferd.proto.v1 import DoneFrame, ErrorFrame, Request, StatusFrame, TokenFr
 
 from . import transport
 from .errors import ClientDecodeError, ClientError, UnexpectedEof
-from .transport import Connection, TcpAddr
+from .transport import Connection, Dialable
 
 Frame = Union[TokenFrame, DoneFrame, ErrorFrame, StatusFrame]
 
@@ -80,29 +80,13 @@ class FrameStream:
         await self.aclose()
 
 
-class Client:
+class Client(Dialable):
     """A v1 inference connection. Requests run one after another on it."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conn = Connection(reader, writer)
         self._active: FrameStream | None = None
 
-    @classmethod
-    async def dial_uds(cls, path: str) -> "Client":
-        return cls(*await transport.dial_uds(path))
-
-    @classmethod
-    async def dial_tcp(cls, addr: TcpAddr, api_key: str | None = None) -> "Client":
-        return cls(*await transport.dial_tcp(addr, api_key))
-
-    @classmethod
-    async def dial_pipe(cls, name: str) -> "Client":
-        return cls(*await transport.dial_pipe(name))
-
-    @classmethod
-    async def dial(cls, addr: str, api_key: str | None = None) -> "Client":
-        """Dial a socket path, `\\\\.\\pipe\\NAME` or `[tcp://]HOST:PORT`."""
-        return cls(*await transport.dial_addr(addr, api_key))
 
     @property
     def closed(self) -> bool:

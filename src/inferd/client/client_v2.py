@@ -18,7 +18,7 @@ from inferd.proto.v2 import DoneFrameV2, ErrorFrameV2, FrameV2, RequestV2, parse
 from . import transport
 from .client import FrameStream
 from .errors import ClientDecodeError, ClientError, UnexpectedEof
-from .transport import Connection, TcpAddr
+from .transport import Connection, Dialable
 
 FrameV2Any = Union[FrameV2, DoneFrameV2, ErrorFrameV2]
 
@@ -60,30 +60,13 @@ class FrameStreamV2(FrameStream):
         return self
 
 
-class ClientV2:
+class ClientV2(Dialable):
     """A v2 inference connection. Requests run one after another on it."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conn = Connection(reader, writer)
         self._active: FrameStreamV2 | None = None
 
-    @classmethod
-    async def dial_uds(cls, path: str) -> "ClientV2":
-        return cls(*await transport.dial_uds(path))
-
-    @classmethod
-    async def dial_tcp(cls, addr: TcpAddr, api_key: str | None = None) -> "ClientV2":
-        """Loopback TCP; the v2 convention is 127.0.0.1:47322."""
-        return cls(*await transport.dial_tcp(addr, api_key))
-
-    @classmethod
-    async def dial_pipe(cls, name: str) -> "ClientV2":
-        return cls(*await transport.dial_pipe(name))
-
-    @classmethod
-    async def dial(cls, addr: str, api_key: str | None = None) -> "ClientV2":
-        """Dial a socket path, `\\\\.\\pipe\\NAME` or `[tcp://]HOST:PORT`."""
-        return cls(*await transport.dial_addr(addr, api_key))
 
     @property
     def closed(self) -> bool:

@@ -10,10 +10,10 @@ from inferd.proto.errors import DecodeError
 
 from . import transport
 from .errors import ClientDecodeError, UnexpectedEof
-from .transport import Connection, TcpAddr
+from .transport import Connection, Dialable
 
 
-class EmbedClient:
+class EmbedClient(Dialable):
     """An embed connection; reusable for any number of sequential requests."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -21,22 +21,6 @@ class EmbedClient:
         # Concurrent callers would otherwise read each other's responses.
         self._lock = asyncio.Lock()
 
-    @classmethod
-    async def dial_uds(cls, path: str) -> "EmbedClient":
-        return cls(*await transport.dial_uds(path))
-
-    @classmethod
-    async def dial_tcp(cls, addr: TcpAddr, api_key: str | None = None) -> "EmbedClient":
-        return cls(*await transport.dial_tcp(addr, api_key))
-
-    @classmethod
-    async def dial_pipe(cls, name: str) -> "EmbedClient":
-        return cls(*await transport.dial_pipe(name))
-
-    @classmethod
-    async def dial(cls, addr: str, api_key: str | None = None) -> "EmbedClient":
-        """Dial a socket path, `\\\\.\\pipe\\NAME` or `[tcp://]HOST:PORT`."""
-        return cls(*await transport.dial_addr(addr, api_key))
 
     @property
     def closed(self) -> bool:

@@ -10,7 +10,7 @@ import asyncio
 import errno
 import json
 import sys
-from typing import Union
+from typing import Self, Union
 
 from pydantic import BaseModel
 
@@ -162,3 +162,28 @@ def encode_line(model: BaseModel, omit_empty: tuple[str, ...] = ("id",)) -> byte
         if data.get(key) == "":
             del data[key]
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+class Dialable:
+    """The four ways to reach a surface, for any client built from a stream pair."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    async def dial_uds(cls, path: str) -> Self:
+        return cls(*await dial_uds(path))
+
+    @classmethod
+    async def dial_tcp(cls, addr: TcpAddr, api_key: str | None = None) -> Self:
+        """Loopback TCP; with `api_key` the auth frame is sent first (THREAT_MODEL F-8)."""
+        return cls(*await dial_tcp(addr, api_key))
+
+    @classmethod
+    async def dial_pipe(cls, name: str) -> Self:
+        return cls(*await dial_pipe(name))
+
+    @classmethod
+    async def dial(cls, addr: str, api_key: str | None = None) -> Self:
+        """Dial a socket path, `\\\\.\\pipe\\NAME` or `[tcp://]HOST:PORT`."""
+        return cls(*await dial_addr(addr, api_key))
