@@ -24,6 +24,9 @@ class FrameStream:
     learns to stop generating (upstream ADR 0007).
     """
 
+    # The one thing the v2 stream changes (client_v2.FrameStreamV2).
+    _parse = staticmethod(parse_response)
+
     def __init__(self, client: "Client", line: bytes) -> None:
         self._client = client
         self._line = line
@@ -49,7 +52,7 @@ class FrameStream:
             if raw is None:
                 raise UnexpectedEof()
             try:
-                frame = parse_response(raw)
+                frame = self._parse(raw)
             except DecodeError as exc:
                 raise ClientDecodeError(exc.message) from None
         except BaseException:
@@ -83,10 +86,13 @@ class FrameStream:
 class Client(Dialable):
     """A v1 inference connection. Requests run one after another on it."""
 
+    # What differs between the v1 and v2 clients (ClientV2 overrides both).
+    _stream_type: type[FrameStream] = FrameStream
+    _omit_empty: tuple[str, ...] = ("id", "grammar")
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._conn = Connection(reader, writer)
         self._active: FrameStream | None = None
-
 
     @property
     def closed(self) -> bool:
@@ -103,7 +109,7 @@ class Client(Dialable):
                 "the previous response on this connection is still streaming; "
                 "read it to its end or aclose() it first"
             )
-        stream = FrameStream(self, transport.encode_line(request, omit_empty=("id", "grammar")))
+        stream = self._stream_type(self, transport.encode_line(request, omit_empty=self._omit_empty))
         self._active = stream
         return stream
 
@@ -111,8 +117,8 @@ class Client(Dialable):
         """Run `request` to completion and return its terminal frame."""
         async with self.generate(request) as stream:
             async for frame in stream:
-                if isinstance(frame, (DoneFrame, ErrorFrame)):
-                    return frame
+                if frame.is_terminal:
+                    return frame  # type: ignore[return-value]
         raise UnexpectedEof()  # pragma: no cover - the stream raises before this
 
     async def aclose(self) -> None:
