@@ -182,19 +182,21 @@ class Server:
         return await bind_unix(addr, "admin", handler, mode=0o600, sec=sec, tracker=self.tracker)
 
     def _phase_sink(self, wrapper: type[BaseModel]) -> Any:
+        """A callback for load phases; the store calls it from its download thread."""
         loop = asyncio.get_running_loop()
         broadcaster = self.broadcaster
 
         def publish(phase: Any) -> None:
             event = wrapper(phase=phase)
             try:
-                running = asyncio.get_running_loop()
+                on_loop = asyncio.get_running_loop() is loop
             except RuntimeError:
-                running = None
-            if running is loop:
+                on_loop = False
+            # On the loop, publish now: phases must precede the capabilities that follow.
+            if on_loop:
                 broadcaster.publish(event)
             else:
-                loop.call_soon_threadsafe(broadcaster.publish, event)
+                broadcaster.publish_threadsafe(loop, event)
 
         return publish
 

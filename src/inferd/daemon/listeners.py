@@ -11,7 +11,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -228,24 +227,3 @@ async def bind_pipe(name: str, surface: str, handler: Handler, *, sec: ListenerS
 
     return Listener(surface, "pipe", name, None, closer=closer)
 
-
-def socket_exists(path: str) -> bool:
-    try:
-        import stat
-
-        return stat.S_ISSOCK(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def loopback_probe(path: str) -> bool:
-    """True when something accepts connections at a Unix socket path."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        s.settimeout(0.5)
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()

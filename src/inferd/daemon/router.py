@@ -38,9 +38,5 @@ class Router:
     def can_embed(self) -> bool:
         return any(s.caps.embed for s in self.slots)
 
-    @property
-    def can_v2(self) -> bool:
-        return any(s.caps.v2 for s in self.slots)
-
     def all_ready(self) -> bool:
         return all(s.backend.ready() for s in self.slots)
