@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
-from ..engine.backend import BackendError
 from ..proto.embed import EmbeddingsFrame, EmbedResolved, EmbedUsage, embed_error, parse_embed_request
 from ..proto.errors import EmbedErrorCode
 from ..proto.framing import encode_frame
 from .conn import Connection
 from .context import DaemonContext
-from .surface import serve_requests
-
-log = logging.getLogger("inferd.embed")
+from .surface import call_backend, not_started, serve_requests
 
 
 def _error(id: str, code: str, message: str) -> bytes:
@@ -32,14 +27,8 @@ async def _embed(conn: Connection, ctx: DaemonContext, resolved: EmbedResolved) 
     if slot is None:
         await conn.send(_error(rid, EmbedErrorCode.BACKEND_UNAVAILABLE, "no embed-capable backend available"))
         return
-    try:
-        result = await slot.backend.embed(resolved)
-    except BackendError as exc:
-        await conn.send(_error(rid, exc.embed_code, exc.message))
-        return
-    except Exception as exc:  # noqa: BLE001 - a backend bug must not take the daemon down
-        log.exception("backend %s failed to embed", slot.label)
-        await conn.send(_error(rid, EmbedErrorCode.INTERNAL, f"backend failed: {type(exc).__name__}"))
+    result = await call_backend(conn, rid, slot.label, _error, lambda: slot.backend.embed(resolved), embed=True)
+    if not_started(result):
         return
     frame = EmbeddingsFrame(
         id=rid,

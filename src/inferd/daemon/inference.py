@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 
-from ..engine.backend import BackendError, Done, Token
+from ..engine.backend import Done, Token
 from ..proto.errors import ErrorCode
 from ..proto.framing import encode_frame
 from ..proto.v1 import DoneFrame, ErrorFrame, Resolved, TokenLines, Usage, parse_request
 from .conn import Connection
 from .context import DaemonContext
-from .surface import serve_requests
+from .surface import call_backend, not_started, serve_requests
 
 log = logging.getLogger("inferd.inference")
 
@@ -42,14 +42,8 @@ async def _generate(conn: Connection, ctx: DaemonContext, req: Resolved) -> None
         await conn.send(_error(rid, ErrorCode.BACKEND_UNAVAILABLE, "no backend available"))
         return
     started = time.perf_counter()
-    try:
-        stream = await slot.backend.generate(req)
-    except BackendError as exc:
-        await conn.send(_error(rid, exc.code, exc.message))
-        return
-    except Exception as exc:  # a backend bug must not take the daemon down
-        log.exception("backend %s failed before streaming", slot.label)
-        await conn.send(_error(rid, ErrorCode.INTERNAL, f"backend failed: {type(exc).__name__}"))
+    stream = await call_backend(conn, rid, slot.label, _error, lambda: slot.backend.generate(req))
+    if not_started(stream):
         return
 
     parts: list[str] = []

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 
-from ..engine.backend import BackendError
 from ..engine.events_v2 import DoneV2, TextDelta, ThinkingDelta, ToolUse
 from ..proto.framing import encode_frame
 from ..proto.v2 import (
@@ -32,7 +31,7 @@ from ..proto.v2 import (
 )
 from .conn import Connection
 from .context import DaemonContext
-from .surface import serve_requests
+from .surface import call_backend, not_started, serve_requests
 
 log = logging.getLogger("inferd.inference_v2")
 
@@ -71,14 +70,8 @@ async def _generate(conn: Connection, ctx: DaemonContext, req: ResolvedV2) -> No
         await conn.send(_error(rid, ErrorCodeV2.INTERNAL, f'backend "{slot.label}" does not advertise v2 capability'))
         return
     started = time.perf_counter()
-    try:
-        stream = await slot.backend.generate_v2(req)
-    except BackendError as exc:
-        await conn.send(_error(rid, exc.code, exc.message))
-        return
-    except Exception as exc:  # a backend bug must not take the daemon down
-        log.exception("backend %s failed before streaming (v2)", slot.label)
-        await conn.send(_error(rid, ErrorCodeV2.INTERNAL, f"backend failed: {type(exc).__name__}"))
+    stream = await call_backend(conn, rid, slot.label, _error, lambda: slot.backend.generate_v2(req))
+    if not_started(stream):
         return
 
     # The NDJSON-era daemon always streams, whatever `stream` says: `done` carries

@@ -9,14 +9,18 @@ request that decodes is resolved, admitted and run, and every refusal on that pa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
+from ..engine.backend import BackendError
 from ..proto.errors import DecodeError, ErrorCode, FrameTooLarge, InvalidRequest
 from ..proto.framing import FrameReader
 from .admission import AdmissionClosed, QueueFull
 from .conn import Connection
 from .context import DaemonContext
+
+log = logging.getLogger("inferd.surface")
 
 ErrorLine = Callable[[str, str, str], bytes]  # (id, code, message) -> one encoded error frame
 
@@ -84,3 +88,28 @@ async def _admit_and_run(conn: Connection, ctx: DaemonContext, request: R,
         raise _Close() from None
     async with ticket:  # waits FIFO for an active permit; released after the terminal frame
         await run(resolved)
+
+
+_NOT_STARTED = object()
+
+
+async def call_backend(conn: Connection, rid: str, label: str, error: ErrorLine,
+                       call: Callable[[], Awaitable[Any]], *, embed: bool = False) -> Any:
+    """Run a backend call that may refuse before anything streams.
+
+    A refusal (BackendError) becomes one error frame with its code; any other
+    exception is a backend bug, reported as `internal` - it never takes the daemon
+    down. Returns the call's result, or `_NOT_STARTED` after an error frame.
+    """
+    try:
+        return await call()
+    except BackendError as exc:
+        await conn.send(error(rid, exc.embed_code if embed else exc.code, exc.message))
+    except Exception as exc:  # noqa: BLE001
+        log.exception("backend %s failed before streaming", label)
+        await conn.send(error(rid, ErrorCode.INTERNAL, f"backend failed: {type(exc).__name__}"))
+    return _NOT_STARTED
+
+
+def not_started(result: Any) -> bool:
+    return result is _NOT_STARTED
