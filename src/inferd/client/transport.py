@@ -165,10 +165,7 @@ def encode_line(model: BaseModel, omit_empty: tuple[str, ...] = ("id",)) -> byte
 
 
 class Dialable:
-    """The four ways to reach a surface, for any client built from a stream pair."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
+    """The four ways to reach a surface, for any client built as `cls(reader, writer)`."""
 
     @classmethod
     async def dial_uds(cls, path: str) -> Self:
