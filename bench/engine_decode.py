@@ -61,21 +61,21 @@ def run_reference(llm, tokens: list[int], n: int) -> Run:
 
 
 async def run_backend(backend, n: int) -> Run:
-    from inferd.engine.backend import Done, Token
-    from inferd.proto.v1 import Request
+    from inferd.engine.events import Done, TextDelta
+    from inferd.engine.request import ChatMessage, GenerationRequest
 
     # A different first message empties the KV cache, so both sides prefill fully.
-    warm = Request(messages=[{"role": "user", "content": "hi"}], temperature=0, max_tokens=1).resolve()
+    warm = GenerationRequest(id="warm", messages=[ChatMessage("user", "hi")], temperature=0, max_tokens=1)
     async for _ in await backend.generate(warm):
         pass
-    req = Request(messages=PROMPT, temperature=0, max_tokens=n).resolve()
+    req = GenerationRequest(id="bench", messages=[ChatMessage(**m) for m in PROMPT], temperature=0, max_tokens=n)
     start = time.perf_counter()
     first = last = None
     text = []
     done = None
     async for ev in await backend.generate(req):
         now = time.perf_counter()
-        if isinstance(ev, Token):
+        if isinstance(ev, TextDelta):
             text.append(ev.text)
             if first is None:
                 first = now
@@ -83,7 +83,7 @@ async def run_backend(backend, n: int) -> Run:
         elif isinstance(ev, Done):
             done = ev
     assert first is not None and last is not None and done is not None
-    count = done.completion_tokens
+    count = done.usage.completion_tokens
     tps = (count - 1) / (last - first) if count > 1 and last > first else 0.0
     return Run((first - start) * 1000, tps, count, "".join(text))
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferd.daemon.activity import NullActivityLog
-from inferd.daemon.boot import Server
+from inferd.daemon.observe.activity import NullActivityLog
+from inferd.daemon.server import Server
 from inferd.daemon.config import ServeOptions
 
 

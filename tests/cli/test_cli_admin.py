@@ -88,17 +88,17 @@ def sorted_line(obj: dict) -> str:
 
 @pytest.fixture
 def fake_config(monkeypatch):
-    """Stand-in for inferd.daemon.config so doctor's local lines are under test control."""
-    module = types.ModuleType("inferd.daemon.config")
+    """Stand-in for inferd.daemon.doctor so doctor's local lines are under test control."""
+    module = types.ModuleType("inferd.daemon.doctor")
     module.calls = []
 
-    def doctor_lines(config_path):
+    def local_checks(config_path):
         module.calls.append(config_path)
         return list(module.lines)
 
     module.lines = [(True, "config", "loaded /etc/inferd.json (backends: [llamacpp:alpha], auto_pull=true)")]
-    module.doctor_lines = doctor_lines
-    monkeypatch.setitem(sys.modules, "inferd.daemon.config", module)
+    module.local_checks = local_checks
+    monkeypatch.setitem(sys.modules, "inferd.daemon.doctor", module)
     return module
 
 

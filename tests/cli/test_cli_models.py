@@ -15,7 +15,7 @@ import typer
 from typer.testing import CliRunner
 
 from inferd.cli import models as models_cli
-from inferd.daemon.store import ModelSpec, ModelStore
+from inferd.models.store import ModelSpec, ModelStore
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from inferd.daemon.activity import (
+from inferd.daemon.observe.activity import (
     LOG_FILE_NAME,
     ActivityLog,
     NullActivityLog,

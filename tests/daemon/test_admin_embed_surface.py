@@ -22,7 +22,7 @@ async def test_admin_during_loading_gets_snapshot_then_live_ready(sockdir):
     d = await start_daemon(sockdir, wait_ready=False, mock={"ready_delay_ms": 1500})
     try:
         for _ in range(200):
-            if os.path.exists(d.admin) and d.server.router.slots:
+            if os.path.exists(d.admin) and d.server.router.entries:
                 break
             await asyncio.sleep(0.01)
         reader, writer = await dial(d.admin)

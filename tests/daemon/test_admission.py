@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from inferd.daemon.admission import Admission, AdmissionClosed, QueueFull, Ticket
+from inferd.daemon.pipeline.admission import Admission, AdmissionClosed, QueueFull, Ticket
 
 
 async def started(ticket: Ticket) -> asyncio.Task:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from inferd.daemon.admin import LAG_LIMIT, StatusBroadcaster, Subscription
+from inferd.daemon.status import LAG_LIMIT, StatusBroadcaster, Subscription
 from inferd.proto.admin import (
     Capabilities,
     CheckingLocal,

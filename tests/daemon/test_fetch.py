@@ -15,7 +15,7 @@ import pytest
 
 from fake_hub import FILE, REPO, FakeHub, MiB, serving_hub
 
-from inferd.daemon.store import ModelSpec, ModelStore, ShaMismatch, StoreError
+from inferd.models.store import ModelSpec, ModelStore, ShaMismatch, StoreError
 from inferd.proto.admin import CheckingLocal, Download, Quarantine, Verify
 
 @pytest.fixture

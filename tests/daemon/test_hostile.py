@@ -25,7 +25,7 @@ import pytest
 
 from daemon_harness import dial, line, read_json, read_until_terminal, req, roundtrip
 
-from inferd.daemon.activity import LOG_FILE_NAME, ActivityLog
+from inferd.daemon.observe.activity import LOG_FILE_NAME, ActivityLog
 
 QUEUE_FULL = {"type": "error", "code": "queue_full", "message": "queue full"}
 MID_STREAM = "backend ended stream without terminal frame"
@@ -143,7 +143,7 @@ async def test_write_stall_costs_the_hostile_its_connection_not_a_slot(daemon_fa
     hostile = stuck_socket(d.infer)
     try:
         hostile.sendall(line(req("hostile")))
-        await wait_until(lambda: d.server.admission.outstanding == 1, 10, "the hostile request to be admitted")
+        await wait_until(lambda: d.server.router.outstanding == 1, 10, "the hostile request to be admitted")
         # The hostile request really holds the only slot (otherwise the test proves nothing).
         probe = await roundtrip(d.infer, req("probe"), timeout=10)
         assert probe == [dict(QUEUE_FULL, id="probe")]
@@ -170,7 +170,7 @@ async def test_write_stall_costs_the_hostile_its_connection_not_a_slot(daemon_fa
         got = complete_lines(received)
         assert all(f["type"] == "token" and f["id"] == "hostile" for f in got)
         assert len(got) < 512, "the hostile stream was not abandoned"
-        await wait_until(lambda: d.server.admission.outstanding == 0, 5, "all slots released")
+        await wait_until(lambda: d.server.router.outstanding == 0, 5, "all slots released")
     finally:
         hostile.close()
 
@@ -272,7 +272,7 @@ async def test_endless_line_gets_one_frame_too_large_while_others_are_served(dae
     assert [f["type"] for f in served] == ["token", "token", "done"] and served[-1]["id"] == "bystander"
     assert order == ["bystander", "hostile-frame"]
     await wait_until(lambda: d.server.tracker.count({"inference"}) == 0, 10, "the hostile connection to close")
-    assert d.server.admission.outstanding == 0
+    assert d.server.router.outstanding == 0
 
 
 # ---- F-7: other users through the daemon ------------------------------------------
@@ -361,7 +361,7 @@ async def test_peer_policy_applies_to_other_users(daemon_factory, sockdir, polic
         assert refused[0]["peer_uid"] == NOBODY and refused[0]["peer_pid"] == pid
         assert refused[0]["surface"] == "inference" and refused[0]["level"] == "warn"
         assert not any(r.get("peer_uid") == NOBODY for r in records if r["msg"].endswith("_connection_accepted"))
-        assert d.server.admission.outstanding == 0
+        assert d.server.router.outstanding == 0
     else:
         assert result["ending"] == "terminal" and result["frames"][-1]["type"] == "done", result
         assert result["frames"][-1]["id"] == f"nobody-{policy}"
@@ -459,7 +459,7 @@ async def test_backend_fault_mid_stream_releases_the_only_slot(daemon_factory, s
         frames = await read_until_terminal(reader)
         assert [f["type"] for f in frames] == expected_types and frames[0]["content"] == "one"
         assert frames[1] == {"type": "error", "id": "fault-a1", "code": "backend_unavailable", "message": MID_STREAM}
-        assert d.server.admission.outstanding == 0
+        assert d.server.router.outstanding == 0
         # Capacity is one: if the slot leaked, this would be queue_full.
         other = await roundtrip(d.infer, req("fault-b"))
         assert [f["type"] for f in other] == expected_types and other[-1]["code"] == "backend_unavailable"
@@ -471,8 +471,8 @@ async def test_backend_fault_mid_stream_releases_the_only_slot(daemon_factory, s
     assert not d.task.done()
     errs = [r for r in activity_records(logs) if r["msg"] == "request_error_mid_stream"]
     assert [r["req_id"] for r in errs] == ["fault-a1", "fault-b", "fault-a2"]
-    assert all(r["tokens_sent"] == 1 and r["level"] == "warn" for r in errs)
-    assert d.server.admission.outstanding == 0
+    assert all(r["text_frames"] == 1 and r["level"] == "warn" for r in errs)
+    assert d.server.router.outstanding == 0
 
 
 async def test_idle_and_half_line_peers_hold_no_slot(daemon_factory):
@@ -491,11 +491,11 @@ async def test_idle_and_half_line_peers_hold_no_slot(daemon_factory):
     gone_w.close()
     await gone_w.wait_closed()
     await wait_until(lambda: d.server.tracker.count({"inference"}) == 2, 10, "the closed peer's handler to end")
-    assert d.server.admission.outstanding == 0
+    assert d.server.router.outstanding == 0
     try:
         frames = await roundtrip(d.infer, req("normal"))
         assert [f["type"] for f in frames] == ["token", "token", "done"]
-        assert d.server.admission.outstanding == 0
+        assert d.server.router.outstanding == 0
         # The idle and half-line peers are still connected and still not admitted.
         assert d.server.tracker.count({"inference"}) >= 2
         # The half-line peer can still finish its line and be served.
@@ -506,4 +506,4 @@ async def test_idle_and_half_line_peers_hold_no_slot(daemon_factory):
         idle_w.close()
         hold_w.close()
     await wait_until(lambda: d.server.tracker.count({"inference"}) == 0, 10, "all handlers to end")
-    assert d.server.admission.outstanding == 0
+    assert d.server.router.outstanding == 0

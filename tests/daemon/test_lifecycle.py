@@ -167,6 +167,6 @@ async def test_broken_reload_keeps_the_old_model(sockdir):
 
 def test_serve_option_defaults():
     opts = ServeOptions()
-    assert opts.active_permits == 1 and opts.queue_depth == 10
+    assert opts.active_permits is None and opts.queue_depth == 10  # None: what each backend can run
     assert opts.embed is None  # bound when a backend can embed
     assert opts.write_timeout_secs == 60.0 and opts.ready_timeout_secs == 30.0

@@ -116,11 +116,11 @@ async def test_cancel_mid_stream_frees_the_worker(daemon):
     writer.close()
     done = (await roundtrip(daemon.infer, chat("next", max_tokens=3), timeout=120))[-1]
     assert done["type"] == "done"
-    assert daemon.server.admission.outstanding == 0
+    assert daemon.server.router.outstanding == 0
 
 
 async def test_second_turn_reuses_the_prompt_prefix(daemon):
-    backend = daemon.server.router.slots[0].backend
+    backend = daemon.server.router.entries[0].backend
     first = (await roundtrip(daemon.infer, chat("t1", "Tell me about the moon.", max_tokens=12, temperature=0),
                              timeout=120))[-1]
     turn2 = {"id": "t2", "max_tokens": 4, "temperature": 0, "messages": [

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from inferd.daemon.lock import InstanceLock, LockError, read_lock_holder
-from inferd.daemon.paths import SocketPathError, prepare_socket_path, remove_socket_file
+from inferd.daemon.net.paths import SocketPathError, prepare_socket_path, remove_socket_file
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -319,7 +319,7 @@ def test_socket_dir_owned_by_another_user_is_refused(tmp_path):
 
     import pytest as _pytest
 
-    from inferd.daemon.paths import SocketPathError, prepare_socket_path
+    from inferd.daemon.net.paths import SocketPathError, prepare_socket_path
 
     foreign = tmp_path / "foreign"
     foreign.mkdir(mode=0o700)

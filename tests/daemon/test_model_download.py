@@ -18,8 +18,8 @@ import pytest
 from daemon_harness import roundtrip
 from fake_hub import serving_hub
 
-from inferd.daemon.activity import NullActivityLog
-from inferd.daemon.boot import Server
+from inferd.daemon.observe.activity import NullActivityLog
+from inferd.daemon.server import Server
 from inferd.daemon.config import ServeOptions
 
 REPO = "google/gemma-3-270m-GGUF"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from inferd.daemon import peercred
-from inferd.daemon.peercred import PeerCred, PeerPolicy, peer_credentials, resolve_group
+from inferd.daemon.net import peercred
+from inferd.daemon.net.peercred import PeerCred, PeerPolicy, peer_credentials, resolve_group
 
 NOBODY = 65534
 

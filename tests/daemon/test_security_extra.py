@@ -6,7 +6,7 @@ import asyncio
 import logging
 import socket
 
-from inferd.daemon import listeners
+from inferd.daemon.net import listeners
 
 
 def free_port() -> int:

@@ -17,8 +17,8 @@ import pytest
 from pydantic import ValidationError
 
 import inferd
-from inferd.daemon import store as store_mod
-from inferd.daemon.store import (
+from inferd.models import store as store_mod
+from inferd.models.store import (
     ModelSpec,
     ModelStore,
     ShaMismatch,

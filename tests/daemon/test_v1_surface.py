@@ -22,7 +22,7 @@ async def test_tape_streams_tokens_then_done(daemon_factory):
     assert done["content"] == "alpha beta gamma"
     assert done["stop_reason"] == "end"
     assert done["backend"] == "mock"
-    assert done["usage"] == {"prompt_tokens": 0, "completion_tokens": 3}
+    assert done["usage"] == {"prompt_tokens": 0, "completion_tokens": 3, "cached_tokens": 0, "thinking_tokens": 0}
     assert list(done)[:2] == ["type", "id"]
 
 
@@ -60,7 +60,7 @@ async def test_backend_fault_mid_stream_keeps_daemon_serving(daemon_factory):
         assert [f["type"] for f in frames] == ["token", "token", "error"]
         assert frames[-1]["code"] == "backend_unavailable"
     writer.close()
-    assert d.server.admission.outstanding == 0
+    assert d.server.router.outstanding == 0
 
 
 async def test_pre_stream_errors_map_to_codes(daemon_factory, sockdir):
@@ -218,7 +218,7 @@ async def test_disconnect_mid_stream_frees_the_slot(daemon_factory):
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("slot never freed after the client went away")
-    assert d.server.admission.outstanding == 0
+    assert d.server.router.outstanding == 0
 
 
 async def test_inference_socket_modes(daemon_factory):

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from inferd.client import ClientV2, UnexpectedEof
-from inferd.daemon.activity import NullActivityLog
-from inferd.daemon.boot import Server
+from inferd.daemon.observe.activity import NullActivityLog
+from inferd.daemon.server import Server
 from inferd.daemon.config import ServeOptions
 from inferd.proto import v2
 
@@ -148,7 +148,8 @@ async def test_tape_streams_as_text_frames_then_done(start_daemon, conns):
     assert [f["block"] for f in frames[:-1]] == [{"type": "text", "delta": t} for t in "abc"]
     assert all(f["id"] == "req-1" for f in frames)
     assert frames[-1] == {
-        "type": "done", "id": "req-1", "usage": {"input_tokens": 0, "output_tokens": 3},
+        "type": "done", "id": "req-1",
+        "usage": {"input_tokens": 0, "output_tokens": 3, "cached_tokens": 0, "thinking_tokens": 0},
         "stop_reason": "end_turn", "backend": "mock",
     }
 
@@ -249,7 +250,7 @@ async def test_queue_full_when_the_shared_slot_is_taken(start_daemon, conns, hol
 
 async def test_backend_without_v2_capability_is_internal_and_connection_stays_open(start_daemon, conns):
     d = await start_daemon()
-    caps = d.server.router.slots[0].caps
+    caps = d.server.router.entries[0].caps
     caps.v2 = False
     c = await conns(d.v2)
     await c.write(text_req("no-v2"))
@@ -263,7 +264,7 @@ async def test_backend_without_v2_capability_is_internal_and_connection_stays_op
 
 async def test_tool_use_event_becomes_a_whole_tool_use_frame(start_daemon, conns):
     d = await start_daemon()
-    d.server.router.slots[0].backend.config.emit_tool_use = "get_weather"
+    d.server.router.entries[0].backend.config.emit_tool_use = "get_weather"
     c = await conns(d.v2)
     await c.write(text_req("tools"))
     frames = await c.until_terminal()
@@ -300,7 +301,7 @@ async def test_activity_records_ids_and_counts_never_text(start_daemon, conns):
     await asyncio.sleep(0)
     (done,) = [r for r in log.records if r[2] == "v2_request_done"]
     fields = done[3]
-    assert fields["req_id"] == "audit" and fields["output_tokens"] == 2 and fields["text_frames"] == 2
+    assert fields["req_id"] == "audit" and fields["completion_tokens"] == 2 and fields["text_frames"] == 2
     dumped = json.dumps([r[3] for r in log.records], default=str)
     assert "secret prompt" not in dumped and "tok-alpha" not in dumped
 

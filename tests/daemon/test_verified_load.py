@@ -60,7 +60,7 @@ async def test_daemon_serves_a_pinned_model_loaded_through_its_descriptor(sockdi
     fds_before = len(os.listdir("/proc/self/fd"))
     d = await start_daemon(sockdir, config=str(cfg), embed=False)
     try:
-        assert d.server.router.slots[0].caps.model == "Gemma 3 270m"
+        assert d.server.router.entries[0].caps.model == "Gemma 3 270m"
         done = (await roundtrip(d.infer, {"id": "p", "messages": [{"role": "user", "content": "Hi"}],
                                           "max_tokens": 3}, timeout=60))[-1]
         assert done["type"] == "done"

@@ -13,9 +13,10 @@ import json
 import llama_cpp.llama_cpp as L
 import pytest
 
-from inferd.engine.backend import BackendInvalidRequest, Done, NotReady, Token, Unavailable
+from inferd.engine.backend import BackendInvalidRequest, NotReady, Unavailable
+from inferd.engine.events import Done, FinishReason, TextDelta
+from inferd.engine.request import ChatMessage, GenerationRequest
 from inferd.engine.llamacpp import LlamaCppBackend, LlamaCppSettings
-from inferd.proto.v1 import Message, Request, Resolved, StopReason
 
 N_CTX = 2048  # conftest's generation context
 THREADS = 2
@@ -26,18 +27,18 @@ POEM = [{"role": "user", "content": "Write a short poem about the sea."}]
 HIEROGLYPHS = [{"role": "user", "content": "Repeat exactly: 𓀀𓀁𓀂𓀃𓀄𓀅 𓀀𓀁𓀂𓀃𓀄𓀅"}]
 
 
-def req(messages=POEM, **kw) -> Resolved:
+def req(messages=POEM, **kw) -> GenerationRequest:
     kw.setdefault("temperature", 0)
     kw.setdefault("max_tokens", 16)
-    return Request(messages=messages, **kw).resolve()
+    return GenerationRequest(id="", messages=[ChatMessage(**m) for m in messages], **kw)
 
 
-async def run(backend, request: Resolved) -> tuple[list[Token], Done]:
-    tokens: list[Token] = []
+async def run(backend, request: GenerationRequest) -> tuple[list[TextDelta], Done]:
+    tokens: list[TextDelta] = []
     done = None
     async for ev in await backend.generate(request):
         assert done is None, "nothing may follow Done"
-        if isinstance(ev, Token):
+        if isinstance(ev, TextDelta):
             tokens.append(ev)
         else:
             assert isinstance(ev, Done)
@@ -46,7 +47,7 @@ async def run(backend, request: Resolved) -> tuple[list[Token], Done]:
     return tokens, done
 
 
-def text_of(tokens: list[Token]) -> str:
+def text_of(tokens: list[TextDelta]) -> str:
     return "".join(t.text for t in tokens)
 
 
@@ -70,7 +71,6 @@ def test_identity_and_capabilities(backend):
     assert backend.name == "llamacpp"
     assert backend.ready()
     caps = backend.capabilities()
-    # v2 is served text-only through the v1 path (engine/v2_text.py).
     assert (caps.v2, caps.vision, caps.audio, caps.tools, caps.thinking, caps.embed) == (
         True, False, False, False, False, False)
     assert caps.accelerator == "cpu" and caps.gpu_layers == 0
@@ -89,14 +89,14 @@ async def test_greedy_equals_in_process_llama_cpp_python(backend, reference):
     want, n = reference_greedy(reference, prompt, 24)
     tokens, done = await run(backend, req(max_tokens=24))
     assert text_of(tokens) == want.decode("utf-8")
-    assert done.prompt_tokens == len(prompt)
-    assert done.completion_tokens == n
+    assert done.usage.prompt_tokens == len(prompt)
+    assert done.usage.completion_tokens == n
 
 
 async def test_max_tokens_stops_with_length(backend):
     tokens, done = await run(backend, req(max_tokens=5))
-    assert done.stop_reason == StopReason.LENGTH
-    assert done.completion_tokens == 5
+    assert done.reason == FinishReason.LENGTH
+    assert done.usage.completion_tokens == 5
     assert tokens
     assert done.timings is not None
     assert done.timings.prompt_ms > 0 and done.timings.generate_ms > 0
@@ -105,7 +105,7 @@ async def test_max_tokens_stops_with_length(backend):
 
 async def test_zero_max_tokens(backend):
     tokens, done = await run(backend, req(max_tokens=0))
-    assert tokens == [] and done.stop_reason == StopReason.LENGTH and done.completion_tokens == 0
+    assert tokens == [] and done.reason == FinishReason.LENGTH and done.usage.completion_tokens == 0
 
 
 async def test_stop_string_ends_the_stream_before_it(backend):
@@ -121,8 +121,8 @@ async def test_stop_string_ends_the_stream_before_it(backend):
     got = text_of(tokens)
     assert got == full[:cut]
     assert stop not in got
-    assert done.stop_reason == StopReason.END
-    assert done.completion_tokens < 20
+    assert done.reason == FinishReason.END
+    assert done.usage.completion_tokens < 20
 
 
 async def test_same_seed_same_text(backend):
@@ -137,7 +137,7 @@ async def test_grammar_alternatives(backend):
     messages = [{"role": "user", "content": "Is the sky blue? Answer yes or no."}]
     tokens, done = await run(backend, req(messages, temperature=1.0, seed=7, grammar='root ::= "yes" | "no"'))
     assert text_of(tokens) in {"yes", "no"}
-    assert done.stop_reason == StopReason.END
+    assert done.reason == FinishReason.END
 
 
 async def test_grammar_json(backend):
@@ -151,7 +151,7 @@ ws     ::= " "?
     tokens, done = await run(backend, req(messages, grammar=grammar, max_tokens=40))
     value = json.loads(text_of(tokens))
     assert set(value) == {"answer", "n"} and isinstance(value["answer"], bool)
-    assert done.stop_reason == StopReason.END
+    assert done.reason == FinishReason.END
 
 
 async def test_utf8_never_split(backend, reference):
@@ -161,7 +161,7 @@ async def test_utf8_never_split(backend, reference):
     tokens, done = await run(backend, req(HIEROGLYPHS, max_tokens=24))
     got = text_of(tokens)
     # These characters have no vocabulary entry: they arrive as byte tokens.
-    assert len(tokens) < done.completion_tokens
+    assert len(tokens) < done.usage.completion_tokens
     assert "\ufffd" not in want
     assert "\ufffd" not in got
     assert got == want
@@ -180,7 +180,7 @@ async def test_prompt_longer_than_context_is_refused_before_decoding(backend):
 
 async def test_empty_messages_refused(backend):
     with pytest.raises(BackendInvalidRequest, match="messages must not be empty"):
-        await backend.generate(Resolved(id="x", messages=[]))
+        await backend.generate(GenerationRequest(id="x", messages=[]))
 
 
 @pytest.mark.parametrize("grammar, pattern", [
@@ -193,7 +193,7 @@ async def test_bad_grammar_refused(backend, grammar, pattern):
     with pytest.raises(BackendInvalidRequest, match=pattern):
         await backend.generate(req(grammar=grammar))
     _, done = await run(backend, req(max_tokens=2))
-    assert done.completion_tokens == 2
+    assert done.usage.completion_tokens == 2
 
 
 # ---- KV prefix reuse ------------------------------------------------------------------
@@ -204,13 +204,13 @@ async def test_second_turn_reuses_the_history(backend, reference):
              {"role": "user", "content": "What is a schooner?"}]
     tokens, done1 = await run(backend, req(first, max_tokens=12))
     # Only the template's opening tokens can be shared with earlier tests' prompts.
-    assert backend.last_prompt_evaluated > done1.prompt_tokens - 8
+    assert backend.last_prompt_evaluated > done1.usage.prompt_tokens - 8
     second = [*first, {"role": "assistant", "content": text_of(tokens)},
               {"role": "user", "content": "And a ketch?"}]
     tokens2, done2 = await run(backend, req(second, max_tokens=12))
-    assert done1.prompt_tokens > 600
-    assert done2.prompt_tokens > done1.prompt_tokens
-    assert backend.last_prompt_evaluated < done2.prompt_tokens - done1.prompt_tokens + 8
+    assert done1.usage.prompt_tokens > 600
+    assert done2.usage.prompt_tokens > done1.usage.prompt_tokens
+    assert backend.last_prompt_evaluated < done2.usage.prompt_tokens - done1.usage.prompt_tokens + 8
     # The reused cache must give what a fresh evaluation gives.
     prompt = backend.tokenize_prompt(backend.render(second))
     want, _ = reference_greedy(reference, prompt, 12)
@@ -230,24 +230,24 @@ async def test_aclose_mid_stream_frees_the_worker(backend):
     stream = await backend.generate(req(max_tokens=2000))
     seen = 0
     async for ev in stream:
-        assert isinstance(ev, Token)
+        assert isinstance(ev, TextDelta)
         seen += 1
         if seen == 2:
             break
     await stream.aclose()
     # 2000 tokens would take far longer than this on any machine we run on.
     _, done = await asyncio.wait_for(run(backend, req(max_tokens=3)), timeout=20)
-    assert done.completion_tokens == 3
+    assert done.usage.completion_tokens == 3
 
 
 async def test_dropped_stream_is_cancelled_by_gc(backend):
     stream = await backend.generate(req(max_tokens=2000))
     first = await stream.__anext__()
-    assert isinstance(first, Token)
+    assert isinstance(first, TextDelta)
     del stream
     gc.collect()
     _, done = await asyncio.wait_for(run(backend, req(max_tokens=3)), timeout=20)
-    assert done.completion_tokens == 3
+    assert done.usage.completion_tokens == 3
 
 
 async def test_worker_fault_ends_stream_with_error_and_worker_survives(backend, monkeypatch):
@@ -268,12 +268,12 @@ async def test_worker_fault_ends_stream_with_error_and_worker_survives(backend, 
     with pytest.raises(Unavailable, match="injected fault"):
         async for ev in stream:
             got.append(ev)
-    assert len(got) == 2 and all(isinstance(e, Token) for e in got)
+    assert len(got) == 2 and all(isinstance(e, TextDelta) for e in got)
     monkeypatch.setattr(sampling.Sampler, "sample", real)
     tokens, done = await run(backend, req(max_tokens=3))
-    assert done.completion_tokens == 3
+    assert done.usage.completion_tokens == 3
     # The fault dropped the cache, so this prompt was evaluated in full.
-    assert backend.last_prompt_evaluated == done.prompt_tokens
+    assert backend.last_prompt_evaluated == done.usage.prompt_tokens
 
 
 # ---- a second, small backend: context limit, settings errors, stop ---------------------
@@ -285,12 +285,12 @@ async def test_small_context_fills_then_length_and_stop(model_path):
         assert b.n_ctx == b.capabilities().n_ctx == 256
         near_full = [{"role": "user", "content": "sea " * 200}]
         tokens, done = await run(b, req(near_full, max_tokens=500))
-        assert done.prompt_tokens > 200
-        assert done.stop_reason == StopReason.LENGTH
-        assert done.completion_tokens == b.n_ctx - done.prompt_tokens + 1
+        assert done.usage.prompt_tokens > 200
+        assert done.reason == FinishReason.LENGTH
+        assert done.usage.completion_tokens == b.n_ctx - done.usage.prompt_tokens + 1
         # stop() during a generation ends that stream with an error, promptly.
         stream = await b.generate(req(max_tokens=200))
-        assert isinstance(await stream.__anext__(), Token)
+        assert isinstance(await stream.__anext__(), TextDelta)
         await b.stop(10)
         with pytest.raises(Unavailable):
             async for _ in stream:
@@ -323,7 +323,7 @@ async def test_chat_template_override_changes_the_prompt(model_path):
         toks = b.tokenize_prompt(b.render(POEM))
         assert toks[0] == 2
         _, done = await run(b, req(max_tokens=2))
-        assert done.prompt_tokens == len(toks)
+        assert done.usage.prompt_tokens == len(toks)
     finally:
         b.close()
 
@@ -334,9 +334,8 @@ def test_missing_model_file(tmp_path):
 
 
 def test_roles_reach_the_template(backend):
-    msgs = [Message(role="system", content="Be brief."), Message(role="user", content="Hi")]
-    resolved = Request(messages=msgs).resolve()
-    text = backend.render([{"role": str(m.role), "content": m.content} for m in resolved.messages])
+    msgs = [ChatMessage(role="system", content="Be brief."), ChatMessage(role="user", content="Hi")]
+    text = backend.render([m.as_template_dict() for m in msgs])
     assert text == "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
     toks = backend.tokenize_prompt(text)
     assert toks[:2] == [2, 105]  # one <bos>, then <start_of_turn>

@@ -8,23 +8,20 @@ import time
 
 import pytest
 
-from inferd.engine.backend import (
-    Backend,
-    BackendError,
-    BackendInvalidRequest,
-    Done,
-    NotReady,
-    Token,
-    Unavailable,
-)
+from inferd.engine.backend import Backend, BackendError, BackendInvalidRequest, Fault, NotReady, Unavailable
+from inferd.engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolCall, Usage
 from inferd.engine.mock import MockBackend, MockConfig
 from inferd.proto.embed import EmbedRequest
-from inferd.proto.errors import ErrorCode
-from inferd.proto.v1 import Message, Request, Role, StopReason
+from inferd.engine.mock import ScriptStep
+from inferd.engine.request import ChatMessage, GenerationRequest, ToolSpec
 
 
-def resolved():
-    return Request(id="r1", messages=[Message(role=Role.USER, content="hi")]).resolve()
+def resolved(**kw):
+    return GenerationRequest(id="r1", messages=[ChatMessage(role="user", content="hi")], **kw)
+
+
+def done_(prompt: int, completion: int, reason: FinishReason = FinishReason.END) -> Done:
+    return Done(reason, usage=Usage(prompt_tokens=prompt, completion_tokens=completion))
 
 
 async def collect(backend: MockBackend) -> list:
@@ -38,37 +35,38 @@ def test_mock_identity() -> None:
     assert backend.name == "mock"
     assert backend.ready()  # ready immediately
     caps = backend.capabilities()
-    assert (caps.v2, caps.thinking, caps.embed) == (True, True, True)
-    assert (caps.vision, caps.audio, caps.tools) == (False, False, False)
+    # It claims only what its script emits: plain text by default.
+    assert (caps.v2, caps.embed) == (True, True)
+    assert (caps.vision, caps.audio, caps.tools, caps.thinking) == (False, False, False, False)
     assert MockBackend(MockConfig(embed=False)).capabilities().embed is False
 
 
 async def test_default_tape() -> None:
     events = await collect(MockBackend())
-    assert events == [Token("mock-response"), Done(StopReason.END, prompt_tokens=0, completion_tokens=1)]
+    assert events == [TextDelta("mock-response"), done_(0, 1)]
 
 
 async def test_tape_then_done() -> None:
     events = await collect(MockBackend(MockConfig(tokens=["alpha ", "beta ", "gamma"])))
     assert [e.text for e in events[:-1]] == ["alpha ", "beta ", "gamma"]
-    assert all(isinstance(e, Token) for e in events[:-1])
+    assert all(isinstance(e, TextDelta) for e in events[:-1])
     done = events[-1]
     assert isinstance(done, Done)
-    assert done.stop_reason == StopReason.END
-    assert (done.prompt_tokens, done.completion_tokens) == (0, 3)
+    assert done.reason == FinishReason.END
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (0, 3)
     assert done.timings is None
 
 
 async def test_empty_tape_is_just_done() -> None:
-    assert await collect(MockBackend(MockConfig(tokens=[]))) == [Done(StopReason.END, 0, 0)]
+    assert await collect(MockBackend(MockConfig(tokens=[]))) == [done_(0, 0)]
 
 
 @pytest.mark.parametrize(
     "kind, exc_type, message, code",
     [
-        ("NotReady", NotReady, "backend not ready", ErrorCode.BACKEND_UNAVAILABLE),
-        ("InvalidRequest", BackendInvalidRequest, "mock", ErrorCode.INVALID_REQUEST),
-        ("Unavailable", Unavailable, "mock", ErrorCode.BACKEND_UNAVAILABLE),
+        ("NotReady", NotReady, "backend not ready", Fault.NOT_READY),
+        ("InvalidRequest", BackendInvalidRequest, "mock", Fault.INVALID_REQUEST),
+        ("Unavailable", Unavailable, "mock", Fault.UNAVAILABLE),
     ],
 )
 async def test_pre_stream_errors(kind, exc_type, message, code) -> None:
@@ -77,7 +75,7 @@ async def test_pre_stream_errors(kind, exc_type, message, code) -> None:
         await backend.generate(resolved())
     assert isinstance(info.value, BackendError)
     assert info.value.message == message
-    assert info.value.code == code
+    assert info.value.kind == code
 
 
 @pytest.mark.parametrize("kind, exc_type", [("InvalidRequest", BackendInvalidRequest), ("Unavailable", Unavailable)])
@@ -100,12 +98,12 @@ async def test_drop_after_ends_without_done(drop_after: int, expected: list[str]
 
 async def test_drop_after_beyond_tape_still_done() -> None:
     events = await collect(MockBackend(MockConfig(tokens=["a"], drop_after=5)))
-    assert events == [Token("a"), Done(StopReason.END, 0, 1)]
+    assert events == [TextDelta("a"), done_(0, 1)]
 
 
 async def test_raise_after_is_a_mid_stream_fault() -> None:
     stream = await MockBackend(MockConfig(tokens=["a", "b"], raise_after=1)).generate(resolved())
-    assert await stream.__anext__() == Token("a")
+    assert await stream.__anext__() == TextDelta("a")
     with pytest.raises(RuntimeError):
         await stream.__anext__()
 
@@ -119,7 +117,7 @@ async def test_ready_delay() -> None:
         await backend.embed(EmbedRequest(input=["x"]).resolve())
     await asyncio.sleep(0.2)
     assert backend.ready()
-    assert (await collect(backend))[-1] == Done(StopReason.END, 0, 1)
+    assert (await collect(backend))[-1] == done_(0, 1)
 
 
 async def test_set_ready() -> None:
@@ -128,7 +126,7 @@ async def test_set_ready() -> None:
     assert not backend.ready()
     with pytest.raises(NotReady) as info:
         await backend.generate(resolved())
-    assert info.value.code == "backend_unavailable"
+    assert info.value.kind == Fault.NOT_READY
     with pytest.raises(NotReady):
         await backend.embed(EmbedRequest(input=["x"]).resolve())
     backend.set_ready(True)
@@ -184,7 +182,7 @@ async def test_closing_stream_after_one_token_does_not_hang() -> None:
     backend = MockBackend(MockConfig(tokens=["t"] * 1000, token_delay_ms=50))
     stream = await backend.generate(resolved())
     first = await asyncio.wait_for(stream.__anext__(), 1)
-    assert first == Token("t")
+    assert first == TextDelta("t")
     t0 = time.monotonic()
     await asyncio.wait_for(stream.aclose(), 1)
     assert time.monotonic() - t0 < 0.5
@@ -214,7 +212,7 @@ async def test_each_generate_gets_a_fresh_stream() -> None:
     backend = MockBackend(MockConfig(tokens=["x", "y"]))
     first = await collect(backend)
     second = await collect(backend)
-    assert first == second == [Token("x"), Token("y"), Done(StopReason.END, 0, 2)]
+    assert first == second == [TextDelta("x"), TextDelta("y"), done_(0, 2)]
 
 
 async def test_mock_embed_dimensions_are_bounded():
@@ -228,3 +226,44 @@ async def test_mock_embed_dimensions_are_bounded():
     with pytest.raises(BackendInvalidRequest):
         await backend.embed(EmbedRequest(input=["x"], dimensions=0).resolve())
     assert (await backend.embed(EmbedRequest(input=["x"], dimensions=4096).resolve())).dimensions == 4096
+
+
+SCRIPT = [ScriptStep(thinking="let me see"), ScriptStep(text="I will look it up. "),
+          ScriptStep(tool_name="search", tool_input={"q": "cats"})]
+
+
+async def test_script_emits_thinking_text_and_a_tool_call_in_order() -> None:
+    backend = MockBackend(MockConfig(script=SCRIPT, prompt_tokens=12, cached_tokens=5, n_ctx=4096))
+    caps = backend.capabilities()
+    assert (caps.tools, caps.thinking) == (True, True)
+    events = await collect(backend)
+    assert events[:3] == [ThinkingDelta("let me see"), TextDelta("I will look it up. "),
+                          ToolCall(id="mock-call-1", name="search", input={"q": "cats"})]
+    done = events[3]
+    assert done.reason == FinishReason.TOOL_USE
+    assert (done.usage.prompt_tokens, done.usage.completion_tokens) == (12, 2)
+    assert (done.usage.cached_tokens, done.usage.thinking_tokens) == (5, 1)
+    assert (done.context.used, done.context.max) == (14, 4096)
+
+
+async def test_script_tool_choice_none_suppresses_calls() -> None:
+    backend = MockBackend(MockConfig(script=SCRIPT))
+    stream = await backend.generate(resolved(tools=[ToolSpec("search")], tool_choice="none"))
+    events = [e async for e in stream]
+    assert not any(isinstance(e, ToolCall) for e in events)
+    assert events[-1].reason == FinishReason.END
+
+
+async def test_max_tokens_is_honoured() -> None:
+    stream = await MockBackend(MockConfig(tokens=["a", "b", "c"])).generate(resolved(max_tokens=2))
+    events = [e async for e in stream]
+    assert events == [TextDelta("a"), TextDelta("b"), done_(0, 2, FinishReason.LENGTH)]
+
+
+async def test_stop_string_cuts_the_text_even_across_steps() -> None:
+    backend = MockBackend(MockConfig(tokens=["hello wo", "rld and", " more"]))
+    events = [e async for e in await backend.generate(resolved(stop=["world"]))]
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "hello wo"
+    assert events[-1].reason == FinishReason.END
+    events = [e async for e in await backend.generate(resolved(stop=[" and"]))]
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "hello world"

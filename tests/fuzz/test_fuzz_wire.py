@@ -1063,10 +1063,10 @@ def test_live_daemon_still_serves(live, runner) -> None:
     server = live.daemon.server
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        if live.call(lambda: (server.admission.outstanding, server.tracker.count())) == (0, 0):
+        if live.call(lambda: (server.router.outstanding, server.tracker.count())) == (0, 0):
             break
         time.sleep(0.05)
-    assert live.call(lambda: server.admission.outstanding) == 0, "an admission slot leaked"
+    assert live.call(lambda: server.router.outstanding) == 0, "an admission slot leaked"
     assert live.call(lambda: server.tracker.count()) == 0, "a connection task is still alive"
     assert not live.daemon.task.done()
     # Client and daemon share this process: every socket of every exchange is closed again.

@@ -48,7 +48,7 @@ async def test_fifty_concurrent_clients_all_served(daemon_factory):
         assert all(f["id"] == f"load-{i}" for f in frames)
         assert sum(f["type"] == "token" for f in frames) >= 1
         assert frames[-1]["type"] == "done" and frames[-1]["content"] == "".join(f"t{k}" for k in range(8))
-    await wait_until(lambda: d.server.admission.outstanding == 0, 5, "all slots released")
+    await wait_until(lambda: d.server.router.outstanding == 0, 5, "all slots released")
 
 
 async def test_clients_that_leave_mid_stream_release_their_slots(daemon_factory):
@@ -64,10 +64,10 @@ async def test_clients_that_leave_mid_stream_release_their_slots(daemon_factory)
         assert first is not None and first["type"] == "token" and first["id"] == f"leaver-{i}"
         writer.transport.abort()  # abrupt: unread frames are left in the socket
     await asyncio.sleep(0.2)
-    assert d.server.admission.outstanding == 0
+    assert d.server.router.outstanding == 0
     frames = await roundtrip(d.infer, req("fresh"), timeout=15)
     assert frames[-1]["type"] == "done" and frames[-1]["content"] == "t" * 64
-    assert d.server.admission.outstanding == 0
+    assert d.server.router.outstanding == 0
 
 
 async def test_connect_close_cycles_leak_nothing(daemon_factory):
@@ -91,7 +91,7 @@ async def test_connect_close_cycles_leak_nothing(daemon_factory):
     assert after <= before + 5, f"fds {before} -> {after} after 200 connect/close cycles"
     frames = await roundtrip(d.infer, req("after-cycles"))
     assert frames[-1]["type"] == "done"
-    assert d.server.admission.outstanding == 0
+    assert d.server.router.outstanding == 0
 
 
 async def test_sigterm_drains_fifty_in_flight_requests():

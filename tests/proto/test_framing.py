@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from inferd.proto.errors import FrameTooLarge
-from inferd.proto.framing import MAX_FRAME_BYTES, STREAM_LIMIT, FrameReader, encode_frame, read_frame
+from inferd.proto.framing import MAX_FRAME_BYTES, STREAM_LIMIT, FrameReader, encode_frame
 from inferd.proto.v1 import Message, Request, Role, TokenFrame
 
 KIB = 1024
@@ -84,7 +84,6 @@ async def stop(task: asyncio.Task) -> None:
 
 async def test_empty_stream_is_no_frame() -> None:
     assert await FrameReader(fed(b"")).read_frame() is None
-    assert await read_frame(fed(b"")) is None
 
 
 async def test_final_line_without_newline_parses() -> None:

@@ -192,9 +192,19 @@ def test_wrong_attachment_kind_rejected():
 
 def test_attachment_inside_tool_result_resolves():
     nested = [{"type": "text", "text": "see"}, {"type": "image", "attachment_id": "img-1"}]
-    messages = [{"role": "user", "content": [{"type": "tool_result", "tool_call_id": "tc", "content": nested}]}]
+    messages = [
+        {"role": "assistant", "content": [{"type": "tool_use", "tool_call_id": "tc", "name": "look", "input": {}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_call_id": "tc", "content": nested}]},
+    ]
     resolved = v2.parse_request(request_json(messages=messages, attachments=[image()])).resolve()
-    assert isinstance(resolved.messages[0].content[0], v2.ToolResultBlock)
+    assert isinstance(resolved.messages[1].content[0], v2.ToolResultBlock)
+
+
+def test_unpaired_tool_result_is_refused():
+    messages = [{"role": "user", "content": [{"type": "tool_result", "tool_call_id": "X",
+                                              "content": [{"type": "text", "text": "42"}]}]}]
+    assert resolve_error(request_json(messages=messages)) == (
+        'messages[0].content[0]: tool_result references tool_call_id "X", which matches no tool_use in this request')
 
 
 def test_tool_result_blocks_are_validated_recursively():
@@ -302,7 +312,7 @@ def test_bad_response_is_a_decode_error():
         v2.parse_response('{"type":"token","id":"r","content":"v1 frame"}')
 
 
-# ---- item 25: the ADR 0015 examples, with the ADR 0016 attachment shape ---------------------
+# ---- item 25: the upstream ADR 0015 examples, with the upstream ADR 0016 attachment shape ---------------------
 
 ADR_REQUEST = {
     "id": "req-001",

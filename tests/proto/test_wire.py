@@ -9,7 +9,7 @@ import socket
 import pytest
 
 from inferd.proto.errors import DecodeError, ErrorCode, FrameTooLarge, InvalidRequest, ProtoError
-from inferd.proto.framing import MAX_FRAME_BYTES, FrameReader, encode_frame, write_frame
+from inferd.proto.framing import MAX_FRAME_BYTES, FrameReader, encode_frame
 from inferd.proto.v1 import (
     VALID_IMAGE_TOKEN_BUDGETS,
     DoneFrame,
@@ -83,14 +83,14 @@ def test_encode_round_trip_ends_in_single_newline() -> None:
     assert back.messages[1].content == "line one\nline two"
 
 
-async def test_write_frame_round_trip_over_socketpair() -> None:
+async def test_encoded_frames_round_trip_over_socketpair() -> None:
     a, b = socket.socketpair()
     reader_a, writer_a = await asyncio.open_unix_connection(sock=a)
     reader_b, writer_b = await asyncio.open_unix_connection(sock=b)
     try:
         req = sample_request()
-        await write_frame(writer_a, req)
-        await write_frame(writer_a, error_frame("r1", ErrorCode.QUEUE_FULL, "queue full"))
+        writer_a.write(encode_frame(req))
+        writer_a.write(encode_frame(error_frame("r1", ErrorCode.QUEUE_FULL, "queue full")))
         writer_a.close()
         frames = FrameReader(reader_b)
         first = await frames.read_frame()

@@ -31,13 +31,13 @@ def format_line(ok: bool, label: str, detail: str) -> str:
 
 
 def local_lines(config_path: str | None) -> list[Line]:
-    """Config, model and manifest checks, owned by the daemon's config module."""
+    """Config, model and manifest checks, owned by the daemon (no daemon needs to run)."""
     try:
-        from inferd.daemon.config import doctor_lines
+        from inferd.daemon.doctor import local_checks
     except Exception as exc:  # noqa: BLE001 - a broken install is itself a finding
         return [(False, "config", f"cannot load the config checks: {describe(exc)}")]
     try:
-        return [(bool(ok), str(label), str(detail)) for ok, label, detail in doctor_lines(config_path)]
+        return [(bool(ok), str(label), str(detail)) for ok, label, detail in local_checks(config_path)]
     except Exception as exc:  # noqa: BLE001
         return [(False, "config", f"config checks failed: {describe(exc)}")]
 

@@ -1,6 +1,6 @@
 """The `inferd` command line: a thin shell over the daemon and the public client.
 
-Like upstream's inferdctl (ADR 0014) the client-side commands use only
+Like upstream's inferdctl (upstream ADR 0014) the client-side commands use only
 `inferd.client`; `serve`/`reload` and `pull`/`import` come from their own modules.
 """
 

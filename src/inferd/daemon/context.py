@@ -1,19 +1,17 @@
-"""What every connection handler shares: the gate, the router, the log."""
+"""What every connection handler shares: the router (with each backend's admission
+gate), the status broadcaster and the activity log."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .activity import ActivityLog, NullActivityLog
-from .admin import StatusBroadcaster
-from .admission import Admission
-from .router import Router
+from .observe.activity import ActivityLog, NullActivityLog
+from .pipeline.router import Router
+from .status import StatusBroadcaster
 
 
 @dataclass
 class DaemonContext:
-    admission: Admission
     router: Router
     broadcaster: StatusBroadcaster
     activity: ActivityLog | NullActivityLog
-    write_timeout: float | None = 60.0

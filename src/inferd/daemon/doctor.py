@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .config import ConfigError, ConfigFile, LlamaCppEntry, config_source, resolve_config_path
-from .store import ModelStore, default_store_root, digests_equal, sha256_file
+from ..models.store import ModelStore, default_store_root, digests_equal, sha256_file
 
 Check = tuple[bool, str, str]
 

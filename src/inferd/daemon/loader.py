@@ -14,15 +14,17 @@ import hmac
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..engine.backend import Backend
-from ..engine.mock import MockBackend, MockConfig
+from ..engine.mock import MockBackend, MockConfig, ScriptStep
 from ..proto.admin import CheckingLocal, KvCache, Mmap, Verify
 from .config import ConfigFile, LlamaCppEntry, MockEntry
-from .router import Slot
-from .store import ModelStore, StoreError, default_store_root
+from .pipeline.admission import Admission
+from .pipeline.router import BackendEntry
+from ..models.store import ModelStore, StoreError, default_store_root
 
 T = TypeVar("T")
 PhaseSink = Callable[[Any], None]  # receives proto.admin load-phase models; thread-safe
@@ -140,19 +142,61 @@ def _mock(entry: MockEntry) -> MockBackend:
             ready_delay_ms=entry.ready_delay_ms,
             embed=entry.embed,
             raise_after=entry.raise_after,
+            emit_tool_use=entry.emit_tool_use,
+            script=None if entry.script is None else [
+                ScriptStep(text=s.text, thinking=s.thinking,
+                           tool_name=None if s.tool_call is None else s.tool_call.name,
+                           tool_input=None if s.tool_call is None else s.tool_call.input)
+                for s in entry.script
+            ],
+            prompt_tokens=entry.prompt_tokens,
+            cached_tokens=entry.cached_tokens,
+            n_ctx=entry.n_ctx,
         )
     )
 
 
-async def build_backend(entry: MockEntry | LlamaCppEntry, cfg: ConfigFile, phase: PhaseSink) -> Backend:
+@dataclass
+class Planned:
+    """A config entry whose model file is found (downloaded if need be) and verified,
+    not yet loaded. Preparing is the slow, interruptible part of a (re)load that
+    needs no quiet daemon: a reload prepares while the old model keeps serving."""
+
+    entry: MockEntry | LlamaCppEntry
+    model: VerifiedModel | None = None
+
+    def close(self) -> None:
+        if self.model is not None:
+            self.model.close()
+            self.model = None
+
+
+async def prepare_all(cfg: ConfigFile, phase: PhaseSink) -> list[Planned]:
+    planned: list[Planned] = []
+    try:
+        for entry in cfg.backends:
+            if isinstance(entry, MockEntry):
+                phase(CheckingLocal(path="(mock)"))
+                planned.append(Planned(entry))
+            else:
+                planned.append(Planned(entry, await resolve_model_file(entry, cfg, phase)))
+    except BaseException:
+        for p in planned:
+            p.close()
+        raise
+    return planned
+
+
+async def construct(plan: Planned, phase: PhaseSink) -> Backend:
+    """Bring up one prepared backend (the model load blocks, so it runs on a thread)."""
+    entry = plan.entry
     if isinstance(entry, MockEntry):
-        phase(CheckingLocal(path="(mock)"))
         return _mock(entry)
-    model = await resolve_model_file(entry, cfg, phase)
+    model = plan.model
+    assert model is not None
     try:
         from ..engine.llamacpp import LlamaCppBackend, LlamaCppSettings
     except ImportError as exc:
-        model.close()
         raise LoadError(
             f"backend {entry.name!r} needs llama-cpp-python ({exc}); install it with `pip install 'inferd[llamacpp]'`"
         ) from None
@@ -176,21 +220,38 @@ async def build_backend(entry: MockEntry | LlamaCppEntry, cfg: ConfigFile, phase
         return await run_in_daemon_thread(LlamaCppBackend, settings)
     except (ValueError, RuntimeError, OSError) as exc:
         raise LoadError(f"backend {entry.name!r}: could not load {model.path}: {exc}") from None
-    finally:
-        model.close()  # llama.cpp holds its own mapping of the verified inode now
 
 
-async def build_all(cfg: ConfigFile, phase: PhaseSink) -> list[Slot]:
-    slots: list[Slot] = []
+async def construct_all(planned: list[Planned], phase: PhaseSink, *, permits: int | None = None,
+                        queue_depth: int = 10) -> list[BackendEntry]:
+    """Every prepared backend, each behind its own admission gate.
+
+    A gate runs as many requests at once as its backend can (`Backend.concurrency`)
+    unless the operator fixed `permits` (--active-permits) for all of them. The
+    verified model descriptors are closed here, whatever happens: llama.cpp holds
+    its own mapping of the verified inode once loaded (F-6).
+    """
+    entries: list[BackendEntry] = []
     try:
-        for entry in cfg.backends:
-            backend = await build_backend(entry, cfg, phase)
-            slots.append(Slot(label=entry.name, backend=backend, caps=backend.capabilities()))
+        for plan in planned:
+            backend = await construct(plan, phase)
+            plan.close()
+            gate = Admission(permits or backend.concurrency, queue_depth)
+            entries.append(BackendEntry(label=plan.entry.name, backend=backend, caps=backend.capabilities(),
+                                        admission=gate))
     except BaseException:
-        for slot in slots:
-            await stop_quietly(slot.backend, 5.0)
+        for e in entries:
+            await stop_quietly(e.backend, 5.0)
         raise
-    return slots
+    finally:
+        for plan in planned:
+            plan.close()
+    return entries
+
+
+async def build_all(cfg: ConfigFile, phase: PhaseSink, *, permits: int | None = None,
+                    queue_depth: int = 10) -> list[BackendEntry]:
+    return await construct_all(await prepare_all(cfg, phase), phase, permits=permits, queue_depth=queue_depth)
 
 
 async def stop_quietly(backend: Backend, timeout: float) -> None:

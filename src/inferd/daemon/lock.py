@@ -16,20 +16,16 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from inferd.daemon.paths import ensure_private_dir
+from ..oslock import try_lock, unlock
+from .net.paths import ensure_private_dir
 
 __all__ = ["InstanceLock", "LockError", "read_lock_holder"]
 
 _WINDOWS = sys.platform == "win32"
 
-if _WINDOWS:  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    # Windows byte-range locks are mandatory: a locked byte cannot be read by
-    # anyone else. Lock one byte far past the pid so it stays readable.
-    _WIN_LOCK_OFFSET = 1 << 30
-else:
-    import fcntl
+# Windows byte-range locks are mandatory: a locked byte cannot be read by anyone
+# else. Lock one byte far past the pid so it stays readable.
+_WIN_LOCK_OFFSET = 1 << 30
 
 # O_NOFOLLOW closes the gap between the lstat check and the open (F-2).
 # O_NONBLOCK keeps a FIFO swapped in during that gap from hanging the open.
@@ -67,27 +63,11 @@ def _check_path(path: Path) -> None:
 
 
 def _try_lock(fd: int, *, shared: bool = False) -> bool:
-    """Take the OS lock without waiting; False when someone else holds it."""
-    if _WINDOWS:  # pragma: no cover
-        os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    try:
-        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+    return try_lock(fd, shared=shared, offset=_WIN_LOCK_OFFSET)
 
 
 def _unlock(fd: int) -> None:
-    if _WINDOWS:  # pragma: no cover
-        os.lseek(fd, _WIN_LOCK_OFFSET, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
+    unlock(fd, offset=_WIN_LOCK_OFFSET)
 
 
 def _read_pid(fd: int) -> int | None:

@@ -1,41 +1,32 @@
 """The Backend contract: what the daemon asks of a model adapter.
 
-`generate()` is a coroutine that either raises a BackendError (a *pre-stream* error,
-which the daemon turns into one error frame) or returns an async iterator of events.
-The iterator yields Token events and then exactly one Done. An iterator that ends, or
-raises, before its Done is a mid-stream failure: the daemon reports
-`backend_unavailable` after the partial frames. Closing the iterator (`aclose()`)
-cancels the generation; a backend must stop promptly and free its context.
+`generate()` is a coroutine that either raises a BackendError (a *pre-stream*
+refusal, which every surface turns into one error reply) or returns an async
+iterator of the events in events.py: text, thinking and tool-call events, then
+exactly one Done. An iterator that ends, or raises, before its Done is a mid-stream
+failure: the surface reports `backend_unavailable` after the partial output.
+Closing the iterator (`aclose()`) cancels the generation; a backend must stop
+promptly and free what it holds.
+
+Errors carry a *kind*, not a wire code: each surface (v1, v2, embed, HTTP) maps the
+kind to its own code or status once (daemon/pipeline/faults.py).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from enum import StrEnum
 
+from ..proto.admin import BackendCapabilities
 from ..proto.embed import EmbedResolved
-from ..proto.errors import EmbedErrorCode, ErrorCode
-from ..proto.v1 import Resolved, StopReason, Timings
+from .events import EventStream
+from .request import GenerationRequest
 
-
-# ---- events --------------------------------------------------------------------
-
-@dataclass(slots=True)
-class Token:
-    text: str
-
-
-@dataclass(slots=True)
-class Done:
-    stop_reason: StopReason
-    prompt_tokens: int
-    completion_tokens: int
-    timings: Timings | None = None
-
-
-Event = Token | Done
-TokenStream = AsyncIterator[Event]
+__all__ = [
+    "Backend", "BackendCapabilities", "BackendError", "BackendInvalidRequest", "EmbedResult", "Fault",
+    "Internal", "NotReady", "Unavailable", "Unsupported", "AttachmentUnsupported", "ToolCallMalformed",
+]
 
 
 @dataclass(slots=True)
@@ -46,29 +37,25 @@ class EmbedResult:
     input_tokens: int
 
 
-@dataclass(slots=True)
-class BackendCapabilities:
-    """What a backend can do; the admin `capabilities` frame carries exactly these fields."""
+# ---- errors ------------------------------------------------------------------------
 
-    v2: bool = False
-    vision: bool = False
-    audio: bool = False
-    tools: bool = False
-    thinking: bool = False
-    embed: bool = False
-    accelerator: str = "cpu"
-    gpu_layers: int = 0
-    device_name: str | None = None
-    vram_total_bytes: int | None = None
-    model: str | None = None
-    n_ctx: int | None = None
+class Fault(StrEnum):
+    """Why a request could not be served, before any wire names it."""
 
+    NOT_READY = "not_ready"
+    INVALID_REQUEST = "invalid_request"
+    UNAVAILABLE = "unavailable"
+    INTERNAL = "internal"
+    UNSUPPORTED = "unsupported"
+    ATTACHMENT_UNSUPPORTED = "attachment_unsupported"
+    TOOL_CALL_MALFORMED = "tool_call_malformed"
+    # Raised by the daemon's pipeline, never by a backend:
+    QUEUE_FULL = "queue_full"
+    CLOSED = "closed"  # admission closed: shutting down
 
-# ---- errors (Display strings follow upstream) ------------------------------------
 
 class BackendError(Exception):
-    code: str = ErrorCode.INTERNAL
-    embed_code: str = EmbedErrorCode.INTERNAL
+    kind: Fault = Fault.INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -76,31 +63,34 @@ class BackendError(Exception):
 
 
 class NotReady(BackendError):
-    code = ErrorCode.BACKEND_UNAVAILABLE
-    embed_code = EmbedErrorCode.BACKEND_UNAVAILABLE
+    kind = Fault.NOT_READY
 
     def __init__(self, message: str = "backend not ready") -> None:
         super().__init__(message)
 
 
 class BackendInvalidRequest(BackendError):
-    code = ErrorCode.INVALID_REQUEST
-    embed_code = EmbedErrorCode.INVALID_REQUEST
+    kind = Fault.INVALID_REQUEST
 
 
 class Unavailable(BackendError):
-    code = ErrorCode.BACKEND_UNAVAILABLE
-    embed_code = EmbedErrorCode.BACKEND_UNAVAILABLE
+    kind = Fault.UNAVAILABLE
 
 
 class Internal(BackendError):
-    code = ErrorCode.INTERNAL
-    embed_code = EmbedErrorCode.INTERNAL
+    kind = Fault.INTERNAL
 
 
 class Unsupported(BackendError):
-    code = ErrorCode.INTERNAL
-    embed_code = EmbedErrorCode.EMBED_UNSUPPORTED
+    kind = Fault.UNSUPPORTED
+
+
+class AttachmentUnsupported(BackendError):
+    kind = Fault.ATTACHMENT_UNSUPPORTED
+
+
+class ToolCallMalformed(BackendError):
+    kind = Fault.TOOL_CALL_MALFORMED
 
 
 # ---- the contract ----------------------------------------------------------------
@@ -108,8 +98,10 @@ class Unsupported(BackendError):
 class Backend(ABC):
     """A model adapter. One instance serves one config entry for the daemon's lifetime."""
 
-    #: Stable adapter id echoed as `done.backend` ("mock", "llamacpp").
+    #: Stable adapter id echoed as `done.backend` ("mock", "llamacpp", "openai").
     name: str = "backend"
+    #: Requests this backend runs at once; the daemon gives it that many admission permits.
+    concurrency: int = 1
 
     @abstractmethod
     def ready(self) -> bool:
@@ -120,11 +112,12 @@ class Backend(ABC):
         """What this backend can do; published on the admin socket before `ready`."""
 
     @abstractmethod
-    async def generate(self, request: Resolved) -> TokenStream:
-        """Start one generation. Raise a BackendError for pre-stream failures."""
+    async def generate(self, request: GenerationRequest) -> EventStream:
+        """Start one generation. Raise a BackendError for pre-stream refusals."""
 
-    async def generate_v2(self, request: object) -> AsyncIterator[object]:
-        raise Unsupported("v2 not supported by this backend")
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        """Prompt tokens `request` would take, without generating anything."""
+        raise Unsupported("token counting not supported by this backend")
 
     async def embed(self, request: EmbedResolved) -> EmbedResult:
         raise Unsupported("embed not supported by this backend")

@@ -1,7 +1,12 @@
-"""The mock backend: a product feature for protocol tests and for users without a model.
+"""The mock backend: a product feature for protocol tests and for apps under development.
 
-It replays a fixed token tape and can be told to misbehave (upstream-engine §2): fail
-before streaming, drop the stream after N tokens without a Done, or delay each token.
+It replays a fixed script - text, thinking and tool calls - and can be told to
+misbehave (upstream-engine §2): fail before streaming, drop the stream after N
+events without a Done, raise mid-stream, or delay each event. An app can thereby
+test its whole agent loop (thinking, a tool call, the answer, the footer) against a
+real daemon without a model. It honours `max_tokens` and `stop` like a model would:
+each text step counts as one token.
+
 Embeddings are deterministic: element k of the vector for input s is (k+1)/(len(s)+1),
 with len the UTF-8 byte length.
 """
@@ -12,43 +17,61 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from ..proto.embed import EmbedResolved
-from ..proto.v1 import Resolved, StopReason
-from ..proto.v2 import ResolvedV2, StopReasonV2
 from .backend import (
     Backend,
     BackendCapabilities,
     BackendError,
     BackendInvalidRequest,
-    Done,
     EmbedResult,
-    Event,
     NotReady,
-    Token,
     Unavailable,
 )
-from .events_v2 import DoneV2, EventV2, TextDelta, ToolUse
+from .events import ContextUsage, Done, Event, FinishReason, TextDelta, ThinkingDelta, ToolCall, Usage
+from .request import GenerationRequest
 
 MAX_MOCK_DIMENSIONS = 4096
 
 PreStreamError = Literal["NotReady", "InvalidRequest", "Unavailable"]
 
 
+@dataclass(frozen=True, slots=True)
+class ScriptStep:
+    """One scripted output: exactly one of text, thinking or a tool call."""
+
+    text: str | None = None
+    thinking: str | None = None
+    tool_name: str | None = None
+    tool_input: Any = None
+
+
 @dataclass
 class MockConfig:
     tokens: list[str] = field(default_factory=lambda: ["mock-response"])
+    #: When set, replaces `tokens`: text, thinking and tool calls in order.
+    script: list[ScriptStep] | None = None
     token_delay_ms: int = 0
     drop_after: int | None = None
     pre_stream_error: PreStreamError | None = None
     ready_delay_ms: int = 0
     embed: bool = True
-    # Raise from inside the stream after N tokens (a backend fault, not a clean drop).
+    # Raise from inside the stream after N events (a backend fault, not a clean drop).
     raise_after: int | None = None
-    # v2 only: after the tape, one ToolUse with this name (input {}), stop reason
-    # tool_use - a way to exercise tool frames without a model that calls tools.
+    # After the script, one tool call with this name (input {}) - upstream's knob.
     emit_tool_use: str | None = None
+    #: Reported in `done.usage` as is (prompt_tokens, cached_tokens).
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    #: Reported as `done.context.max`; `used` is prompt + completion tokens.
+    n_ctx: int | None = None
+
+    def steps(self) -> list[ScriptStep]:
+        steps = list(self.script) if self.script is not None else [ScriptStep(text=t) for t in self.tokens]
+        if self.emit_tool_use is not None:
+            steps.append(ScriptStep(tool_name=self.emit_tool_use, tool_input={}))
+        return steps
 
 
 def _pre_stream(kind: PreStreamError) -> BackendError:
@@ -76,7 +99,16 @@ class MockBackend(Backend):
         return time.monotonic() >= self._ready_at
 
     def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(v2=True, thinking=True, embed=self.config.embed, model="mock")
+        # Say what the script actually emits, nothing more.
+        steps = self.config.steps()
+        return BackendCapabilities(
+            v2=True,
+            tools=any(s.tool_name is not None for s in steps),
+            thinking=any(s.thinking is not None for s in steps),
+            embed=self.config.embed,
+            model="mock",
+            n_ctx=self.config.n_ctx,
+        )
 
     def _check(self) -> None:
         # The error knob is checked before readiness, as upstream.
@@ -85,47 +117,58 @@ class MockBackend(Backend):
         if not self.ready():
             raise NotReady()
 
-    async def _tape(self) -> AsyncIterator[str]:
-        """The configured tokens, with the fault knobs applied; one tape drives both wires."""
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        self._check()
+        return self.config.prompt_tokens
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[Event]:
+        self._check()
+        return self._stream(request)
+
+    async def _stream(self, request: GenerationRequest) -> AsyncIterator[Event]:
         cfg = self.config
         delay = cfg.token_delay_ms / 1000
-        for sent, tok in enumerate(cfg.tokens):
+        completion = thinking = calls = 0
+        reason = FinishReason.END
+        emitted = ""  # text so far, for stop strings that span steps
+        for sent, step in enumerate(cfg.steps()):
             if cfg.drop_after is not None and sent >= cfg.drop_after:
                 return
             if cfg.raise_after is not None and sent >= cfg.raise_after:
                 raise RuntimeError("mock backend fault")
+            if completion >= request.max_tokens:
+                reason = FinishReason.LENGTH
+                break
             if delay:
                 await asyncio.sleep(delay)
-            yield tok
-
-    async def generate(self, request: Resolved) -> AsyncIterator[Event]:
-        self._check()
-        return self._stream()
-
-    async def _stream(self) -> AsyncIterator[Event]:
-        sent = 0
-        async for tok in self._tape():
-            yield Token(tok)
-            sent += 1
-        if self.config.drop_after is None or sent < self.config.drop_after:
-            yield Done(StopReason.END, prompt_tokens=0, completion_tokens=sent)
-
-    async def generate_v2(self, request: ResolvedV2) -> AsyncIterator[EventV2]:
-        self._check()
-        return self._stream_v2()
-
-    async def _stream_v2(self) -> AsyncIterator[EventV2]:
-        sent = 0
-        async for tok in self._tape():
-            yield TextDelta(tok)
-            sent += 1
-        if self.config.drop_after is not None and sent >= self.config.drop_after:
-            return
-        stop = StopReasonV2.END_TURN
-        if self.config.emit_tool_use is not None:
-            yield ToolUse(tool_call_id="mock-call-1", name=self.config.emit_tool_use, input={})
-            stop = StopReasonV2.TOOL_USE
-        yield DoneV2(stop, input_tokens=0, output_tokens=sent)
+            if step.tool_name is not None:
+                if request.tool_choice == "none":
+                    continue
+                calls += 1
+                yield ToolCall(id=f"mock-call-{calls}", name=step.tool_name,
+                               input=step.tool_input if step.tool_input is not None else {})
+                continue
+            completion += 1
+            if step.thinking is not None:
+                thinking += 1
+                yield ThinkingDelta(step.thinking)
+                continue
+            text = step.text or ""
+            cut = _stop_cut(emitted, text, request.stop)
+            if cut is not None:
+                if cut:
+                    yield TextDelta(text[:cut])
+                break
+            emitted += text
+            yield TextDelta(text)
+        if calls and reason is FinishReason.END:
+            reason = FinishReason.TOOL_USE
+        usage = Usage(prompt_tokens=cfg.prompt_tokens, completion_tokens=completion,
+                      cached_tokens=cfg.cached_tokens, thinking_tokens=thinking)
+        context = None
+        if cfg.n_ctx is not None:
+            context = ContextUsage(used=cfg.prompt_tokens + completion, max=cfg.n_ctx)
+        yield Done(reason, usage=usage, context=context)
 
     async def embed(self, request: EmbedResolved) -> EmbedResult:
         self._check()
@@ -140,3 +183,20 @@ class MockBackend(Backend):
             total += n
             vectors.append([(k + 1) / (n + 1) for k in range(dims)])
         return EmbedResult(embeddings=vectors, dimensions=dims, model="mock", input_tokens=total)
+
+
+def _stop_cut(before: str, text: str, stops: list[str]) -> int | None:
+    """Where in `text` the first stop string begins (it may start in `before`), or None."""
+    if not stops:
+        return None
+    joined = before + text
+    base = len(before)
+    best: int | None = None
+    for stop in stops:
+        # Only matches that end inside `text` are new.
+        at = joined.find(stop, max(0, base - len(stop) + 1))
+        if at != -1 and (best is None or at < best):
+            best = at
+    if best is None:
+        return None
+    return max(0, best - base)

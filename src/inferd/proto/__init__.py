@@ -32,14 +32,12 @@ from .embed import (
     parse_embed_request,
     parse_embed_response,
 )
-from .errors import DecodeError, EmbedErrorCode, ErrorCode, FrameTooLarge, InvalidRequest, ProtoError
-from .framing import MAX_FRAME_BYTES, FrameReader, encode_frame, read_frame, write_frame
+from .errors import DecodeError, EmbedErrorCode, ErrorCode, ErrorFrame, FrameTooLarge, InvalidRequest, ProtoError, encode_error
+from .framing import MAX_FRAME_BYTES, FrameReader, encode_frame
 from . import v2
 from .v1 import (
     VALID_IMAGE_TOKEN_BUDGETS,
     DoneFrame,
-    ErrorFrame,
-    ImageTokenBudget,
     Message,
     Request,
     Resolved,

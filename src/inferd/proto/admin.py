@@ -67,11 +67,9 @@ class LoadingModel(BaseModel):
     phase: LoadPhase
 
 
-class Capabilities(BaseModel):
-    """What one configured backend can do. `backend` is the config entry's name."""
+class BackendCapabilities(BaseModel):
+    """What one backend can do: the engine reports it, the admin frame carries it."""
 
-    status: Literal["capabilities"] = "capabilities"
-    backend: str
     v2: bool = False
     vision: bool = False
     audio: bool = False
@@ -86,6 +84,17 @@ class Capabilities(BaseModel):
     # inferd extensions
     model: str | None = None
     n_ctx: int | None = None
+    #: Sequences decoded together (parallel slots); None for backends without slots.
+    parallel: int | None = None
+
+
+class Capabilities(BackendCapabilities):
+    """The admin frame for one configured backend. `backend` is the config entry's name."""
+
+    status: Literal["capabilities"] = "capabilities"
+    backend: str
+    #: The daemon's version (inferd extension).
+    version: str | None = None
 
 
 class Ready(BaseModel):
@@ -112,6 +121,9 @@ def status_to_dict(event: BaseModel) -> dict[str, Any]:
     """The flattened wire object for one event."""
     out: dict[str, Any] = {"id": "admin", "type": "status"}
     data = event.model_dump()
+    out["status"] = data.pop("status")
+    if "backend" in data:
+        out["backend"] = data.pop("backend")
     phase = data.pop("phase", None)
     # Optional extras are omitted when unknown; a phase's fields are kept as they are
     # (download.total_bytes is null, not absent, when the size is unknown).
@@ -160,6 +172,8 @@ class AdminEvent(BaseModel):
     device_name: str | None = None
     vram_total_bytes: int | None = None
     model: str | None = None
+    parallel: int | None = None
+    version: str | None = None
     reload_error: str | None = None
 
     @property

@@ -1,4 +1,4 @@
-"""The embed socket's wire (ADR 0017, upstream-protocol §5)."""
+"""The embed socket's wire (upstream ADR 0017, upstream-protocol §5)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
 
-from .errors import DecodeError, EmbedErrorCode, InvalidRequest
-from .v1 import U32, _summarise
+from .errors import DecodeError, EmbedErrorCode, ErrorFrame, InvalidRequest
+from .v1 import U32, _summarise, error_frame
 
 
 MAX_EMBED_INPUTS = 2048
@@ -75,11 +75,7 @@ class EmbeddingsFrame(BaseModel):
     backend: str
 
 
-class EmbedErrorFrame(BaseModel):
-    type: Literal["error"] = "error"
-    id: str
-    code: str
-    message: str
+EmbedErrorFrame = ErrorFrame  # the one error frame shape (errors.py)
 
 
 EmbedResponse = Annotated[Union[EmbeddingsFrame, EmbedErrorFrame], Field(discriminator="type")]
@@ -100,5 +96,4 @@ def parse_embed_response(line: bytes | str) -> EmbeddingsFrame | EmbedErrorFrame
         raise DecodeError(_summarise(exc)) from None
 
 
-def embed_error(id: str, code: EmbedErrorCode | str, message: str) -> EmbedErrorFrame:
-    return EmbedErrorFrame(id=id, code=str(code), message=message)
+embed_error = error_frame

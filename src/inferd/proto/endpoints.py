@@ -94,3 +94,28 @@ def default_lock_path(env: dict[str, str] | None = None, platform: str | None = 
         base = env_map.get("LOCALAPPDATA") or str(Path.home())
         return str(Path(base) / "inferd" / LOCK_LEAF)
     return str(runtime_dir(env, platform) / LOCK_LEAF)
+
+
+def parse_tcp_addr(addr: str | tuple[str, int], default_port: int | None = None) -> tuple[str, int]:
+    """("host", port) from ("host", port), "host:port", "[v6]:port" or "tcp://host:port".
+
+    The one parser the daemon (what to bind) and the client (what to dial) share.
+    With `default_port`, a bare host (or ":port"-less text) takes it; an empty host
+    means 127.0.0.1. A port outside 1-65535 is a ValueError, never a wrap-around.
+    """
+    if isinstance(addr, tuple):
+        host, port = str(addr[0]), addr[1]
+    else:
+        text = addr.removeprefix("tcp://")
+        host, sep, port_s = text.rpartition(":")
+        if not sep or (host and host.startswith("[") and not host.endswith("]")):
+            if default_port is None:
+                raise ValueError(f"TCP address must be HOST:PORT, got {addr!r}")
+            host, port_s = text, str(default_port)
+        if not port_s.isascii() or not port_s.isdigit():
+            raise ValueError(f"bad TCP address {addr!r}: port must be a number")
+        port = int(port_s)
+    host = host.strip("[]") or "127.0.0.1"
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"bad TCP address {addr!r}: port must be between 1 and 65535")
+    return host, port

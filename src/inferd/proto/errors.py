@@ -6,7 +6,11 @@ and v2 adds `attachment_unsupported` / `tool_call_malformed`.
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel
 
 
 class ErrorCode(StrEnum):
@@ -61,3 +65,23 @@ class InvalidRequest(ProtoError):
     def __init__(self, detail: str) -> None:
         super().__init__(f"invalid request: {detail}")
         self.detail = detail
+
+
+class ErrorFrame(BaseModel):
+    """The terminal error frame of every NDJSON surface (v1, v2, embed): one shape."""
+
+    type: Literal["error"] = "error"
+    id: str
+    # A plain string on decode so a newer daemon's code does not break old clients.
+    code: str
+    message: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return True
+
+
+def encode_error(id: str, code: str, message: str) -> bytes:
+    """One error frame line; error messages are short, so the frame cap cannot bite."""
+    return json.dumps({"type": "error", "id": id, "code": str(code), "message": message},
+                      separators=(",", ":"), ensure_ascii=False).encode() + b"\n"

@@ -85,13 +85,3 @@ def encode_frame(frame: BaseModel, cap: int = MAX_FRAME_BYTES) -> bytes:
     if len(payload) >= cap:
         raise FrameTooLarge(cap)
     return payload + b"\n"
-
-
-async def write_frame(writer: asyncio.StreamWriter, frame: BaseModel) -> None:
-    writer.write(encode_frame(frame))
-    await writer.drain()
-
-
-async def read_frame(reader: asyncio.StreamReader, cap: int = MAX_FRAME_BYTES) -> bytes | None:
-    """One-shot convenience around FrameReader."""
-    return await FrameReader(reader, cap).read_frame()

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import math
 from enum import StrEnum
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 
-from .errors import DecodeError, ErrorCode, InvalidRequest
+from .errors import DecodeError, ErrorCode, ErrorFrame, InvalidRequest
 
 VALID_IMAGE_TOKEN_BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
-ImageTokenBudget = Literal[70, 140, 280, 560, 1120]
 
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 0.95
@@ -63,6 +62,21 @@ class Message(_Wire):
     content: StrictStr
 
 
+class ResponseFormat(_Wire):
+    """Constrain the output: any JSON object, or JSON valid against `schema`."""
+
+    type: Literal["json_object", "json_schema"]
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, cache_strings="keys", populate_by_name=True)
+
+    def check(self) -> None:
+        if self.type == "json_schema" and self.schema_ is None:
+            raise InvalidRequest('response_format json_schema needs a "schema" object')
+        if self.type == "json_object" and self.schema_ is not None:
+            raise InvalidRequest('response_format json_object takes no "schema"; use json_schema')
+
+
 class Request(_Wire):
     id: StrictStr = ""
     messages: list[Message]
@@ -76,6 +90,7 @@ class Request(_Wire):
     # inferd extensions
     stop: list[StrictStr] | None = None
     seed: U32 | None = None
+    response_format: ResponseFormat | None = None
 
     def resolve(self) -> "Resolved":
         """Apply server-side defaults and the semantic checks, in upstream order."""
@@ -87,6 +102,10 @@ class Request(_Wire):
             )
         if self.stop is not None and any(s == "" for s in self.stop):
             raise InvalidRequest("stop strings must not be empty")
+        if self.response_format is not None:
+            self.response_format.check()
+            if self.grammar:
+                raise InvalidRequest("response_format and grammar are mutually exclusive")
         return Resolved(
             id=self.id,
             messages=list(self.messages),
@@ -99,6 +118,7 @@ class Request(_Wire):
             grammar=self.grammar,
             stop=list(self.stop or ()),
             seed=self.seed,
+            response_format=self.response_format,
         )
 
 
@@ -116,6 +136,7 @@ class Resolved(BaseModel):
     grammar: str = ""
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    response_format: ResponseFormat | None = None
 
 
 class StopReason(StrEnum):
@@ -128,6 +149,17 @@ class StopReason(StrEnum):
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
+    # inferd extensions (omitted when unknown): prompt tokens served from the KV
+    # prefix cache, and completion tokens that were reasoning.
+    cached_tokens: int | None = None
+    thinking_tokens: int | None = None
+
+
+class ContextInfo(BaseModel):
+    """inferd extension on `done`: tokens in the context after this turn, and its size."""
+
+    used: int
+    max: int
 
 
 class Timings(BaseModel):
@@ -156,18 +188,7 @@ class DoneFrame(BaseModel):
     stop_reason: StopReason
     backend: str
     timings: Timings | None = None
-
-    @property
-    def is_terminal(self) -> bool:
-        return True
-
-
-class ErrorFrame(BaseModel):
-    type: Literal["error"] = "error"
-    id: str
-    # Kept as a plain string on decode so a newer daemon's code does not break old clients.
-    code: str
-    message: str
+    context: ContextInfo | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -1,4 +1,4 @@
-"""Protocol v2 (ADR 0015, attachments as reshaped by ADR 0016): typed content blocks.
+"""Protocol v2 (upstream ADR 0015, attachments as reshaped by upstream ADR 0016): typed content blocks.
 
 NDJSON on its own socket (`infer.v2.sock`), same framing and cap as v1. Media travel
 already decoded (raw RGB for images, little-endian f32 PCM for audio) as standard
@@ -24,8 +24,10 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       SerializerFunctionWrapHandler, StrictBool, StrictStr, Tag, TypeAdapter, ValidationError,
                       model_serializer)
 
-from .errors import DecodeError, InvalidRequest
-from .v1 import U32, Number, _summarise
+from .errors import DecodeError, ErrorFrame, InvalidRequest
+from .v1 import U32, ContextInfo, Number, ResponseFormat, Timings, _summarise, error_frame
+
+TOOL_CHOICES = ("auto", "none", "required")
 
 # Applied by the serving backend when a request has no max_tokens (upstream lib.rs).
 DEFAULT_V2_MAX_TOKENS = 1000
@@ -124,7 +126,7 @@ def _tagged(key: str, known: frozenset[str], unknown_cls: type[BaseModel]) -> Ca
     return pick
 
 
-# ---- attachments (ADR 0016) ----------------------------------------------------------
+# ---- attachments (upstream ADR 0016) ----------------------------------------------------------
 
 class ImageAttachment(_Wire):
     kind: Literal["image"] = "image"
@@ -279,6 +281,13 @@ class RequestV2(_Wire):
     top_k: U32 | None = None
     max_tokens: U32 | None = None
     stream: StrictBool | None = None
+    # Later upstream protocol (v0.5-v0.8) and inferd parity with v1:
+    tool_choice: StrictStr | None = None
+    thinking: StrictBool | None = None
+    response_format: ResponseFormat | None = None
+    stop: list[StrictStr] | None = None
+    seed: U32 | None = None
+    grammar: StrictStr = ""
 
     @model_serializer(mode="wrap")
     def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -286,7 +295,7 @@ class RequestV2(_Wire):
         data = handler(self)
         if data.get("id") == "":
             del data["id"]
-        for key in ("attachments", "tools"):
+        for key in ("attachments", "tools", "grammar"):
             if key in data and not data[key]:
                 del data[key]
         return data
@@ -313,6 +322,22 @@ class RequestV2(_Wire):
             if not message.content:
                 raise InvalidRequest(f"messages[{mi}].content must not be empty")
             _check_blocks(message.content, mi, by_id)
+        if self.tool_choice is not None:
+            if self.tool_choice not in TOOL_CHOICES:
+                raise InvalidRequest(f"tool_choice must be one of auto, none, required; got {_quote(self.tool_choice)}")
+            if not self.tools:
+                raise InvalidRequest("tool_choice needs tools")
+        if self.response_format is not None:
+            self.response_format.check()
+            if self.tool_choice is not None:
+                raise InvalidRequest("response_format and tool_choice are mutually exclusive")
+            if self.grammar:
+                raise InvalidRequest("response_format and grammar are mutually exclusive")
+        if self.grammar and self.tool_choice == "required":
+            raise InvalidRequest("grammar and tool_choice required are mutually exclusive")
+        if self.stop is not None and any(s == "" for s in self.stop):
+            raise InvalidRequest("stop strings must not be empty")
+        _check_tool_pairs(self.messages)
         return ResolvedV2(
             id=self.id,
             messages=list(self.messages),
@@ -323,7 +348,25 @@ class RequestV2(_Wire):
             top_k=self.top_k,
             max_tokens=self.max_tokens,
             stream=self.stream,
+            tool_choice=self.tool_choice,
+            thinking=self.thinking,
+            response_format=self.response_format,
+            stop=list(self.stop or ()),
+            seed=self.seed,
+            grammar=self.grammar,
         )
+
+
+def _check_tool_pairs(messages: list[MessageV2]) -> None:
+    """Every tool_result must answer a tool_use of this request (upstream v0.8: never guessed)."""
+    called = {b.tool_call_id for m in messages for b in m.content if isinstance(b, ToolUseBlock)}
+    for mi, message in enumerate(messages):
+        for bi, block in enumerate(message.content):
+            if isinstance(block, ToolResultBlock) and block.tool_call_id not in called:
+                raise InvalidRequest(
+                    f"messages[{mi}].content[{bi}]: tool_result references tool_call_id "
+                    f"{_quote(block.tool_call_id)}, which matches no tool_use in this request"
+                )
 
 
 def _quote(text: str) -> str:
@@ -366,6 +409,12 @@ class ResolvedV2(BaseModel):
     top_k: int | None = None
     max_tokens: int | None = None
     stream: bool | None = None
+    tool_choice: str | None = None
+    thinking: bool | None = None
+    response_format: ResponseFormat | None = None
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+    grammar: str = ""
 
     def attachment(self, attachment_id: str) -> ImageAttachment | AudioAttachment | VideoAttachment | None:
         for att in self.attachments:
@@ -392,6 +441,9 @@ ResponseBlock = Annotated[Union[TextDeltaBlock, ThinkingDeltaBlock, ToolUseBlock
 class UsageV2(BaseModel):
     input_tokens: int
     output_tokens: int
+    # inferd extensions, as on v1's usage (omitted when unknown).
+    cached_tokens: int | None = None
+    thinking_tokens: int | None = None
 
 
 class FrameV2(BaseModel):
@@ -412,22 +464,17 @@ class DoneFrameV2(BaseModel):
     usage: UsageV2
     stop_reason: StopReasonV2
     backend: str
+    #: Present (true) only when tool_choice "required" produced no call.
+    tool_choice_unsatisfied: bool | None = None
+    timings: Timings | None = None
+    context: ContextInfo | None = None
 
     @property
     def is_terminal(self) -> bool:
         return True
 
 
-class ErrorFrameV2(BaseModel):
-    type: Literal["error"] = "error"
-    id: str
-    # A plain string on decode so a newer daemon's code does not break old clients.
-    code: str
-    message: str
-
-    @property
-    def is_terminal(self) -> bool:
-        return True
+ErrorFrameV2 = ErrorFrame  # the one error frame shape (errors.py)
 
 
 ResponseV2 = Annotated[Union[FrameV2, DoneFrameV2, ErrorFrameV2], Field(discriminator="type")]
@@ -447,7 +494,3 @@ def parse_response(line: bytes | str) -> FrameV2 | DoneFrameV2 | ErrorFrameV2:
         return _RESPONSE.validate_json(line)
     except ValidationError as exc:
         raise DecodeError(_summarise(exc)) from None
-
-
-def error_frame(id: str, code: ErrorCodeV2 | str, message: str) -> ErrorFrameV2:
-    return ErrorFrameV2(id=id, code=str(code), message=message)

@@ -12,17 +12,14 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import llama_cpp.llama_cpp as L
 
 from ...proto.embed import EmbedResolved
-from ...proto.v1 import Resolved
-from ...proto.v2 import ResolvedV2
-from ..events_v2 import EventV2
-from ..v2_text import generate_v2_as_text
 from ..backend import (
+    AttachmentUnsupported,
     Backend,
     BackendCapabilities,
     BackendInvalidRequest,
@@ -30,6 +27,8 @@ from ..backend import (
     NotReady,
     Unsupported,
 )
+from ..events import EventStream
+from ..request import GenerationRequest
 from .embed import EmbedContext, EmbedJob
 from .native import (
     bos_piece,
@@ -45,7 +44,7 @@ from .sampling import GrammarError, SamplingParams, check_grammar_limits, parse_
 from .settings import LlamaCppSettings
 from .templates import BUILTIN, KNOWN_TEMPLATES, ChatRenderer, RenderError, resolve_renderer
 from .threads import ContextThread
-from .worker import GenerationContext, GenerationJob, TokenStream, loop_emitter
+from .worker import GenerationContext, GenerationJob, WorkerStream, loop_emitter
 
 log = logging.getLogger("inferd.engine.llamacpp")
 
@@ -125,7 +124,7 @@ class LlamaCppBackend(Backend):
     def capabilities(self) -> BackendCapabilities:
         acc = self._accelerator
         return BackendCapabilities(
-            v2=True,  # text-only v2, through the v1 path (engine/v2_text.py)
+            v2=True,
             vision=False,
             audio=False,
             tools=False,
@@ -168,7 +167,7 @@ class LlamaCppBackend(Backend):
         has_bos = bool(self._bos_piece) and prompt.startswith(self._bos_piece)
         return tokenize(self._vocab, prompt, add_special=not has_bos, parse_special=True)
 
-    def _prepare(self, request: Resolved) -> list[int]:
+    def _prepare(self, request: GenerationRequest) -> list[int]:
         """Pre-stream work (off the event loop): everything that can refuse the request."""
         with self._prep_cond:
             if not self._ready:
@@ -181,14 +180,22 @@ class LlamaCppBackend(Backend):
                 self._preparing -= 1
                 self._prep_cond.notify_all()
 
-    def _prepare_ready(self, request: Resolved) -> list[int]:
+    def _prepare_ready(self, request: GenerationRequest) -> list[int]:
+        if any(m.media for m in request.messages):
+            raise AttachmentUnsupported("this backend has no media encoder: attachments are not supported")
+        if request.tools:
+            raise BackendInvalidRequest("this backend's chat template does not support tool declarations")
+        if request.response_format is not None:
+            raise BackendInvalidRequest("response_format is not supported by this backend")
         if request.grammar:
             try:
                 check_grammar_limits(request.grammar)
             except GrammarError as exc:
                 raise BackendInvalidRequest(str(exc)) from None
-        messages = [{"role": str(m.role), "content": m.content} for m in request.messages]
-        tokens = self.tokenize_prompt(self.render(messages))
+        if request.prompt is not None:
+            tokens = self.tokenize_prompt(request.prompt)
+        else:
+            tokens = self.tokenize_prompt(self.render([m.as_template_dict() for m in request.messages]))
         if not tokens:
             raise BackendInvalidRequest("the rendered prompt is empty")
         if len(tokens) > self.n_ctx:
@@ -204,7 +211,7 @@ class LlamaCppBackend(Backend):
                 raise BackendInvalidRequest(str(exc)) from None
         return tokens
 
-    async def generate(self, request: Resolved) -> TokenStream:
+    async def generate(self, request: GenerationRequest) -> EventStream:
         if not self._ready:
             raise NotReady()
         tokens = await asyncio.to_thread(self._prepare, request)
@@ -227,12 +234,9 @@ class LlamaCppBackend(Backend):
             emit=loop_emitter(loop, queue, cancel),
             cancel=cancel,
         )
-        stream = TokenStream(queue, cancel)
+        stream = WorkerStream(queue, cancel)
         self._gen.submit(job)
         return stream
-
-    async def generate_v2(self, request: ResolvedV2) -> AsyncIterator[EventV2]:
-        return await generate_v2_as_text(self, request)
 
     async def embed(self, request: EmbedResolved) -> EmbedResult:
         if not self._ready:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import llama_cpp.llama_cpp as L
 
-from ...proto.v1 import StopReason, Timings
-from ..backend import Done, Event, Token, Unavailable
+from ..backend import Unavailable
+from ..events import ContextUsage, Done, Event, FinishReason, TextDelta, Timings, Usage
 from .native import PieceReader
 from .sampling import Sampler, SamplingParams, StopScanner, Utf8Stream, parse_grammar
 from .settings import LlamaCppSettings
@@ -151,9 +151,11 @@ class GenerationContext:
         ended = time.perf_counter()
         gen_s = ended - prompt_done
         job.emit(Done(
-            stop_reason=reason,
-            prompt_tokens=len(job.tokens),
-            completion_tokens=completion,
+            reason,
+            usage=Usage(prompt_tokens=len(job.tokens), completion_tokens=completion,
+                        cached_tokens=len(job.tokens) - self.last_prompt_evaluated),
+            # The turn's tokens: the last sampled one is evaluated when the next turn starts.
+            context=ContextUsage(used=min(len(job.tokens) + completion, self.n_ctx), max=self.n_ctx),
             timings=Timings(
                 prompt_ms=(prompt_done - started) * 1000.0,
                 generate_ms=gen_s * 1000.0,
@@ -161,9 +163,9 @@ class GenerationContext:
             ),
         ))
 
-    def _sample_loop(self, job: GenerationJob, sampler: Sampler) -> tuple[StopReason, int]:
+    def _sample_loop(self, job: GenerationJob, sampler: Sampler) -> tuple[FinishReason, int]:
         if job.max_tokens <= 0:
-            return StopReason.LENGTH, 0
+            return FinishReason.LENGTH, 0
         ctx, vocab, kv = self.ctx, self.vocab, self.kv
         emit, cancel, piece = job.emit, job.cancel, self.piece
         is_eog, decode = L.llama_vocab_is_eog, L.llama_decode
@@ -179,16 +181,16 @@ class GenerationContext:
                 raise _Cancelled
             token = sampler.sample(ctx)
             if is_eog(vocab, token):
-                reason = StopReason.END
+                reason = FinishReason.END
                 break
             completion += 1
             text, hit = stops.push(utf8.push(piece(token)))
             if text:
-                emit(Token(text))
+                emit(TextDelta(text))
             if hit:
-                return StopReason.END, completion
+                return FinishReason.END, completion
             if completion >= max_tokens or pos >= n_ctx:
-                reason = StopReason.LENGTH
+                reason = FinishReason.LENGTH
                 break
             b_tok[0] = token
             b_pos[0] = pos
@@ -202,7 +204,7 @@ class GenerationContext:
         utf8.finish()
         tail = stops.flush()
         if tail:
-            emit(Token(tail))
+            emit(TextDelta(tail))
         return reason, completion
 
 
@@ -246,8 +248,8 @@ def loop_emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[object],
     return emit
 
 
-class TokenStream:
-    """What `generate()` returns: Token events, then one Done (or an exception)."""
+class WorkerStream:
+    """What the worker feeds and `generate()` returns: text events, then one Done (or an exception)."""
 
     __slots__ = ("_queue", "_cancel", "_finished", "__weakref__")
 
@@ -256,14 +258,14 @@ class TokenStream:
         self._cancel = cancel
         self._finished = False
 
-    def __aiter__(self) -> TokenStream:
+    def __aiter__(self) -> WorkerStream:
         return self
 
     async def __anext__(self) -> Event:
         if self._finished:
             raise StopAsyncIteration
         item = await self._queue.get()
-        if type(item) is Token:
+        if type(item) is TextDelta:
             return item
         self._finished = True
         if type(item) is Done:

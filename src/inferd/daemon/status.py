@@ -1,6 +1,6 @@
-"""The admin surface: lifecycle status events fanned out to subscribers.
+"""Lifecycle status events and their fan-out to admin subscribers.
 
-On connect a subscriber gets every backend's latest `capabilities` (name-sorted),
+On subscribe a subscriber gets every backend's latest `capabilities` (name-sorted),
 then one snapshot of the current lifecycle state, then live events. Each subscriber
 has its own bounded queue: one that falls more than LAG_LIMIT events behind is
 dropped (EOF) and may reconnect for a fresh snapshot; nobody else waits for it and
@@ -16,9 +16,8 @@ from collections import deque
 from pydantic import BaseModel
 
 from ..proto.admin import Capabilities, Starting, encode_status
-from .conn import Connection
 
-log = logging.getLogger("inferd.admin")
+log = logging.getLogger("inferd.status")
 
 LAG_LIMIT = 256
 
@@ -129,30 +128,3 @@ class StatusBroadcaster:
         for sub in self._subs:
             sub.end()
         self._subs.clear()
-
-
-async def serve_admin(conn: Connection, broadcaster: StatusBroadcaster) -> None:
-    """Daemon -> client only. Anything the client writes is read and ignored."""
-    sub = broadcaster.subscribe()
-
-    async def watch_eof() -> None:
-        try:
-            while await conn.reader.read(65536):
-                pass
-        except (ConnectionError, OSError):
-            pass
-        broadcaster.unsubscribe(sub)
-
-    watcher = asyncio.create_task(watch_eof())
-    try:
-        while True:
-            frame = await sub.next()
-            if frame is None:
-                break
-            await conn.send(frame)
-    except (ConnectionError, OSError):
-        pass
-    finally:
-        broadcaster.unsubscribe(sub)
-        watcher.cancel()
-        await conn.close()

@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import json
 import os
-import re
 import secrets
 import shutil
 import stat
@@ -28,81 +27,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .. import __version__
+from ..oslock import try_lock, unlock
 from ..proto.admin import CheckingLocal, Quarantine, Verify
+from .spec import ModelSpec, ShaMismatch, StoreError, validate_model_name, validate_sha256
 
 CHUNK = 1 << 20
 MANIFEST_SCHEMA_VERSION = 1
-_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
-_SHA_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-_RESERVED = {"CON", "PRN", "AUX", "NUL"} | {f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10)}
 
 PhaseSink = Callable[[Any], None]
-
-
-class StoreError(Exception):
-    """The store cannot provide the model; the message tells the operator what to do."""
-
-
-class ShaMismatch(StoreError):
-    """Bytes whose SHA-256 is not the pinned one."""
-
-
-def validate_model_name(name: str) -> str:
-    """Model names become file names, so only a conservative portable subset is allowed."""
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise ValueError(
-            f"invalid model name {name!r}: use 1-128 ASCII letters, digits, '.', '-' or '_'"
-        )
-    if name.startswith("."):
-        raise ValueError(f"invalid model name {name!r}: must not start with '.'")
-    if ".." in name:
-        raise ValueError(f"invalid model name {name!r}: must not contain '..'")
-    if name.split(".", 1)[0].upper() in _RESERVED:
-        raise ValueError(f"invalid model name {name!r}: {name.split('.', 1)[0]} is a reserved device name on Windows")
-    return name
-
-
-def validate_sha256(value: str) -> str:
-    if not isinstance(value, str) or not _SHA_RE.fullmatch(value):
-        raise ValueError("sha256 must be exactly 64 hexadecimal characters")
-    return value.lower()
-
-
-class ModelSpec(BaseModel):
-    """A pinned model: the store name, the SHA-256 it must have, and where to fetch it from."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    sha256: str
-    repo: str | None = None
-    filename: str | None = None
-    revision: str = "main"
-    size_bytes: int | None = Field(default=None, ge=0)
-    license: str | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return validate_model_name(v)
-
-    @field_validator("sha256")
-    @classmethod
-    def _sha(cls, v: str) -> str:
-        return validate_sha256(v)
-
-    @model_validator(mode="after")
-    def _source(self) -> "ModelSpec":
-        if (self.repo is None) != (self.filename is None):
-            raise ValueError("`repo` and `filename` go together: set both (Hugging Face source) or neither (store only)")
-        if self.repo is not None and (not self.repo.strip() or not self.filename or not self.filename.strip()):
-            raise ValueError("`repo` and `filename` must not be empty")
-        if not self.revision:
-            raise ValueError("`revision` must not be empty")
-        return self
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -244,12 +178,12 @@ class ModelStore:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise StoreError(f"refusing lock file {path}: not a regular file (THREAT_MODEL F-2)")
-            if not _try_lock(fd):
+            if not try_lock(fd):
                 raise StoreError(f"model {name} is being fetched by another process (lock {path})")
             try:
                 yield
             finally:
-                _unlock(fd)
+                unlock(fd)
         finally:
             os.close(fd)
 
@@ -363,7 +297,7 @@ class ModelStore:
 
     def _download(self, spec: ModelSpec, blob: Path, publish: PhaseSink) -> Path:
         try:
-            from . import fetch
+            from . import fetch  # needs huggingface-hub: only when downloading
         except ImportError as exc:
             raise StoreError(
                 f"model {spec.name} must be downloaded but huggingface-hub is not usable ({exc}); "
@@ -390,32 +324,3 @@ class ModelStore:
         shutil.rmtree(partial.parent, ignore_errors=True)
         self._write_manifest(spec.name, spec.sha256, blob.stat().st_size, spec.license, self._source_of(spec))
         return blob
-
-
-if os.name == "nt":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    def _try_lock(fd: int) -> bool:
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-
-    def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        with contextlib.suppress(OSError):
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-
-else:
-    import fcntl
-
-    def _try_lock(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)

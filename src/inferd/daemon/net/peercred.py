@@ -159,7 +159,9 @@ class PeerPolicy:
         # Callers naturally pass a set or list; freeze it so the policy is hashable.
         object.__setattr__(self, "allow_uids", frozenset(self.allow_uids))
 
-    def admits(self, cred: PeerCred | None) -> bool:
+    def quick_verdict(self, cred: PeerCred | None) -> bool | None:
+        """The verdict from the credentials alone, or None when it takes a group-database
+        lookup (which may block on NSS: callers on the event loop run `admits` in a thread)."""
         if cred is None or cred.uid is None:
             return not CREDENTIALS_SUPPORTED
         peer = cred.uid
@@ -171,7 +173,14 @@ class PeerPolicy:
             return False
         if cred.gid == self.group_gid:
             return True
-        return self.group_gid in _supplementary_gids(peer, cred.gid)
+        return None
+
+    def admits(self, cred: PeerCred | None) -> bool:
+        verdict = self.quick_verdict(cred)
+        if verdict is not None:
+            return verdict
+        assert cred is not None and cred.uid is not None and self.group_gid is not None
+        return self.group_gid in _supplementary_gids(cred.uid, cred.gid)
 
 
 def resolve_group(name: str) -> int:

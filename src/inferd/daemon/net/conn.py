@@ -23,7 +23,7 @@ class WriteTimeout(ConnectionError):
     """The peer did not read a response frame within the write timeout."""
 
 
-class Connection:
+class PeerConnection:
     __slots__ = ("reader", "writer", "surface", "transport_kind", "peer", "write_timeout", "conn_id")
 
     def __init__(
@@ -90,14 +90,17 @@ class Connection:
             if not writer.transport.is_closing():
                 if writer.can_write_eof():
                     writer.write_eof()
-                async with asyncio.timeout(linger):
-                    while await self.reader.read(1 << 16):
-                        pass
-        except (Exception, asyncio.CancelledError):  # noqa: BLE001 - closing anyway
-            pass
-        try:
+                try:
+                    async with asyncio.timeout(linger):
+                        while await self.reader.read(1 << 16):
+                            pass
+                except (TimeoutError, ConnectionError, OSError):
+                    pass  # the peer keeps sending or reset: close anyway
             writer.close()
             async with asyncio.timeout(1.0):
                 await writer.wait_closed()
-        except (Exception, asyncio.CancelledError):  # noqa: BLE001
+        except asyncio.CancelledError:
+            self.abort()  # cancelled while closing: drop the socket, and stay cancelled
+            raise
+        except Exception:  # noqa: BLE001 - TimeoutError, a reset: closing anyway
             self.abort()

@@ -25,23 +25,24 @@ from __future__ import annotations
 import functools
 import json
 import math
+import logging
 import os
 import re
 import stat
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 __all__ = [
     "ActivityLog",
-    "ActivitySink",
     "DEFAULT_GENERATIONS",
     "DEFAULT_MAX_BYTES",
     "LOG_FILE_NAME",
     "NullActivityLog",
     "default_log_dir",
     "parse_level",
+    "python_log_level",
     "redact",
 ]
 
@@ -197,6 +198,14 @@ def parse_level(spec: str | None) -> int:
     return min(ranks) if ranks else _LEVELS["info"]
 
 
+_PY_LEVELS = (logging.DEBUG, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR, logging.CRITICAL + 1)
+
+
+def python_log_level(spec: str | None) -> int:
+    """The stdlib logging level for the same `INFERD_LOG` value (one parser for both logs)."""
+    return _PY_LEVELS[parse_level(spec)]
+
+
 def _rank(level: str) -> int:
     return _LEVELS.get(level, _LEVELS["info"])
 
@@ -298,14 +307,6 @@ def _serialise(record: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- #
 
 
-class ActivitySink(Protocol):
-    def record(self, level: str, component: str, msg: str, **fields: Any) -> None: ...
-
-    def enabled(self, level: str) -> bool: ...
-
-    def close(self) -> None: ...
-
-
 class ActivityLog:
     """Append-only NDJSON log with size-based rotation; safe to call from any thread."""
 
@@ -370,7 +371,7 @@ class ActivityLog:
     # -- internals (called with self._lock held) ----------------------------- #
 
     def _open(self) -> None:
-        from inferd.daemon.paths import ensure_private_dir
+        from inferd.daemon.net.paths import ensure_private_dir
 
         ensure_private_dir(self.directory)
         # O_NOFOLLOW: a symlink planted at the log path must not redirect our

@@ -28,7 +28,7 @@ from huggingface_hub.utils import (
 )
 
 from ..proto.admin import Download
-from .store import ModelSpec, StoreError
+from .spec import ModelSpec, StoreError
 
 try:  # huggingface-hub 2.x ships httpx2; 1.x used httpx
     import httpx2 as _httpx

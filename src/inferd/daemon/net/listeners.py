@@ -1,7 +1,7 @@
 """Transports: Unix sockets, loopback TCP and Windows named pipes behind one shape.
 
 Each listener accepts connections, establishes who the peer is (F-7 on Unix, the
-API-key first frame F-8 on TCP) and hands a `Connection` to the surface handler.
+API-key first frame F-8 on TCP) and hands a `PeerConnection` to the surface handler.
 Every connection task is tracked so shutdown and reload can wait for or cancel them.
 """
 
@@ -11,23 +11,28 @@ import asyncio
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ..proto.auth import keys_match, parse_auth_key
-from ..proto.errors import ProtoError
-from ..proto.framing import STREAM_LIMIT, FrameReader
-from .activity import ActivityLog, NullActivityLog
-from .conn import Connection
+from ...proto.auth import keys_match, parse_auth_key
+from ...proto.errors import ProtoError
+from ...proto.endpoints import parse_tcp_addr
+from ...proto.framing import STREAM_LIMIT, FrameReader
+from ..observe.activity import ActivityLog, NullActivityLog
+from .conn import PeerConnection
 from .paths import prepare_socket_path, remove_socket_file
 from .peercred import PeerPolicy, peer_credentials
 
 log = logging.getLogger("inferd.listeners")
 
-Handler = Callable[[Connection], Awaitable[None]]
+Handler = Callable[[PeerConnection], Awaitable[None]]
 
 AUTH_TIMEOUT_SECS = 10.0
+# Connections the kernel queues before accept(); Python's default of 100 made bursts
+# of non-blocking connects fail with EAGAIN (a Unix socket does not queue past it).
+LISTEN_BACKLOG = 1024
 
 
 class ListenerError(Exception):
@@ -97,7 +102,7 @@ def _make_callback(surface: str, kind: str, handler: Handler, sec: ListenerSecur
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        conn = Connection(reader, writer, surface=surface, transport_kind=kind, write_timeout=sec.write_timeout)
+        conn = PeerConnection(reader, writer, surface=surface, transport_kind=kind, write_timeout=sec.write_timeout)
         if sec.max_connections is not None and tracker.count() >= sec.max_connections:
             sec.activity.record("warn", "activity", "connection_refused_limit", surface=surface,
                                 limit=sec.max_connections)
@@ -109,7 +114,7 @@ def _make_callback(surface: str, kind: str, handler: Handler, sec: ListenerSecur
             if kind == "unix":
                 sock = writer.get_extra_info("socket")
                 conn.peer = peer_credentials(sock) if sock is not None else None
-                if sec.peer_policy is not None and not sec.peer_policy.admits(conn.peer):
+                if sec.peer_policy is not None and not await _admits(sec.peer_policy, conn.peer):
                     # F-7: a different user's process gets nothing but a closed socket.
                     sec.activity.record("warn", "activity", "peer_refused", surface=surface,
                                         peer=conn.peer_label,
@@ -141,7 +146,14 @@ def _make_callback(surface: str, kind: str, handler: Handler, sec: ListenerSecur
     return on_connect
 
 
-async def _authenticate(conn: Connection, api_key: str) -> bool:
+async def _admits(policy: PeerPolicy, cred: object) -> bool:
+    verdict = policy.quick_verdict(cred)  # type: ignore[arg-type]
+    if verdict is None:  # a group-database lookup: never on the loop
+        verdict = await asyncio.to_thread(policy.admits, cred)  # type: ignore[arg-type]
+    return verdict
+
+
+async def _authenticate(conn: PeerConnection, api_key: str) -> bool:
     try:
         async with asyncio.timeout(AUTH_TIMEOUT_SECS):
             line = await FrameReader(conn.reader).read_frame()
@@ -155,31 +167,37 @@ async def _authenticate(conn: Connection, api_key: str) -> bool:
 
 async def bind_unix(path: str, surface: str, handler: Handler, *, mode: int, sec: ListenerSecurity,
                     tracker: ConnectionTracker) -> Listener:
-    prepare_socket_path(path)  # F-2: no symlinks, no directories, stale files replaced
+    # F-2: no symlinks, no directories, stale files replaced. The liveness probe of a
+    # stale socket may wait, so it runs off the loop.
+    await asyncio.to_thread(prepare_socket_path, path)
     callback = _make_callback(surface, "unix", handler, sec, tracker)
-    # Create the socket file with no group/other bits, then open it up to `mode`:
-    # there is no window in which another user can connect.
-    old_umask = os.umask(0o177)
+    sock = _bind_private_unix(path)
     try:
-        server = await asyncio.start_unix_server(callback, path=path, limit=STREAM_LIMIT)
-    finally:
-        os.umask(old_umask)
-    if sec.group_gid is not None:
-        os.chown(path, -1, sec.group_gid)
-    os.chmod(path, mode)
+        if sec.group_gid is not None:
+            os.chown(path, -1, sec.group_gid)
+        os.chmod(path, mode)
+        server = await asyncio.start_unix_server(callback, sock=sock, limit=STREAM_LIMIT, backlog=LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        remove_socket_file(path)
+        raise
     return Listener(surface, "unix", path, server, socket_path=path)
 
 
-def parse_tcp_addr(addr: str, default_port: int) -> tuple[str, int]:
-    host, sep, port_s = addr.rpartition(":")
-    if not sep:
-        host, port_s = addr, str(default_port)
-    host = host.strip("[]") or "127.0.0.1"
+def _bind_private_unix(path: str) -> socket.socket:
+    """A Unix socket bound at `path` with no group/other bits, then opened up by chmod:
+    there is no window in which another user can connect. The umask is process-wide,
+    so it is changed only around the bind() itself - never across an await."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
     try:
-        port = int(port_s)
-    except ValueError:
-        raise ListenerError(f"bad TCP address {addr!r}: port must be a number") from None
-    return host, port
+        sock.bind(path)
+    except BaseException:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    return sock
 
 
 def require_loopback(host: str) -> None:
@@ -197,12 +215,16 @@ def require_loopback(host: str) -> None:
 
 async def bind_tcp(addr: str, default_port: int, surface: str, handler: Handler, *, sec: ListenerSecurity,
                    tracker: ConnectionTracker) -> Listener:
-    host, port = parse_tcp_addr(addr, default_port)
+    try:
+        host, port = parse_tcp_addr(addr, default_port)
+    except ValueError as exc:
+        raise ListenerError(str(exc)) from None
     require_loopback(host)
     if not sec.api_key:
         log.warning("%s listening on TCP %s:%d without an API key: any local process can use it", surface, host, port)
     callback = _make_callback(surface, "tcp", handler, sec, tracker)
-    server = await asyncio.start_server(callback, host=host, port=port, limit=STREAM_LIMIT, reuse_address=True)
+    server = await asyncio.start_server(callback, host=host, port=port, limit=STREAM_LIMIT, reuse_address=True,
+                                        backlog=LISTEN_BACKLOG)
     bound = server.sockets[0].getsockname() if server.sockets else (host, port)
     return Listener(surface, "tcp", f"{bound[0]}:{bound[1]}", server)
 

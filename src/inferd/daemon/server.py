@@ -15,31 +15,32 @@ inference sockets closed once in-flight work is done, new backends, `capabilitie
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import logging
 import os
-import signal
 import sys
 import time
 from typing import Any
 
 from pydantic import BaseModel
 
+from .. import __version__
 from ..proto.admin import Capabilities, CheckingLocal, Draining, LoadingModel, Ready, Restarting, Starting
 from ..proto.endpoints import DEFAULT_EMBED_TCP_ADDR, DEFAULT_TCP_ADDR, DEFAULT_V2_TCP_ADDR
-from .activity import ActivityLog, NullActivityLog, default_log_dir
-from .admin import StatusBroadcaster, serve_admin
-from .admission import Admission
+from .observe.activity import ActivityLog, NullActivityLog, default_log_dir
+from .status import StatusBroadcaster
+from .surfaces.admin import serve_admin
 from .config import ConfigError, ConfigFile, ServeOptions, effective_config
 from .context import DaemonContext
-from .embed import serve_embed
-from .inference import serve_inference
-from .listeners import ConnectionTracker, Listener, ListenerError, ListenerSecurity, bind_pipe, bind_tcp, bind_unix
-from .loader import LoadError, build_all, stop_quietly
+from .surfaces.embed import serve_embed
+from .surfaces.v1 import serve_inference
+from .net.listeners import ConnectionTracker, Listener, ListenerError, ListenerSecurity, bind_pipe, bind_tcp, bind_unix
+from .loader import LoadError, Planned, build_all, construct_all, prepare_all, stop_quietly
 from .lock import InstanceLock, LockError
-from .paths import SocketPathError
-from .peercred import PeerPolicy, resolve_group
-from .router import Router, Slot
+from .net.paths import SocketPathError
+from .net.peercred import PeerPolicy, resolve_group
+from .pipeline.router import BackendEntry, Router
+from .signals import SignalHandlers
 
 log = logging.getLogger("inferd.daemon")
 
@@ -59,10 +60,10 @@ class Server:
         self.activity = activity if activity is not None else ActivityLog(default_log_dir())
         self.broadcaster = StatusBroadcaster()
         self.tracker = ConnectionTracker()
-        self.admission = Admission(opts.active_permits, opts.queue_depth)
         self.write_timeout = opts.write_timeout_secs if opts.write_timeout_secs > 0 else None
         self.router = Router([])
-        self.ctx = DaemonContext(self.admission, self.router, self.broadcaster, self.activity, self.write_timeout)
+        self.ctx = DaemonContext(self.router, self.broadcaster, self.activity)
+        self._signals: SignalHandlers | None = None
         self.config: ConfigFile | None = None
         self._lock: InstanceLock | None = None
         self._admin: Listener | None = None
@@ -102,7 +103,7 @@ class Server:
                 break
             self._reload.clear()
             try:
-                await self._do_reload()
+                await self._reload_interruptibly()
             except Exception as exc:  # noqa: BLE001 - not even the old model came back
                 log.exception("reload failed and the previous model could not be restored")
                 self.activity.record("error", "lifecycle", "reload_fatal", reason=str(exc))
@@ -110,6 +111,23 @@ class Server:
                 return 1
         await self._drain()
         return 0
+
+    async def _reload_interruptibly(self) -> None:
+        """A reload, abandoned (the router reopened) if a shutdown signal arrives meanwhile."""
+        task = asyncio.ensure_future(self._do_reload())
+        stop = asyncio.ensure_future(self._shutdown.wait())
+        try:
+            await asyncio.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if task.done():
+            task.result()
+            return
+        log.info("shutdown requested during a reload: abandoning it")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        self.router.resume()  # let waiting requests see the closed admission of the drain
 
     # ---- boot -------------------------------------------------------------------
 
@@ -122,7 +140,8 @@ class Server:
         except LockError as exc:
             raise BootError(f"lock acquire failed: {exc}") from None
         if self._want_signals:
-            self._install_signals()
+            self._signals = SignalHandlers(self.request_shutdown, self.request_reload)
+            self._signals.install()
         self.broadcaster.publish(Starting())
         self._security = self._make_security()
         try:
@@ -137,12 +156,12 @@ class Server:
         except ConfigError as exc:
             raise BootError(str(exc)) from None
         log.info("configuration: %s (%s)", source, ", ".join(f"{e.kind}:{e.name}" for e in cfg.backends))
-        slots = await self._interruptible(build_all(cfg, self._phase_sink(LoadingModel)))
+        entries = await self._interruptible(self._build(cfg, self._phase_sink(LoadingModel)))
         self.config = cfg
-        self._install(slots)
+        self._install(entries)
         await self._await_ready()
         self.broadcaster.publish(Ready())
-        self.activity.record("info", "lifecycle", "ready", backends=[s.label for s in slots])
+        self.activity.record("info", "lifecycle", "ready", backends=[e.label for e in entries])
         await self._bind_surfaces()
         self.is_ready.set()
 
@@ -215,15 +234,19 @@ class Server:
         except LoadError as exc:
             raise BootError(str(exc)) from None
 
-    def _install(self, slots: list[Slot]) -> None:
-        self.router.slots = slots
-        self.broadcaster.clear_capabilities()
-        for slot in slots:
-            self.broadcaster.publish(Capabilities(backend=slot.label, **dataclasses.asdict(slot.caps)))
+    def _build(self, cfg: ConfigFile, sink: Any) -> Any:
+        return build_all(cfg, sink, permits=self.opts.active_permits, queue_depth=self.opts.queue_depth)
 
-    async def _await_ready(self) -> None:
+    def _install(self, entries: list[BackendEntry]) -> None:
+        self.router.entries = entries
+        self.broadcaster.clear_capabilities()
+        for entry in entries:
+            self.broadcaster.publish(Capabilities(backend=entry.label, version=__version__, **entry.caps.model_dump()))
+
+    async def _await_ready(self, entries: list[BackendEntry] | None = None) -> None:
         deadline = time.monotonic() + self.opts.ready_timeout_secs
-        while not self.router.all_ready():
+        pending = self.router.entries if entries is None else entries
+        while not all(e.backend.ready() for e in pending):
             if time.monotonic() >= deadline:
                 raise BootError(f"backend ready: backend not ready within {self.opts.ready_timeout_secs:g}s")
             if self._shutdown.is_set():
@@ -249,7 +272,7 @@ class Server:
         if want_embed:
             plan.append(("embed", embed, opts.embed_address(), opts.embed_tcp, DEFAULT_EMBED_TCP_ADDR))
         if opts.v2:
-            from .inference_v2 import serve_inference_v2
+            from .surfaces.v2 import serve_inference_v2
 
             async def v2(conn: Any) -> None:
                 await serve_inference_v2(conn, ctx)
@@ -278,36 +301,30 @@ class Server:
             lst.close()
         self._surfaces.clear()
 
-    def _install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        if sys.platform == "win32":
-            signal.signal(signal.SIGINT, lambda *_: loop.call_soon_threadsafe(self.request_shutdown))
-            return
-        loop.add_signal_handler(signal.SIGTERM, self.request_shutdown)
-        loop.add_signal_handler(signal.SIGINT, self.request_shutdown)
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)
-
     # ---- drain / reload ---------------------------------------------------------
 
     async def _quiesce(self) -> None:
         """Stop accepting and let admitted requests finish, within the drain deadline."""
-        self.admission.close()
+        self.router.close_admission()
         self._close_surfaces()
+        await self._wait_idle(self.router.entries)
+        await self.tracker.cancel(INFERENCE_SURFACES)
+
+    async def _wait_idle(self, entries: list[BackendEntry]) -> None:
         try:
             async with asyncio.timeout(self.opts.drain_timeout_secs):
-                await self.admission.wait_idle()
+                await self.router.wait_idle(entries)
         except TimeoutError:
             log.warning("drain deadline (%gs) passed with %d request(s) still in flight",
-                        self.opts.drain_timeout_secs, self.admission.outstanding)
-        await self.tracker.cancel(INFERENCE_SURFACES)
+                        self.opts.drain_timeout_secs, sum(e.admission.outstanding for e in entries))
 
     async def _drain(self) -> None:
         log.info("draining")
         self.broadcaster.publish(Draining())
-        self.activity.record("info", "lifecycle", "draining", in_flight=self.admission.outstanding)
+        self.activity.record("info", "lifecycle", "draining", in_flight=self.router.outstanding)
         await self._quiesce()
-        for slot in self.router.slots:
-            await stop_quietly(slot.backend, 5.0)
+        for entry in self.router.entries:
+            await stop_quietly(entry.backend, 5.0)
         await self._teardown()
         log.info("shutdown complete")
 
@@ -324,41 +341,66 @@ class Server:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        if self._signals is not None:
+            self._signals.restore()
+            self._signals = None
         self.activity.close()
 
     async def _do_reload(self) -> None:
+        """Reload without ever leaving the sockets unbound (THREAT_MODEL F-13, issue of
+        a SIGHUP handing the TCP port to another user): the new model is downloaded and
+        verified while the old one serves; then requests wait at the router while the
+        old backends finish their work and stop and the new ones load. A new backend
+        that fails to load or to become ready is stopped and the old config is loaded
+        again; the daemon never exits for a reload that did not work."""
         log.info("reload requested")
-        old_cfg, old_slots = self.config, list(self.router.slots)
+        old_cfg, old_entries = self.config, list(self.router.entries)
         try:
             new_cfg, source = effective_config(self.opts)
         except ConfigError as exc:
             self._reload_failed(f"reload refused, still serving the previous model: {exc}")
             return
         sink = self._phase_sink(Restarting)
-        # Say so at once: the sockets close now, long before the first load phase.
         self.broadcaster.publish(Restarting(phase=CheckingLocal(path=source)))
-        await self._quiesce()
-        for slot in old_slots:
-            await stop_quietly(slot.backend, 5.0)
         try:
-            slots = await build_all(new_cfg, sink)
-            self.config = new_cfg
+            planned = await prepare_all(new_cfg, sink)
+        except Exception as exc:  # noqa: BLE001 - nothing was touched: keep serving
+            self._reload_failed(f"reload failed, still serving the previous model: {exc}")
+            return
+        self.router.pause()
+        try:
+            await self._wait_idle(old_entries)
+            for entry in old_entries:
+                await stop_quietly(entry.backend, 5.0)
             error = None
-        except Exception as exc:  # noqa: BLE001 - keep serving something
-            error = f"reload failed, serving the previous model again: {exc}"
-            assert old_cfg is not None
-            slots = await build_all(old_cfg, sink)
-        self._install(slots)
-        await self._await_ready()
-        self.admission.reopen()
+            try:
+                entries = await self._construct_ready(planned, sink)
+                self.config = new_cfg
+            except Exception as exc:  # noqa: BLE001 - keep serving something
+                error = f"reload failed, serving the previous model again: {exc}"
+                assert old_cfg is not None
+                entries = await self._construct_ready(await prepare_all(old_cfg, sink), sink)
+            self._install(entries)
+        finally:
+            self.router.resume()
         self.broadcaster.publish(Ready(reload_error=error))
-        await self._bind_surfaces()
         if error:
             log.error("%s", error)
             self.activity.record("error", "lifecycle", "reload_failed", reason=error)
         else:
             log.info("reloaded from %s", source)
             self.activity.record("info", "lifecycle", "reloaded", source=source)
+
+    async def _construct_ready(self, planned: list[Planned], sink: Any) -> list[BackendEntry]:
+        entries = await construct_all(planned, sink, permits=self.opts.active_permits,
+                                      queue_depth=self.opts.queue_depth)
+        try:
+            await self._await_ready(entries)
+        except BaseException:
+            for entry in entries:
+                await stop_quietly(entry.backend, 5.0)
+            raise
+        return entries
 
     def _reload_failed(self, reason: str) -> None:
         log.error("%s", reason)

@@ -1,0 +1,108 @@
+"""Which backend serves a request. The daemon decides; there is no backend field on the wire.
+
+Priority is config order: the first ready backend that has what the request needs
+(v2, tools, embeddings, media) gets it. Each backend has its own admission gate,
+sized by what it can run at once (a local context's sequences, a remote's
+`max_concurrency`), so a remote cluster is never serialised behind the local model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from ...engine.backend import Backend, BackendCapabilities
+from .admission import Admission, QueueFull
+
+
+@dataclass(frozen=True, slots=True)
+class Needs:
+    """What a request requires of the backend that serves it."""
+
+    v2: bool = False
+    tools: bool = False
+    embed: bool = False
+    media: bool = False
+
+    def hard(self) -> "Needs":
+        """Only what no backend can work around: the wire (v2) and embeddings."""
+        return Needs(v2=self.v2, embed=self.embed)
+
+    def unmet(self, caps: BackendCapabilities) -> str | None:
+        """The first capability `caps` lacks, by its capabilities-frame name, or None."""
+        if self.embed and not caps.embed:
+            return "embed"
+        if self.v2 and not caps.v2:
+            return "v2"
+        if self.tools and not caps.tools:
+            return "tools"
+        if self.media and not (caps.vision or caps.audio):
+            return "vision"
+        return None
+
+
+@dataclass(slots=True)
+class BackendEntry:
+    """One configured backend: its config name, the adapter and its admission gate."""
+
+    label: str  # config entry name: what capabilities frames call it
+    backend: Backend
+    caps: BackendCapabilities
+    admission: Admission
+
+
+class Router:
+    def __init__(self, entries: list[BackendEntry] | None = None) -> None:
+        self.entries: list[BackendEntry] = entries or []
+        # Cleared while a reload swaps the backends: requests wait here (the sockets
+        # stay bound), at most `pause_limit` of them; beyond that, queue_full.
+        self._open = asyncio.Event()
+        self._open.set()
+        self._waiting = 0
+        self.pause_limit = 10
+
+    async def wait_open(self) -> None:
+        """Return at once unless a reload is swapping the backends; then wait for it."""
+        if self._open.is_set():
+            return
+        if self._waiting >= self.pause_limit:
+            raise QueueFull()
+        self._waiting += 1
+        try:
+            await self._open.wait()
+        finally:
+            self._waiting -= 1
+
+    def pause(self) -> None:
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
+    def candidates(self, needs: Needs) -> Iterator[BackendEntry]:
+        """Ready backends able to serve `needs`, in priority order."""
+        for entry in self.entries:
+            if needs.unmet(entry.caps) is None and entry.backend.ready():
+                yield entry
+
+    def first_ready(self) -> BackendEntry | None:
+        return next((e for e in self.entries if e.backend.ready()), None)
+
+    @property
+    def can_embed(self) -> bool:
+        return any(e.caps.embed for e in self.entries)
+
+    # ---- admission across every backend ---------------------------------------------
+
+    @property
+    def outstanding(self) -> int:
+        return sum(e.admission.outstanding for e in self.entries)
+
+    def close_admission(self) -> None:
+        for e in self.entries:
+            e.admission.close()
+
+    async def wait_idle(self, entries: list[BackendEntry] | None = None) -> None:
+        for e in self.entries if entries is None else entries:
+            await e.admission.wait_idle()

@@ -1,0 +1,92 @@
+"""The v1 inference surface: the NDJSON generation wire (upstream-protocol §3).
+
+Decode: a v1 request becomes a GenerationRequest. Encode: text deltas become token
+frames (thinking is not part of v1 and is dropped; v1 requests carry no tools), then
+exactly one `done` (with the whole text as `content`) or `error`. Everything between
+is the shared request pipeline.
+"""
+
+from __future__ import annotations
+
+from ...engine.backend import Fault
+from ...engine.events import Done, TextDelta, ThinkingDelta, ToolCall
+from ...engine.request import ChatMessage, GenerationRequest, ResponseFormat
+from ...proto.errors import ErrorCode, InvalidRequest, encode_error
+from ...proto.framing import encode_frame
+from ...proto.v1 import ContextInfo, DoneFrame, Request, Resolved, StopReason, TokenLines, Usage, parse_request
+from ..context import DaemonContext
+from ..net.conn import PeerConnection
+from ..pipeline import run
+from .faults import V1_CODES
+from .ndjson import serve_requests
+
+_STOP = {"end": StopReason.END, "tool_use": StopReason.END, "length": StopReason.LENGTH,
+         "cancelled": StopReason.CANCELLED, "error": StopReason.ERROR}
+
+
+def generation_request(req: Resolved) -> GenerationRequest:
+    rf = req.response_format
+    return GenerationRequest(
+        id=req.id,
+        messages=[ChatMessage(role=m.role.value, content=m.content) for m in req.messages],  # type: ignore[arg-type]
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        max_tokens=req.max_tokens,
+        seed=req.seed,
+        stop=list(req.stop),
+        grammar=req.grammar,
+        response_format=None if rf is None else ResponseFormat(rf.type, rf.schema_),
+    )
+
+
+def context_info(done: Done) -> ContextInfo | None:
+    return None if done.context is None else ContextInfo(used=done.context.used, max=done.context.max)
+
+
+class _Sink:
+    __slots__ = ("conn", "rid", "stream", "parts", "token_line")
+
+    def __init__(self, conn: PeerConnection, rid: str, stream: bool) -> None:
+        self.conn = conn
+        self.rid = rid
+        self.stream = stream
+        self.parts: list[str] = []
+        self.token_line = TokenLines(rid)
+
+    async def event(self, event: TextDelta | ThinkingDelta | ToolCall) -> None:
+        if type(event) is TextDelta:
+            self.parts.append(event.text)
+            if self.stream:
+                await self.conn.send(self.token_line(event.text))
+
+    async def done(self, done: Done, backend: str) -> None:
+        u = done.usage
+        await self.conn.send(encode_frame(DoneFrame(
+            id=self.rid,
+            content="".join(self.parts),
+            usage=Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                        cached_tokens=u.cached_tokens, thinking_tokens=u.thinking_tokens),
+            stop_reason=_STOP[done.reason],
+            backend=backend,
+            timings=done.timings,
+            context=context_info(done),
+        )))
+
+    async def fail(self, kind: Fault, message: str) -> None:
+        await self.conn.send(encode_error(self.rid, V1_CODES[kind], message))
+
+
+async def serve_inference(conn: PeerConnection, ctx: DaemonContext) -> None:
+    async def handle(request: Request) -> bool:
+        try:
+            resolved = request.resolve()
+        except InvalidRequest as exc:
+            await conn.send(encode_error(request.id, ErrorCode.INVALID_REQUEST, exc.message))
+            return True
+        sink = _Sink(conn, resolved.id, resolved.stream)
+        refused = await run.generate(ctx, generation_request(resolved), sink,
+                                     surface="inference", peer=conn.peer_label)
+        return refused is not Fault.CLOSED
+
+    await serve_requests(conn, parse_request, handle)

@@ -1,0 +1,84 @@
+"""The one vocabulary between an engine and the daemon: what a generation yields.
+
+Every backend's `generate()` stream yields any mix of TextDelta, ThinkingDelta and
+ToolCall, then exactly one Done, always last. Ending (or raising) before Done is a
+mid-stream failure, which every surface reports as `backend_unavailable` after the
+partial output. Closing the stream (`aclose()`) cancels the generation.
+
+The surfaces translate these events at their edge: v1 sends TextDelta as token
+frames and drops thinking; v2 sends delta blocks and whole tool_use blocks; the
+OpenAI HTTP surface sends `content`, `reasoning_content` and `tool_calls` deltas.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from ..proto.v1 import Timings  # one definition: the wire's `done.timings`
+
+
+class FinishReason(StrEnum):
+    """Why a generation ended, before any wire names it (v1, v2 and HTTP map it)."""
+
+    END = "end"  # end of generation or a stop string
+    LENGTH = "length"  # max_tokens or the context ran out
+    TOOL_USE = "tool_use"  # the model emitted at least one tool call
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+@dataclass(slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ThinkingDelta:
+    text: str
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """One complete, parsed tool call; a backend never streams a partial one."""
+
+    id: str
+    name: str
+    input: Any = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    #: Prompt tokens that came from the KV prefix cache (not evaluated again).
+    cached_tokens: int = 0
+    #: Completion tokens that were reasoning (inside the thinking markers).
+    thinking_tokens: int = 0
+
+
+@dataclass(slots=True)
+class ContextUsage:
+    """Tokens held in the context after this turn, and the context's size."""
+
+    used: int
+    max: int
+
+
+@dataclass(slots=True)
+class Done:
+    reason: FinishReason
+    usage: Usage = field(default_factory=Usage)
+    timings: Timings | None = None
+    context: ContextUsage | None = None
+    #: True only when tool_choice was "required" and no call was produced.
+    tool_choice_unsatisfied: bool = False
+
+
+__all__ = ["FinishReason", "TextDelta", "ThinkingDelta", "ToolCall", "Timings", "Usage", "ContextUsage",
+           "Done", "Event", "EventStream"]
+
+Event = TextDelta | ThinkingDelta | ToolCall | Done
+EventStream = AsyncIterator[Event]
