@@ -273,6 +273,11 @@ def test_address_classification():
     assert parse_tcp_addr(("127.0.0.1", 9)) == ("127.0.0.1", 9)
     with pytest.raises(ValueError):
         parse_tcp_addr("localhost")
+    for bad in ("127.0.0.1:99999", "127.0.0.1:0", "127.0.0.1:-1", "127.0.0.1:8o"):
+        with pytest.raises(ValueError):
+            parse_tcp_addr(bad)
+    # The daemon's side: a bare host takes the surface's default port.
+    assert parse_tcp_addr("127.0.0.1", 47321) == ("127.0.0.1", 47321)
 
 
 def test_error_codes_serialise_as_wire_strings():
@@ -320,3 +325,24 @@ def test_package_reexports_the_public_surface():
     missing = [name for name in expected if name not in pkg.__all__ or not hasattr(pkg, name)]
     assert missing == []
     assert pkg.MAX_FRAME_BYTES == 67_108_864
+
+
+def test_package_reexports_the_v2_wire_types_and_the_new_surface():
+    import inferd.client as pkg
+    from inferd.client import errors, events
+    from inferd.proto import v2
+
+    v2_names = """RequestV2 MessageV2 RoleV2 TextBlock ImageBlock AudioBlock VideoBlock ToolUseBlock ToolResultBlock
+    UnknownBlock ContentBlock Tool ImageAttachment AudioAttachment VideoAttachment UnknownAttachment Attachment
+    FrameV2 DoneFrameV2 ErrorFrameV2 ResponseV2 StopReasonV2 ErrorCodeV2 UsageV2 TextDeltaBlock
+    ThinkingDeltaBlock ResponseBlock DEFAULT_V2_MAX_TOKENS""".split()
+    for name in v2_names:
+        assert name in pkg.__all__, name
+        assert getattr(pkg, name) is getattr(v2, name), name
+    for name in "ClientTimeout ConnectTimeout ReadTimeout WriteTimeout".split():
+        assert name in pkg.__all__ and getattr(pkg, name) is getattr(errors, name)
+    assert pkg.engine_events is events.engine_events and pkg.EngineEvent is events.EngineEvent
+    for name in "ClientV2 FrameStreamV2 FrameV2Any AdminSnapshot DEFAULT_CONNECT_TIMEOUT DEFAULT_WRITE_TIMEOUT".split():
+        assert name in pkg.__all__ and hasattr(pkg, name)
+    assert sorted(pkg.__all__) == sorted(set(pkg.__all__))
+    assert all(hasattr(pkg, name) for name in pkg.__all__)

@@ -12,7 +12,9 @@ import pytest
 
 from inferd.client import (
     AdminClient,
+    Client,
     ClientDecodeError,
+    ConnectTimeout,
     UnexpectedEof,
     WaitPermanent,
     WaitTimeout,
@@ -20,6 +22,9 @@ from inferd.client import (
     is_transient_dial_error,
 )
 from inferd.client import wait as wait_mod
+from inferd.proto.admin import Ready, encode_status
+
+READY = encode_status(Ready())
 
 
 @pytest.mark.parametrize(
@@ -106,7 +111,7 @@ async def test_decode_error_is_permanent():
     assert dial.calls == 1
 
 
-async def test_constant_refusal_times_out():
+async def test_constant_refusal_times_out_within_the_timeout():
     class Refuse:
         calls = 0
 
@@ -122,9 +127,18 @@ async def test_constant_refusal_times_out():
     assert isinstance(info.value, TimeoutError)
     assert info.value.timeout == 0.25
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
-    # Attempts at 0, 0.1, 0.3 (past the deadline): the sleep is not clamped.
-    assert dial.calls == 3
-    assert 0.25 <= elapsed < 1.5
+    # Attempts at 0 and 0.1; the next sleep is clamped to the deadline (0.25), and
+    # no attempt starts after it. Upstream would try again at 0.3.
+    assert dial.calls == 2
+    assert 0.25 <= elapsed < 0.25 + 0.5
+
+
+async def test_zero_timeout_is_one_attempt():
+    dial = Dialer(ConnectionRefusedError(), ConnectionRefusedError())
+    with pytest.raises(WaitTimeout):
+        await dial_and_wait_ready(0, dial)
+    assert dial.calls == 1
+    assert await dial_and_wait_ready(0, Dialer()) == "client"
 
 
 async def test_backoff_doubles_and_caps_at_five_seconds(monkeypatch):
@@ -170,3 +184,113 @@ async def test_stale_socket_file_is_transient_refusal(sock_dir):
         await dial_and_wait_ready(0.15, lambda: AdminClient.dial_admin_uds(path))
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
 
+
+
+# ---- every attempt is bounded ------------------------------------------------------------
+
+
+async def dial_and_read_snapshot(path: str) -> AdminClient:
+    """A dial that counts as ready only once the daemon says something."""
+    admin = await AdminClient.dial_admin_uds(path)
+    try:
+        await admin.snapshot(timeout=None)
+    except BaseException:
+        await admin.aclose()
+        raise
+    return admin
+
+
+async def test_a_daemon_that_accepts_but_never_answers_is_a_wait_timeout(servers):
+    connections = 0
+    gone = asyncio.Event()
+
+    async def mute(reader, writer):
+        nonlocal connections
+        connections += 1
+        await reader.read()
+        gone.set()
+
+    path = await servers.uds(mute)
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout) as info:
+        await asyncio.wait_for(dial_and_wait_ready(0.5, lambda: dial_and_read_snapshot(path)), 10)
+    elapsed = time.monotonic() - started
+    assert 0.5 <= elapsed < 0.5 + 0.5
+    assert isinstance(info.value.__cause__, ConnectTimeout)
+    assert info.value.__cause__.timeout == pytest.approx(0.5, abs=0.05)
+    # One attempt, given all the time there was; its connection was dropped.
+    assert connections == 1
+    await asyncio.wait_for(gone.wait(), 10)
+
+
+async def test_attempt_timeout_retries_a_hung_attempt(servers):
+    connections = 0
+
+    async def answers_the_second_connection(reader, writer):
+        nonlocal connections
+        connections += 1
+        if connections >= 2:
+            writer.write(READY)
+            await writer.drain()
+        await reader.read()
+
+    path = await servers.uds(answers_the_second_connection)
+    admin = await asyncio.wait_for(
+        dial_and_wait_ready(10, lambda: dial_and_read_snapshot(path), attempt_timeout=0.2), 10
+    )
+    await admin.aclose()
+    assert connections == 2
+
+
+async def test_attempts_never_outlast_the_total(servers):
+    async def mute(reader, writer):
+        await reader.read()
+
+    path = await servers.uds(mute)
+    started = time.monotonic()
+    with pytest.raises(WaitTimeout):
+        # A per-attempt bound larger than the total is cut to what is left.
+        await asyncio.wait_for(
+            dial_and_wait_ready(0.4, lambda: dial_and_read_snapshot(path), attempt_timeout=30), 10
+        )
+    assert 0.4 <= time.monotonic() - started < 0.4 + 0.5
+
+
+async def test_full_accept_queue_is_a_wait_timeout_not_a_hang(sock_dir):
+    path = str(sock_dir / "full.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(0)
+    fillers = []
+    try:
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(path)
+            except BlockingIOError:
+                sock.close()
+                break
+            fillers.append(sock)
+            assert len(fillers) < 64
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout) as info:
+            # The dialer's own connect timeout (5 s) is longer than the wait.
+            await asyncio.wait_for(dial_and_wait_ready(0.4, lambda: Client.dial_uds(path)), 10)
+        assert 0.4 <= time.monotonic() - started < 0.4 + 0.5
+        assert isinstance(info.value.__cause__, ConnectTimeout)
+    finally:
+        for sock in fillers:
+            sock.close()
+        srv.close()
+
+
+async def test_a_connect_timeout_of_the_dialer_is_retried():
+    dial = Dialer(ConnectTimeout("slow", 0.1), ConnectTimeout("slow", 0.1))
+    assert await dial_and_wait_ready(5, dial) == "client"
+    assert dial.calls == 3
+
+
+async def test_bad_attempt_timeout_is_refused():
+    with pytest.raises(ValueError):
+        await dial_and_wait_ready(1, Dialer(), attempt_timeout=0)

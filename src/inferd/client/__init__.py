@@ -5,6 +5,15 @@ Imports only `inferd.proto`: an app can depend on this without llama-cpp-python.
     client = await dial_and_wait_ready(30, lambda: Client.dial_uds(default_inference_addr()))
     async for frame in client.generate(Request(messages=[Message(role=Role.USER, content="hi")])):
         ...
+
+Protocol v2 (`ClientV2`, typed content blocks) uses the v2 wire types exported here
+too (RequestV2, MessageV2, TextBlock, ...). `inferd.client.events` turns either
+protocol's frames into typed turn events (`engine_events`).
+
+Every dial takes `connect_timeout` (5 s), `read_timeout` (None: unbounded, since a
+queued request may wait long) and `write_timeout` (30 s); expiry raises
+ConnectTimeout / ReadTimeout / WriteTimeout (all ClientTimeout, ClientError and
+TimeoutError) and closes the connection.
 """
 
 from inferd.proto.admin import AdminEvent
@@ -14,11 +23,13 @@ from inferd.proto.errors import EmbedErrorCode, ErrorCode
 from inferd.proto.framing import MAX_FRAME_BYTES
 from inferd.proto.v1 import (
     VALID_IMAGE_TOKEN_BUDGETS,
+    ContextInfo,
     DoneFrame,
     ErrorFrame,
     Message,
     Request,
     Response,
+    ResponseFormat,
     Role,
     StatusFrame,
     StopReason,
@@ -26,23 +37,77 @@ from inferd.proto.v1 import (
     TokenFrame,
     Usage,
 )
+from inferd.proto.v2 import (
+    DEFAULT_V2_MAX_TOKENS,
+    Attachment,
+    AudioAttachment,
+    AudioBlock,
+    ContentBlock,
+    DoneFrameV2,
+    ErrorCodeV2,
+    ErrorFrameV2,
+    FrameV2,
+    ImageAttachment,
+    ImageBlock,
+    MessageV2,
+    RequestV2,
+    ResponseBlock,
+    ResponseV2,
+    RoleV2,
+    StopReasonV2,
+    TextBlock,
+    TextDeltaBlock,
+    ThinkingDeltaBlock,
+    Tool,
+    ToolResultBlock,
+    ToolUseBlock,
+    UnknownAttachment,
+    UnknownBlock,
+    UsageV2,
+    VideoAttachment,
+    VideoBlock,
+)
 
-from .admin import AdminClient
+from .admin import SNAPSHOT_TIMEOUT, AdminClient, AdminSnapshot
 from .client import Client, FrameStream
-from .client_v2 import ClientV2, FrameStreamV2
+from .client_v2 import ClientV2, FrameStreamV2, FrameV2Any
 from .embed import EmbedClient
-from .errors import AdminClosed, ClientDecodeError, ClientError, UnexpectedEof
+from .errors import (
+    AdminClosed,
+    ClientDecodeError,
+    ClientError,
+    ClientTimeout,
+    ConnectTimeout,
+    ReadTimeout,
+    UnexpectedEof,
+    WriteTimeout,
+)
+from .events import EngineEvent, engine_events
+from .transport import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT
 from .wait import WaitPermanent, WaitTimeout, dial_and_wait_ready, is_transient_dial_error
 
 __all__ = [
     "AdminClient",
     "AdminClosed",
     "AdminEvent",
+    "AdminSnapshot",
+    "Attachment",
+    "AudioAttachment",
+    "AudioBlock",
     "Client",
-    "ClientV2",
     "ClientDecodeError",
     "ClientError",
+    "ClientTimeout",
+    "ClientV2",
+    "ConnectTimeout",
+    "ContentBlock",
+    "ContextInfo",
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_READ_TIMEOUT",
+    "DEFAULT_V2_MAX_TOKENS",
+    "DEFAULT_WRITE_TIMEOUT",
     "DoneFrame",
+    "DoneFrameV2",
     "EmbedClient",
     "EmbedErrorCode",
     "EmbedErrorFrame",
@@ -51,28 +116,57 @@ __all__ = [
     "EmbedTask",
     "EmbedUsage",
     "EmbeddingsFrame",
+    "EngineEvent",
     "ErrorCode",
+    "ErrorCodeV2",
     "ErrorFrame",
+    "ErrorFrameV2",
     "FrameStream",
     "FrameStreamV2",
+    "FrameV2",
+    "FrameV2Any",
+    "ImageAttachment",
+    "ImageBlock",
     "MAX_FRAME_BYTES",
     "Message",
+    "MessageV2",
+    "ReadTimeout",
     "Request",
+    "RequestV2",
     "Response",
+    "ResponseBlock",
+    "ResponseFormat",
+    "ResponseV2",
     "Role",
+    "RoleV2",
+    "SNAPSHOT_TIMEOUT",
     "StatusFrame",
     "StopReason",
+    "StopReasonV2",
+    "TextBlock",
+    "TextDeltaBlock",
+    "ThinkingDeltaBlock",
     "Timings",
     "TokenFrame",
+    "Tool",
+    "ToolResultBlock",
+    "ToolUseBlock",
     "UnexpectedEof",
+    "UnknownAttachment",
+    "UnknownBlock",
     "Usage",
+    "UsageV2",
     "VALID_IMAGE_TOKEN_BUDGETS",
+    "VideoAttachment",
+    "VideoBlock",
     "WaitPermanent",
     "WaitTimeout",
+    "WriteTimeout",
     "default_admin_addr",
     "default_embed_addr",
     "default_inference_addr",
     "default_v2_addr",
     "dial_and_wait_ready",
+    "engine_events",
     "is_transient_dial_error",
 ]

@@ -1,4 +1,11 @@
-"""Protocol v1 client: send a Request, stream frames back to its terminal frame."""
+"""Protocol v1 client: send a Request, stream frames back to its terminal frame.
+
+Timeouts: see `inferd.client.transport`. By default a stream waits for its frames
+as long as the daemon takes (a queued request may wait a long time); give
+`read_timeout=` when dialing, or set `client.read_timeout`, to bound the wait for
+each frame. A timeout raises ReadTimeout / WriteTimeout from the stream and closes
+the connection, which cancels the request in the daemon.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from inferd.proto.v1 import DoneFrame, ErrorFrame, Request, StatusFrame, TokenFr
 
 from . import transport
 from .errors import ClientDecodeError, ClientError, UnexpectedEof
-from .transport import Connection, Dialable
+from .transport import DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Dialable
 
 Frame = Union[TokenFrame, DoneFrame, ErrorFrame, StatusFrame]
 
@@ -27,15 +34,21 @@ class FrameStream:
     # The one thing the v2 stream changes (client_v2.FrameStreamV2).
     _parse = staticmethod(parse_response)
 
-    def __init__(self, client: "Client", line: bytes) -> None:
+    def __init__(self, client: "Client", line: bytes, request_id: str = "") -> None:
         self._client = client
         self._line = line
+        self._request_id = request_id
         self._sent = False
         self._finished = False
 
     @property
     def finished(self) -> bool:
         return self._finished
+
+    @property
+    def request_id(self) -> str:
+        """The `id` of the request this stream answers ("" when it had none)."""
+        return self._request_id
 
     def __aiter__(self) -> "FrameStream":
         return self
@@ -56,7 +69,9 @@ class FrameStream:
             except DecodeError as exc:
                 raise ClientDecodeError(exc.message) from None
         except BaseException:
-            # Whatever went wrong, the connection is now mid-response and unusable.
+            # Whatever went wrong, the connection is now mid-response and unusable;
+            # abort rather than close, so a half-sent request is not flushed first.
+            conn.abort()
             self._finish(drop_connection=True)
             raise
         if frame.is_terminal:
@@ -84,32 +99,43 @@ class FrameStream:
 
 
 class Client(Dialable):
-    """A v1 inference connection. Requests run one after another on it."""
+    """A v1 inference connection. Requests run one after another on it.
+
+    `read_timeout` (default None: wait as long as the daemon takes) bounds the wait
+    for each frame; `write_timeout` (default 30 s) the sending of each request.
+    Both can be changed later through the properties of the same names.
+    """
 
     # What differs between the v1 and v2 clients (ClientV2 overrides both).
     _stream_type: type[FrameStream] = FrameStream
     _omit_empty: tuple[str, ...] = ("id", "grammar")
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._conn = Connection(reader, writer)
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+        write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+    ) -> None:
+        super().__init__(reader, writer, read_timeout=read_timeout, write_timeout=write_timeout)
         self._active: FrameStream | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self._conn.closed
 
     def generate(self, request: Request) -> FrameStream:
         """Send `request`; iterate the returned stream for its frames.
 
         The request is written on the first iteration. EOF before the terminal
-        frame raises UnexpectedEof; an undecodable frame raises ClientDecodeError.
+        frame raises UnexpectedEof; an undecodable frame raises ClientDecodeError;
+        a timeout raises WriteTimeout or ReadTimeout. After any of these the
+        connection is closed.
         """
         if self._active is not None and not self._active.finished:
             raise ClientError(
                 "the previous response on this connection is still streaming; "
                 "read it to its end or aclose() it first"
             )
-        stream = self._stream_type(self, transport.encode_line(request, omit_empty=self._omit_empty))
+        line = transport.encode_line(request, omit_empty=self._omit_empty)
+        stream = self._stream_type(self, line, request_id=request.id)
         self._active = stream
         return stream
 

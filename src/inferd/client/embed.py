@@ -1,4 +1,4 @@
-"""Embed socket client (ADR 0017): one request line out, one response line back."""
+"""Embed socket client (upstream ADR 0017): one request line out, one response line back."""
 
 from __future__ import annotations
 
@@ -10,21 +10,30 @@ from inferd.proto.errors import DecodeError
 
 from . import transport
 from .errors import ClientDecodeError, UnexpectedEof
-from .transport import Connection, Dialable
+from .transport import DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT, Dialable
 
 
 class EmbedClient(Dialable):
-    """An embed connection; reusable for any number of sequential requests."""
+    """An embed connection; reusable for any number of sequential requests.
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._conn = Connection(reader, writer)
+    `read_timeout` defaults to None, as for generation: an embedding request takes
+    an admission slot and waits in the same queue as generations (protocol §8),
+    so its answer can be as late as the requests ahead of it. `write_timeout`
+    defaults to 30 s. A timeout raises ReadTimeout / WriteTimeout and closes the
+    connection.
+    """
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        read_timeout: float | None = DEFAULT_READ_TIMEOUT,
+        write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
+    ) -> None:
+        super().__init__(reader, writer, read_timeout=read_timeout, write_timeout=write_timeout)
         # Concurrent callers would otherwise read each other's responses.
         self._lock = asyncio.Lock()
-
-
-    @property
-    def closed(self) -> bool:
-        return self._conn.closed
 
     async def embed(self, request: EmbedRequest) -> EmbeddingsFrame | EmbedErrorFrame:
         """Send one request and return its single response frame."""
@@ -41,7 +50,7 @@ class EmbedClient(Dialable):
                     raise ClientDecodeError(exc.message) from None
             except BaseException:
                 # A half-finished exchange leaves the stream out of step; never reuse it.
-                self._conn.close()
+                self._conn.abort()
                 raise
 
     async def aclose(self) -> None:

@@ -3,6 +3,11 @@
 Transport failures are left as the OSError subclasses the platform raises
 (ConnectionRefusedError, FileNotFoundError, ...) so `is_transient_dial_error` and
 callers can tell "daemon not up yet" from "you may not talk to it".
+
+Timeouts are the exception to that rule: they are raised as our own types, which
+are at once ClientError (so `except ClientError` sees every failure of the
+library) and the builtin TimeoutError (so `except TimeoutError` keeps working,
+and `is_transient_dial_error` treats a connect that timed out as "retry").
 """
 
 from __future__ import annotations
@@ -31,3 +36,33 @@ class AdminClosed(ClientError):
 
     def __init__(self, message: str = "admin connection closed") -> None:
         super().__init__(message)
+
+
+class ClientTimeout(ClientError, TimeoutError):
+    """A connect, read or write did not finish in time; the connection is closed.
+
+    `timeout` is the limit in seconds that expired. A request that timed out may
+    still have reached the daemon: closing the connection is what tells the daemon
+    to stop working on it (protocol §7.3).
+    """
+
+    def __init__(self, message: str, timeout: float | None = None) -> None:
+        # One argument only: OSError reads two as (errno, strerror).
+        super().__init__(message)
+        self.timeout = timeout
+
+
+class ConnectTimeout(ClientTimeout):
+    """The connection was not established within `connect_timeout`.
+
+    Raised for a daemon whose accept queue is full (a wedged daemon) or a TCP
+    handshake that gets no answer. `dial_and_wait_ready` retries it.
+    """
+
+
+class ReadTimeout(ClientTimeout):
+    """No complete frame arrived within `read_timeout` seconds."""
+
+
+class WriteTimeout(ClientTimeout):
+    """The daemon did not take a request within `write_timeout` seconds (it stopped reading)."""

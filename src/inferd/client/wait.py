@@ -12,10 +12,15 @@ import errno
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from .errors import ConnectTimeout
+from .transport import bounded, check_timeout
+
 T = TypeVar("T")
 
 INITIAL_DELAY = 0.1
 MAX_DELAY = 5.0
+# Less time than this left is no time for another attempt: give up instead.
+_MIN_ATTEMPT = 0.001
 
 _TRANSIENT_ERRNOS = frozenset((errno.ECONNREFUSED, errno.ENOENT, errno.ETIMEDOUT, errno.EADDRNOTAVAIL))
 
@@ -69,22 +74,52 @@ def is_transient_dial_error(exc: BaseException) -> bool:
     return any(needle in message for needle in _TRANSIENT_MESSAGES)
 
 
-async def dial_and_wait_ready(timeout: float, dial: Callable[[], Awaitable[T]]) -> T:
+async def dial_and_wait_ready(
+    timeout: float, dial: Callable[[], Awaitable[T]], *, attempt_timeout: float | None = None
+) -> T:
     """Call `dial` until it succeeds, backing off 100 ms, 200 ms, ... up to 5 s.
 
-    The first attempt is immediate. The sleep is not clamped to the time left, so
-    the total can overshoot `timeout` by up to one delay (as upstream).
+    Returns within `timeout` seconds. The first attempt is immediate. Each attempt
+    is bounded by the time that is left (and by `attempt_timeout`, if given): an
+    attempt that hangs, such as a connect to a daemon whose accept queue is full
+    or a dial that waits for an answer that never comes, is cancelled at the
+    deadline. An attempt cut short this way counts as "not ready yet", like a
+    refused connection; so does a ConnectTimeout from the dialer itself.
+
+    The sleeps between attempts are clamped to the time that is left, and no
+    attempt starts once the deadline has passed; WaitTimeout then carries the last
+    failure as its `__cause__`. (Upstream overshoots the deadline by up to one
+    back-off step; this does not.) A `timeout` of 0 or less means one attempt,
+    bounded only by the dialer's own connect timeout (and `attempt_timeout`).
     """
+    cap = check_timeout("attempt_timeout", attempt_timeout)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = INITIAL_DELAY
+    left = timeout
     while True:
+        budget = left if left > 0 else None
+        if cap is not None:
+            budget = cap if budget is None else min(budget, cap)
         try:
-            return await dial()
+            return await _attempt(dial, budget)
         except Exception as exc:
             if not is_transient_dial_error(exc):
                 raise WaitPermanent(exc) from exc
-            if loop.time() >= deadline:
-                raise WaitTimeout(timeout) from exc
-        await asyncio.sleep(delay)
+            last = exc
+        left = deadline - loop.time()
+        if left < _MIN_ATTEMPT:
+            raise WaitTimeout(timeout) from last
+        await asyncio.sleep(min(delay, left))
         delay = min(delay * 2, MAX_DELAY)
+        left = deadline - loop.time()
+        if left < _MIN_ATTEMPT:
+            raise WaitTimeout(timeout) from last
+
+
+async def _attempt(dial: Callable[[], Awaitable[T]], budget: float | None) -> T:
+    if budget is None:
+        return await dial()
+    return await bounded(
+        dial(), budget, lambda: ConnectTimeout(f"dial attempt did not finish within {budget:g}s", budget)
+    )
