@@ -155,3 +155,16 @@ def test_output_parser_malformed_call_propagates():
     p.push("<think>x</think><tool_call>{bad")
     with pytest.raises(ToolCallMalformed):
         p.finish()
+
+
+def test_a_reply_without_reasoning_keeps_its_own_whitespace():
+    """Only the edges of reasoning (and the text right after it) are trimmed: a plain
+    reply, a continuation in particular, reaches the client byte for byte."""
+    s = ThinkingSplitter()
+    out = s.push(" leading and trailing \n") + s.finish()
+    assert all(type(e) is TextDelta for e in out)
+    assert "".join(e.text for e in out) == " leading and trailing \n"
+    s = ThinkingSplitter()
+    out = s.push("<think> why </think>\n\nAnswer. ") + s.finish()
+    assert out[0] == ThinkingDelta("why")
+    assert "".join(e.text for e in out[1:] if type(e) is TextDelta) == "Answer. "

@@ -64,7 +64,9 @@ class ThinkingSplitter:
         self._inside = starts_inside
         self._buf = ""
         self._ws = ""  # trailing whitespace held back (trim mode)
-        self._block_start = True  # at the start of a block: leading whitespace is dropped
+        # At the start of a block that a marker opened (or of reasoning the prompt opened):
+        # leading whitespace is dropped. The reply's own first text keeps its whitespace.
+        self._block_start = starts_inside
         self._finished = False
         #: Characters of reasoning emitted so far.
         self.thinking_chars = 0
@@ -110,10 +112,10 @@ class ThinkingSplitter:
         self._finished = True
         out: list[ThinkEvent] = []
         rest, self._buf = self._buf, ""
-        self._emit(out, rest, block_ends=True)
+        self._emit(out, rest, block_ends=True, final=True)
         return out
 
-    def _emit(self, out: list[ThinkEvent], text: str, *, block_ends: bool) -> None:
+    def _emit(self, out: list[ThinkEvent], text: str, *, block_ends: bool, final: bool = False) -> None:
         if self.trim:
             if self._block_start:
                 text = text.lstrip(_WS)
@@ -121,7 +123,9 @@ class ThinkingSplitter:
                     self._block_start = False
             text = self._ws + text
             self._ws = ""
-            if block_ends:
+            if final and not self._inside:
+                pass  # the reply's own trailing whitespace is the model's to keep
+            elif block_ends:
                 text = text.rstrip(_WS)
             else:
                 body = text.rstrip(_WS)

@@ -53,6 +53,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+from ..backend import ToolCallMalformed  # the model wrote a call we cannot parse
 from ..events import TextDelta, ToolCall
 from ..request import ToolCallSpec, ToolSpec
 from . import gemma
@@ -65,14 +66,6 @@ _WS = " \t\r\n"
 
 #: Longest tool name we wait for after `[TOOL_CALLS]` before calling the text malformed.
 _MAX_NAME = 256
-
-
-class ToolCallMalformed(Exception):
-    """The model wrote a tool call we cannot parse (bad JSON, no name, unterminated)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 def random_call_id() -> str:

@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 from pathlib import Path
 
 import llama_cpp.llama_cpp as L
@@ -42,6 +43,7 @@ from .native import (
 )
 from .sampling import GrammarError, SamplingParams, check_grammar_limits, parse_grammar
 from .settings import LlamaCppSettings
+from .chatting import ChatPlan, ChatStyle
 from .templates import BUILTIN, KNOWN_TEMPLATES, ChatRenderer, RenderError, resolve_renderer
 from .threads import ContextThread
 from .worker import GenerationContext, GenerationJob, WorkerStream, loop_emitter
@@ -88,14 +90,15 @@ class LlamaCppBackend(Backend):
         n_layer_all = L.llama_model_n_layer(model) + L.llama_model_n_layer_nextn(model)
         self._gpu_layers = resolve_gpu_layers(n_gpu_layers, n_layer_all, self._accelerator.kind)
         self._bos_piece = bos_piece(self._vocab)
-        self._renderer: ChatRenderer | None = resolve_renderer(
+        renderer: ChatRenderer | None = resolve_renderer(
             settings.chat_template,
             gguf_template=meta_str(model, "tokenizer.chat_template"),
             architecture=self.architecture,
             bos_token=self._bos_piece,
             eos_token=eos_piece(self._vocab),
         )
-        if self._renderer is None and not settings.embed:
+        self._chat = ChatStyle(renderer) if renderer is not None else None
+        if renderer is None and not settings.embed:
             log.warning("%s has no chat template and no built-in renderer: generation will be refused", path)
         self._gen = ContextThread(
             "inferd-llamacpp-generate",
@@ -124,11 +127,12 @@ class LlamaCppBackend(Backend):
     def capabilities(self) -> BackendCapabilities:
         acc = self._accelerator
         return BackendCapabilities(
-            v2=True,
+            v2=self._chat is not None,
             vision=False,
             audio=False,
-            tools=False,
-            thinking=False,
+            # Any model can be offered tools: its template's format, or our built-in one.
+            tools=self._chat is not None,
+            thinking=self._chat is not None and self._chat.thinks,
             embed=self._embed is not None,
             accelerator=acc.kind,
             gpu_layers=self._gpu_layers,
@@ -141,33 +145,35 @@ class LlamaCppBackend(Backend):
     @property
     def chat_template(self) -> str | None:
         """Name of the renderer in use ("model" = the GGUF's own template)."""
-        return self._renderer.name if self._renderer is not None else None
+        return self._chat.renderer.name if self._chat is not None else None
 
     @property
     def last_prompt_evaluated(self) -> int:
         """Prompt tokens the most recent generation evaluated (the rest came from the KV cache)."""
         return self._gen_state.last_prompt_evaluated
 
-    def render(self, messages: Sequence[dict[str, str]]) -> str:
-        """The prompt text for a conversation, exactly as generation would feed it."""
+    def render(self, messages: Sequence[dict[str, Any]]) -> str:
+        """The prompt text for a plain conversation, exactly as generation would feed it."""
         if not messages:
             raise BackendInvalidRequest("messages must not be empty")
-        if self._renderer is None:
-            raise BackendInvalidRequest(
-                "model has no chat template; set chat_template to one of "
-                + ", ".join(BUILTIN)
-            )
         try:
-            return self._renderer.render(messages)
+            return self._style().renderer.render(messages)
         except RenderError as exc:
             raise BackendInvalidRequest(f"chat template render failed: {exc}") from None
+
+    def _style(self) -> ChatStyle:
+        if self._chat is None:
+            raise BackendInvalidRequest(
+                "model has no chat template; set chat_template to one of " + ", ".join(BUILTIN)
+            )
+        return self._chat
 
     def tokenize_prompt(self, prompt: str) -> list[int]:
         # A template that writes the BOS itself must not get a second one from the tokenizer.
         has_bos = bool(self._bos_piece) and prompt.startswith(self._bos_piece)
         return tokenize(self._vocab, prompt, add_special=not has_bos, parse_special=True)
 
-    def _prepare(self, request: GenerationRequest) -> list[int]:
+    def _prepare(self, request: GenerationRequest) -> tuple[list[int], ChatPlan]:
         """Pre-stream work (off the event loop): everything that can refuse the request."""
         with self._prep_cond:
             if not self._ready:
@@ -180,41 +186,44 @@ class LlamaCppBackend(Backend):
                 self._preparing -= 1
                 self._prep_cond.notify_all()
 
-    def _prepare_ready(self, request: GenerationRequest) -> list[int]:
-        if any(m.media for m in request.messages):
+    def _prepare_ready(self, request: GenerationRequest) -> tuple[list[int], ChatPlan]:
+        if any(m.media for m in request.messages) or request.attachments:
             raise AttachmentUnsupported("this backend has no media encoder: attachments are not supported")
-        if request.tools:
-            raise BackendInvalidRequest("this backend's chat template does not support tool declarations")
-        if request.response_format is not None:
-            raise BackendInvalidRequest("response_format is not supported by this backend")
         if request.grammar:
             try:
-                check_grammar_limits(request.grammar)
+                check_grammar_limits(request.grammar)  # F-11: a client's own grammar
             except GrammarError as exc:
                 raise BackendInvalidRequest(str(exc)) from None
         if request.prompt is not None:
-            tokens = self.tokenize_prompt(request.prompt)
+            plan = ChatPlan(request.prompt, request.grammar, ChatStyle.raw_parser)
         else:
-            tokens = self.tokenize_prompt(self.render([m.as_template_dict() for m in request.messages]))
+            plan = self._style().plan(request)
+        tokens = self.tokenize_prompt(plan.prompt)
         if not tokens:
             raise BackendInvalidRequest("the rendered prompt is empty")
         if len(tokens) > self.n_ctx:
             raise BackendInvalidRequest(
                 f"prompt is {len(tokens)} tokens but the context holds {self.n_ctx}"
             )
-        if request.grammar:
+        if plan.grammar:
             # Parse once here so a broken grammar is an invalid_request, not a dead stream;
             # the worker builds its own sampler from the same text.
             try:
-                L.llama_sampler_free(parse_grammar(self._vocab, request.grammar))
+                L.llama_sampler_free(parse_grammar(self._vocab, plan.grammar, checked=bool(request.grammar)))
             except GrammarError as exc:
                 raise BackendInvalidRequest(str(exc)) from None
-        return tokens
+        return tokens, plan
+
+    async def count_tokens(self, request: GenerationRequest) -> int:
+        if not self._ready:
+            raise NotReady()
+        tokens, _ = await asyncio.to_thread(self._prepare, request)
+        return len(tokens)
 
     async def generate(self, request: GenerationRequest) -> EventStream:
         if not self._ready:
             raise NotReady()
-        tokens = await asyncio.to_thread(self._prepare, request)
+        tokens, plan = await asyncio.to_thread(self._prepare, request)
         if not self._ready or self._gen is None:
             raise NotReady()
         loop = asyncio.get_running_loop()
@@ -228,11 +237,12 @@ class LlamaCppBackend(Backend):
                 top_k=request.top_k,
                 seed=self.settings.seed if request.seed is None else request.seed,
             ),
-            grammar=request.grammar,
+            grammar=plan.grammar,
             max_tokens=request.max_tokens,
             stop=list(request.stop),
             emit=loop_emitter(loop, queue, cancel),
             cancel=cancel,
+            new_parser=plan.new_parser,
         )
         stream = WorkerStream(queue, cancel)
         self._gen.submit(job)

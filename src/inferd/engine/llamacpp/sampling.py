@@ -42,9 +42,14 @@ def check_grammar_limits(grammar: str) -> None:
         )
 
 
-def parse_grammar(vocab: L.llama_vocab_p, grammar: str) -> L.llama_sampler_p:
-    """Build the grammar sampler (root symbol `root`); the caller owns the result."""
-    check_grammar_limits(grammar)
+def parse_grammar(vocab: L.llama_vocab_p, grammar: str, *, checked: bool = True) -> L.llama_sampler_p:
+    """Build the grammar sampler (root symbol `root`); the caller owns the result.
+
+    `checked`: apply the F-11 limits (a client's grammar). Grammars we compile from a
+    bounded JSON Schema or tool list are bounded by those limits instead.
+    """
+    if checked:
+        check_grammar_limits(grammar)
     with capture_native_log() as lines:
         smpl = L.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
     if not smpl:

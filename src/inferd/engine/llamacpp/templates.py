@@ -14,11 +14,11 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger("inferd.engine.llamacpp")
 
-Message = dict[str, str]
+Message = dict[str, Any]
 
 MODEL_TEMPLATE = "model"
 
@@ -29,8 +29,13 @@ class RenderError(Exception):
 
 class ChatRenderer(Protocol):
     name: str
+    #: The Jinja source, for detecting tool-call and reasoning formats; None for built-ins.
+    source: str | None
+    #: Whether render() can declare `tools` itself (the template takes a `tools` variable).
+    takes_tools: bool
 
-    def render(self, messages: Sequence[Message]) -> str: ...
+    def render(self, messages: Sequence[Message], *, tools: list[dict[str, Any]] | None = None,
+               enable_thinking: bool | None = None) -> str: ...
 
 
 # ---- built-in families ---------------------------------------------------------------
@@ -40,9 +45,11 @@ class GemmaRenderer:
     into the first user turn, separated by a blank line (as Gemma 3's own template)."""
 
     name = "gemma"
+    source = None
+    takes_tools = False
     BOS = "<bos>"
 
-    def render(self, messages: Sequence[Message]) -> str:
+    def render(self, messages: Sequence[Message], **_: Any) -> str:
         out = [self.BOS]
         prefix = ""
         rest = list(messages)
@@ -63,8 +70,10 @@ class GemmaRenderer:
 
 class ChatMLRenderer:
     name = "chatml"
+    source = None
+    takes_tools = False
 
-    def render(self, messages: Sequence[Message]) -> str:
+    def render(self, messages: Sequence[Message], **_: Any) -> str:
         parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
         parts.append("<|im_start|>assistant\n")
         return "".join(parts)
@@ -72,9 +81,11 @@ class ChatMLRenderer:
 
 class Llama3Renderer:
     name = "llama-3"
+    source = None
+    takes_tools = False
     BOS = "<|begin_of_text|>"
 
-    def render(self, messages: Sequence[Message]) -> str:
+    def render(self, messages: Sequence[Message], **_: Any) -> str:
         parts = [self.BOS]
         for m in messages:
             parts.append(
@@ -143,14 +154,24 @@ class JinjaRenderer:
         self._template = env.from_string(source)
         self._bos = bos_token
         self._eos = eos_token
+        self.source = source
+        # HF convention: a template that declares tools reads the `tools` variable.
+        self.takes_tools = "tools" in source
 
-    def render(self, messages: Sequence[Message]) -> str:
+    def render(self, messages: Sequence[Message], *, tools: list[dict[str, Any]] | None = None,
+               enable_thinking: bool | None = None) -> str:
+        extra: dict[str, Any] = {}
+        if tools:
+            extra["tools"] = tools
+        if enable_thinking is not None:
+            extra["enable_thinking"] = enable_thinking
         try:
             return self._template.render(
                 messages=[dict(m) for m in messages],
                 add_generation_prompt=True,
                 bos_token=self._bos,
                 eos_token=self._eos,
+                **extra,
             )
         except _TemplateRaised as exc:
             raise RenderError(str(exc)) from None

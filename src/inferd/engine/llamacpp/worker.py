@@ -15,11 +15,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import llama_cpp.llama_cpp as L
 
-from ..backend import Unavailable
-from ..events import ContextUsage, Done, Event, FinishReason, TextDelta, Timings, Usage
+from ..backend import BackendError, Unavailable
+from ..events import ContextUsage, Done, Event, FinishReason, TextDelta, ThinkingDelta, Timings, ToolCall, Usage
 from .native import PieceReader
 from .sampling import Sampler, SamplingParams, StopScanner, Utf8Stream, parse_grammar
 from .settings import LlamaCppSettings
@@ -71,6 +72,8 @@ class GenerationContext:
         self.kv: list[int] = []
         #: Prompt tokens the last request actually evaluated (the rest came from the cache).
         self.last_prompt_evaluated = 0
+        #: Tokens llama_decode has evaluated on this context (prompt and sampled); tests read it.
+        self.decoded = 0
 
     def close(self) -> None:
         if self.ctx:
@@ -110,6 +113,7 @@ class GenerationContext:
         rc = L.llama_decode(self.ctx, b)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc})")
+        self.decoded += n
 
     def prefill(self, tokens: list[int], cancel: threading.Event) -> None:
         keep = self._reusable_prefix(tokens)
@@ -133,14 +137,20 @@ class GenerationContext:
 
     def generate(self, job: GenerationJob) -> None:
         started = time.perf_counter()
-        grammar = parse_grammar(self.vocab, job.grammar) if job.grammar else None
+        # Checked (F-11) in the backend before the job was queued.
+        grammar = parse_grammar(self.vocab, job.grammar, checked=False) if job.grammar else None
         sampler = Sampler(job.params, grammar, self.n_vocab)
         try:
             self.prefill(job.tokens, job.cancel)
             prompt_done = time.perf_counter()
-            reason, completion = self._sample_loop(job, sampler)
+            reason, completion, thinking = self._sample_loop(job, sampler)
         except _Cancelled:
             job.abandon(Unavailable("generation cancelled"))
+            return
+        except BackendError as exc:
+            # The output could not be read (an unparseable tool call): the partial
+            # output stays sent, the request ends with this error. The cache is sound.
+            job.abandon(exc)
             return
         except BaseException:
             # The cache may hold a half-written batch; never trust it again.
@@ -153,7 +163,7 @@ class GenerationContext:
         job.emit(Done(
             reason,
             usage=Usage(prompt_tokens=len(job.tokens), completion_tokens=completion,
-                        cached_tokens=len(job.tokens) - self.last_prompt_evaluated),
+                        cached_tokens=len(job.tokens) - self.last_prompt_evaluated, thinking_tokens=thinking),
             # The turn's tokens: the last sampled one is evaluated when the next turn starts.
             context=ContextUsage(used=min(len(job.tokens) + completion, self.n_ctx), max=self.n_ctx),
             timings=Timings(
@@ -163,9 +173,15 @@ class GenerationContext:
             ),
         ))
 
-    def _sample_loop(self, job: GenerationJob, sampler: Sampler) -> tuple[FinishReason, int]:
+    def _sample_loop(self, job: GenerationJob, sampler: Sampler) -> tuple[FinishReason, int, int]:
+        """Decode until EOG, a stop string, max_tokens or a full context.
+
+        Returns (reason, completion tokens, of which thinking tokens). Each token's text
+        goes through the request's output parser, which splits reasoning off and turns
+        tool-call text into whole calls.
+        """
         if job.max_tokens <= 0:
-            return FinishReason.LENGTH, 0
+            return FinishReason.LENGTH, 0, 0
         ctx, vocab, kv = self.ctx, self.vocab, self.kv
         emit, cancel, piece = job.emit, job.cancel, self.piece
         is_eog, decode = L.llama_vocab_is_eog, L.llama_decode
@@ -173,9 +189,11 @@ class GenerationContext:
         b_tok, b_pos, b_out = b.token, b.pos, b.logits
         utf8 = Utf8Stream()
         stops = StopScanner(job.stop)
+        parser = job.new_parser()
+        parse = parser.push
         n_ctx, max_tokens = self.n_ctx, job.max_tokens
         pos = len(kv)
-        completion = 0
+        completion = thinking = 0
         while True:
             if cancel.is_set():
                 raise _Cancelled
@@ -186,9 +204,13 @@ class GenerationContext:
             completion += 1
             text, hit = stops.push(utf8.push(piece(token)))
             if text:
-                emit(TextDelta(text))
+                for event in parse(text):
+                    emit(event)
+                if parser.last_was_thinking:
+                    thinking += 1
             if hit:
-                return FinishReason.END, completion
+                reason = FinishReason.END
+                break
             if completion >= max_tokens or pos >= n_ctx:
                 reason = FinishReason.LENGTH
                 break
@@ -200,12 +222,30 @@ class GenerationContext:
             if rc != 0:
                 raise RuntimeError(f"llama_decode failed ({rc}) at position {pos}")
             kv.append(token)
+            self.decoded += 1
             pos += 1
         utf8.finish()
-        tail = stops.flush()
-        if tail:
-            emit(TextDelta(tail))
-        return reason, completion
+        tail = stops.flush()  # empty after a stop string: the scanner dropped it
+        events = parse(tail) if tail else []
+        events += parser.finish()
+        for event in events:
+            emit(event)
+        if parser.saw_tool_call:
+            reason = FinishReason.TOOL_USE
+        return reason, completion, thinking
+
+
+class _PlainText:
+    """The output parser of a request that needs none: text stays text."""
+
+    saw_tool_call = False
+    last_was_thinking = False
+
+    def push(self, text: str) -> list[TextDelta]:
+        return [TextDelta(text)]
+
+    def finish(self) -> list[TextDelta]:
+        return []
 
 
 @dataclass(eq=False)
@@ -217,6 +257,8 @@ class GenerationJob:
     stop: list[str]
     emit: Callable[[object], None]
     cancel: threading.Event = field(default_factory=threading.Event)
+    #: A fresh output parser (reasoning split, tool calls); the default passes text through.
+    new_parser: Callable[[], Any] = field(default=lambda: _PlainText())
 
     def run(self, state: GenerationContext) -> None:
         if self.cancel.is_set():
@@ -225,7 +267,7 @@ class GenerationJob:
         state.generate(self)
 
     def abandon(self, exc: BaseException) -> None:
-        if not isinstance(exc, Unavailable):
+        if not isinstance(exc, BackendError):
             exc = Unavailable(str(exc) or type(exc).__name__)
         self.emit(_Failure(exc))
 
@@ -265,11 +307,12 @@ class WorkerStream:
         if self._finished:
             raise StopAsyncIteration
         item = await self._queue.get()
-        if type(item) is TextDelta:
-            return item
+        kind = type(item)
+        if kind is TextDelta or kind is ThinkingDelta or kind is ToolCall:
+            return item  # type: ignore[return-value]
         self._finished = True
-        if type(item) is Done:
-            return item
+        if kind is Done:
+            return item  # type: ignore[return-value]
         self._cancel.set()
         assert isinstance(item, _Failure)
         raise item.exc
