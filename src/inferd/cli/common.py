@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import typer
+
+from inferd.client.wait import WaitPermanent, WaitTimeout, dial_and_wait_ready
 
 T = TypeVar("T")
 
@@ -77,3 +79,13 @@ def human_bytes(n: int | None) -> str:
     if n >= kib:
         return f"{n // kib} KiB"
     return f"{n} B"
+
+
+async def connect(dial: Callable[[str, str | None], Awaitable[T]], addr: str, api_key: str | None, wait: float) -> T:
+    try:
+        return await dial_and_wait_ready(wait, lambda: dial(addr, api_key))
+    except WaitTimeout as exc:
+        last = describe(exc.__cause__) if exc.__cause__ else "no answer"
+        die(f"daemon not reachable at {addr} within {wait:g}s ({last})")
+    except WaitPermanent as exc:
+        die(f"cannot connect to {addr}: {describe(exc.error)}")

@@ -16,12 +16,12 @@ import typer
 from inferd.client.client import Client
 from inferd.client.embed import EmbedClient
 from inferd.client.errors import ClientError, UnexpectedEof
-from inferd.client.wait import WaitPermanent, WaitTimeout, dial_and_wait_ready
 from inferd.proto.embed import EmbedErrorFrame, EmbedRequest
-from inferd.proto.endpoints import default_embed_addr, default_inference_addr
+from inferd.proto.endpoints import default_embed_addr, default_inference_addr, default_v2_addr
 from inferd.proto.v1 import DoneFrame, ErrorFrame, Message, Request, Role, TokenFrame
 
-from .common import EXIT_FAIL, describe, die, err, run_async
+from .agent import AgentChat, AgentOptions, UsageError, agent_run, load_schema, load_tools
+from .common import EXIT_FAIL, connect, describe, die, err, run_async
 
 T = TypeVar("T")
 
@@ -53,6 +53,19 @@ SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, show_default=Fa
 StopOpt = Annotated[
     Optional[list[str]], typer.Option("--stop", help="Stop sequence (repeatable).", show_default=False)
 ]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON lines on stdout, one event each (for scripts).")]
+ToolsOpt = Annotated[
+    Optional[str], typer.Option("--tools", help="JSON file with the tools the model may call.", show_default=False)
+]
+ToolChoiceOpt = Annotated[
+    Optional[str], typer.Option("--tool-choice", help="auto, none or required.", show_default=False)
+]
+ThinkingOpt = Annotated[
+    Optional[bool], typer.Option("--thinking/--no-thinking", help="Ask for (or against) reasoning.", show_default=False)
+]
+SchemaOpt = Annotated[
+    Optional[str], typer.Option("--json-schema", help="JSON Schema file the reply must match.", show_default=False)
+]
 
 
 def sampling(
@@ -73,16 +86,6 @@ def sampling(
         "stop": list(stop) if stop else None,
     }
     return {k: v for k, v in fields.items() if v is not None}
-
-
-async def connect(dial: Callable[[str, str | None], Awaitable[T]], addr: str, api_key: str | None, wait: float) -> T:
-    try:
-        return await dial_and_wait_ready(wait, lambda: dial(addr, api_key))
-    except WaitTimeout as exc:
-        last = describe(exc.__cause__) if exc.__cause__ else "no answer"
-        die(f"daemon not reachable at {addr} within {wait:g}s ({last})")
-    except WaitPermanent as exc:
-        die(f"cannot connect to {addr}: {describe(exc.error)}")
 
 
 class Turn:
@@ -273,6 +276,19 @@ async def embed(
     return 0
 
 
+def agent_options(system: str | None, sampling_opts: dict[str, Any], as_json: bool, tools: str | None,
+                  tool_choice: str | None, thinking: bool | None, schema: str | None) -> AgentOptions | None:
+    """The agent flags, or None when a plain v1 run/chat does (no flag that needs more)."""
+    if not (as_json or tools or tool_choice or thinking is not None or schema):
+        return None
+    try:
+        return AgentOptions(system=system, tools=load_tools(tools) if tools else [], tool_choice=tool_choice,
+                            thinking=thinking, schema=load_schema(schema) if schema else None, json=as_json,
+                            sampling=sampling_opts)
+    except UsageError as exc:
+        die(str(exc))
+
+
 def register(app: typer.Typer) -> None:
     @app.command("run")
     def run_cmd(
@@ -287,9 +303,18 @@ def register(app: typer.Typer) -> None:
         stop: StopOpt = None,
         wait: WaitOpt = 30.0,
         api_key: ApiKeyOpt = None,
+        as_json: JsonOpt = False,
+        tools: ToolsOpt = None,
+        tool_choice: ToolChoiceOpt = None,
+        thinking: ThinkingOpt = None,
+        json_schema: SchemaOpt = None,
     ) -> None:
         """Send one prompt and stream the reply to stdout."""
         opts = sampling(max_tokens, temperature, top_p, top_k, seed, stop)
+        agent = agent_options(system, opts, as_json, tools, tool_choice, thinking, json_schema)
+        if agent is not None:
+            target = addr or (default_v2_addr() if agent.needs_v2 else default_inference_addr())
+            raise typer.Exit(run_async(agent_run(prompt, agent, target, api_key, wait)))
         code = run_async(run(prompt, addr or default_inference_addr(), api_key, wait, system, opts))
         raise typer.Exit(code)
 
@@ -305,9 +330,21 @@ def register(app: typer.Typer) -> None:
         stop: StopOpt = None,
         wait: WaitOpt = 30.0,
         api_key: ApiKeyOpt = None,
+        as_json: JsonOpt = False,
+        tools: ToolsOpt = None,
+        tool_choice: ToolChoiceOpt = None,
+        thinking: ThinkingOpt = None,
+        json_schema: SchemaOpt = None,
     ) -> None:
-        """Chat interactively; /reset clears the history, /exit or EOF quits."""
+        """Chat interactively; /reset clears the history, /exit or EOF quits.
+
+        With --json (or an agent flag) every stdin line is a prompt, and a line holding
+        a JSON object answers the pending tool call: {"id": ..., "output": ...}."""
         opts = sampling(max_tokens, temperature, top_p, top_k, seed, stop)
+        agent = agent_options(system, opts, as_json, tools, tool_choice, thinking, json_schema)
+        if agent is not None:
+            target = addr or (default_v2_addr() if agent.needs_v2 else default_inference_addr())
+            raise typer.Exit(run_async(AgentChat(agent, target, api_key, wait).run(sys.stdin)))
         try:
             code = chat(addr or default_inference_addr(), api_key, wait, system, opts)
         except typer.Exit:
