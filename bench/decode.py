@@ -2,12 +2,15 @@
 
     python bench/decode.py [--model PATH] [--tokens 128] [--threads 2] [--rounds 5]
 
-Three legs with the same prompt tokens, greedy sampling and 2 threads, run in
-alternation so background load hits each alike (medians reported):
+Four legs with greedy sampling and 2 threads, run in alternation so background load
+hits each alike (medians reported):
   reference  llama-cpp-python `create_completion(stream=True)` in this process
   backend    inferd's LlamaCppBackend in this process (no sockets)
   daemon     `inferd serve --backend llamacpp` as a subprocess, streamed over its Unix
              socket to a client in this process (what an app sees)
+  tools      the same daemon over its v2 socket, two tools declared but not called:
+             the output parser (reasoning split, tool-call scan) runs on every token
+             (its prompt is longer: the tools are declared in it)
 Time to first token counts from writing the request; decode tok/s counts the tokens
 after the first. Before every round each leg's KV cache is emptied, so every leg
 prefills the whole prompt.
@@ -67,13 +70,61 @@ async def run_daemon(sock: str, n: int) -> Run:
     return Run((first - start) * 1000, tps, count, "".join(text))
 
 
+TOOLS = [
+    {"name": "get_weather", "description": "Current weather for a city.",
+     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}},
+    {"name": "get_time", "description": "Current time in a time zone.",
+     "input_schema": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}},
+]
+
+
+async def run_daemon_tools(sock: str, n: int) -> Run:
+    reader, writer = await asyncio.open_unix_connection(sock, limit=1 << 20)
+
+    def v2(content: str, max_tokens: int, **extra: object) -> bytes:
+        body = {"id": "bench", "messages": [{"role": "user", "content": [{"type": "text", "text": content}]}],
+                "temperature": 0, "max_tokens": max_tokens, **extra}
+        return json.dumps(body).encode() + b"\n"
+
+    try:
+        writer.write(v2("hi", 1))
+        while not (await reader.readline()).startswith(b'{"type":"done"'):
+            pass
+        start = time.perf_counter()
+        writer.write(v2(PROMPT[0]["content"], n, tools=TOOLS, tool_choice="auto"))
+        first = last = None
+        text = []
+        while True:
+            raw = await reader.readline()
+            now = time.perf_counter()
+            frame = json.loads(raw)
+            if frame["type"] == "frame":
+                if frame["block"]["type"] == "tool_use":
+                    raise RuntimeError("the tools leg must not call a tool; pick another prompt")
+                text.append(frame["block"]["delta"])
+                if first is None:
+                    first = now
+                last = now
+            elif frame["type"] == "done":
+                count = frame["usage"]["output_tokens"]
+                break
+            else:
+                raise RuntimeError(frame)
+    finally:
+        writer.close()
+    assert first is not None and last is not None
+    tps = (count - 1) / (last - first) if count > 1 and last > first else 0.0
+    return Run((first - start) * 1000, tps, count, "".join(text))
+
+
 def start_daemon(model: str, args: argparse.Namespace, d: Path) -> tuple[subprocess.Popen, str]:
     sock = str(d / "infer.sock")
     env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "inferd.cli.main", "serve", "--backend", "llamacpp", "--model-path", model,
          "--n-ctx", str(args.n_ctx), "--n-threads", str(args.threads), "--no-embed", "--uds", sock,
-         "--admin-addr", str(d / "admin.sock"), "--lock", str(d / "inferd.lock")],
+         "--admin-addr", str(d / "admin.sock"), "--lock", str(d / "inferd.lock"),
+         "--v2", "--v2-addr", str(d / "v2.sock")],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not os.path.exists(sock):
@@ -105,15 +156,18 @@ def main() -> int:
     llm = Llama(path, n_ctx=args.n_ctx, n_batch=512, n_threads=args.threads, n_threads_batch=args.threads,
                 flash_attn=True, verbose=False)
     tokens = backend.tokenize_prompt(backend.render(PROMPT))
-    legs: dict[str, list[Run]] = {"reference": [], "backend": [], "daemon": []}
+    legs: dict[str, list[Run]] = {"reference": [], "backend": [], "daemon": [], "tools": []}
+    v2_sock = str(d / "v2.sock")
     try:
         run_reference(llm, tokens, 8)  # warm-up: first-call allocations everywhere
         asyncio.run(run_backend(backend, 8))
         asyncio.run(run_daemon(sock, 8))
+        asyncio.run(run_daemon_tools(v2_sock, 8))
         for _ in range(args.rounds):
             legs["reference"].append(run_reference(llm, tokens, args.tokens))
             legs["backend"].append(asyncio.run(run_backend(backend, args.tokens)))
             legs["daemon"].append(asyncio.run(run_daemon(sock, args.tokens)))
+            legs["tools"].append(asyncio.run(run_daemon_tools(v2_sock, args.tokens)))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -127,11 +181,11 @@ def main() -> int:
     print(f"{'':12}{'ttft ms':>10}{'decode tok/s':>15}{'tokens':>8}")
     for name in legs:
         print(f"{name:12}{med(name, 'ttft_ms'):10.1f}{med(name, 'decode_tps'):15.2f}{legs[name][-1].tokens:8d}")
-    for a, b in (("daemon", "reference"), ("daemon", "backend"), ("backend", "reference")):
+    for a, b in (("daemon", "reference"), ("daemon", "backend"), ("backend", "reference"), ("tools", "daemon")):
         print(f"{a}/{b}: decode {med(a, 'decode_tps') / med(b, 'decode_tps'):.3f}   "
               f"ttft {med(a, 'ttft_ms') / med(b, 'ttft_ms'):.3f}")
-    texts = {name: runs[-1].text for name, runs in legs.items()}
-    print("same text on all legs:", len(set(texts.values())) == 1)
+    texts = {name: runs[-1].text for name, runs in legs.items() if name != "tools"}
+    print("same text on the three plain legs:", len(set(texts.values())) == 1)
     return 0
 
 

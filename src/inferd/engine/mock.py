@@ -52,6 +52,9 @@ class MockConfig:
     tokens: list[str] = field(default_factory=lambda: ["mock-response"])
     #: When set, replaces `tokens`: text, thinking and tool calls in order.
     script: list[ScriptStep] | None = None
+    #: The reply once tool results came back (the last message is a `tool` one), so an
+    #: app's agent loop can run to its end against the mock. None: `script` again.
+    script_after_tools: list[ScriptStep] | None = None
     token_delay_ms: int = 0
     drop_after: int | None = None
     pre_stream_error: PreStreamError | None = None
@@ -67,7 +70,9 @@ class MockConfig:
     #: Reported as `done.context.max`; `used` is prompt + completion tokens.
     n_ctx: int | None = None
 
-    def steps(self) -> list[ScriptStep]:
+    def steps(self, answering_tools: bool = False) -> list[ScriptStep]:
+        if answering_tools and self.script_after_tools is not None:
+            return list(self.script_after_tools)
         steps = list(self.script) if self.script is not None else [ScriptStep(text=t) for t in self.tokens]
         if self.emit_tool_use is not None:
             steps.append(ScriptStep(tool_name=self.emit_tool_use, tool_input={}))
@@ -100,7 +105,7 @@ class MockBackend(Backend):
 
     def capabilities(self) -> BackendCapabilities:
         # Say what the script actually emits, nothing more.
-        steps = self.config.steps()
+        steps = self.config.steps() + self.config.steps(answering_tools=True)
         return BackendCapabilities(
             v2=True,
             tools=any(s.tool_name is not None for s in steps),
@@ -131,7 +136,8 @@ class MockBackend(Backend):
         completion = thinking = calls = 0
         reason = FinishReason.END
         emitted = ""  # text so far, for stop strings that span steps
-        for sent, step in enumerate(cfg.steps()):
+        answering = bool(request.messages) and request.messages[-1].role == "tool"
+        for sent, step in enumerate(cfg.steps(answering)):
             if cfg.drop_after is not None and sent >= cfg.drop_after:
                 return
             if cfg.raise_after is not None and sent >= cfg.raise_after:
