@@ -36,30 +36,50 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from engine_decode import PROMPT, Run, _model_path, run_backend, run_reference  # noqa: E402
 
 
-async def run_daemon(sock: str, n: int) -> Run:
+def _v1(content: str, max_tokens: int) -> dict:
+    return {"id": "bench", "messages": [{"role": "user", "content": content}], "temperature": 0,
+            "max_tokens": max_tokens}
+
+
+def _v2(content: str, max_tokens: int, **extra: object) -> dict:
+    return {"id": "bench", "messages": [{"role": "user", "content": [{"type": "text", "text": content}]}],
+            "temperature": 0, "max_tokens": max_tokens, **extra}
+
+
+def _v1_text(frame: dict) -> str | None:
+    return frame["content"] if frame["type"] == "token" else None
+
+
+def _v2_text(frame: dict) -> str | None:
+    if frame["type"] != "frame":
+        return None
+    if frame["block"]["type"] == "tool_use":
+        raise RuntimeError("the tools leg must not call a tool; pick another prompt")
+    return frame["block"]["delta"]
+
+
+async def _stream(sock: str, warm: dict, request: dict, text_of, completion_key: str) -> Run:
+    """One timed request over a socket, after a different one that moves the KV cache off it."""
     reader, writer = await asyncio.open_unix_connection(sock, limit=1 << 20)
     try:
-        # A different first message moves the daemon's KV cache off our prompt.
-        writer.write(json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": 0,
-                                 "max_tokens": 1}).encode() + b"\n")
+        writer.write(json.dumps(warm).encode() + b"\n")
         while not (await reader.readline()).startswith(b'{"type":"done"'):
             pass
-        request = json.dumps({"id": "bench", "messages": PROMPT, "temperature": 0, "max_tokens": n}).encode() + b"\n"
         start = time.perf_counter()
-        writer.write(request)
+        writer.write(json.dumps(request).encode() + b"\n")
         first = last = None
         text = []
         while True:
-            raw = await reader.readline()
+            frame = json.loads(await reader.readline())
             now = time.perf_counter()
-            frame = json.loads(raw)
-            if frame["type"] == "token":
-                text.append(frame["content"])
+            piece = text_of(frame)
+            if piece is not None:
+                text.append(piece)
                 if first is None:
                     first = now
                 last = now
             elif frame["type"] == "done":
-                count = frame["usage"]["completion_tokens"]
+                count = frame["usage"][completion_key]
                 break
             else:
                 raise RuntimeError(frame)
@@ -68,6 +88,10 @@ async def run_daemon(sock: str, n: int) -> Run:
     assert first is not None and last is not None
     tps = (count - 1) / (last - first) if count > 1 and last > first else 0.0
     return Run((first - start) * 1000, tps, count, "".join(text))
+
+
+async def run_daemon(sock: str, n: int) -> Run:
+    return await _stream(sock, _v1("hi", 1), _v1(PROMPT[0]["content"], n), _v1_text, "completion_tokens")
 
 
 TOOLS = [
@@ -79,42 +103,8 @@ TOOLS = [
 
 
 async def run_daemon_tools(sock: str, n: int) -> Run:
-    reader, writer = await asyncio.open_unix_connection(sock, limit=1 << 20)
-
-    def v2(content: str, max_tokens: int, **extra: object) -> bytes:
-        body = {"id": "bench", "messages": [{"role": "user", "content": [{"type": "text", "text": content}]}],
-                "temperature": 0, "max_tokens": max_tokens, **extra}
-        return json.dumps(body).encode() + b"\n"
-
-    try:
-        writer.write(v2("hi", 1))
-        while not (await reader.readline()).startswith(b'{"type":"done"'):
-            pass
-        start = time.perf_counter()
-        writer.write(v2(PROMPT[0]["content"], n, tools=TOOLS, tool_choice="auto"))
-        first = last = None
-        text = []
-        while True:
-            raw = await reader.readline()
-            now = time.perf_counter()
-            frame = json.loads(raw)
-            if frame["type"] == "frame":
-                if frame["block"]["type"] == "tool_use":
-                    raise RuntimeError("the tools leg must not call a tool; pick another prompt")
-                text.append(frame["block"]["delta"])
-                if first is None:
-                    first = now
-                last = now
-            elif frame["type"] == "done":
-                count = frame["usage"]["output_tokens"]
-                break
-            else:
-                raise RuntimeError(frame)
-    finally:
-        writer.close()
-    assert first is not None and last is not None
-    tps = (count - 1) / (last - first) if count > 1 and last > first else 0.0
-    return Run((first - start) * 1000, tps, count, "".join(text))
+    request = _v2(PROMPT[0]["content"], n, tools=TOOLS, tool_choice="auto")
+    return await _stream(sock, _v2("hi", 1), request, _v2_text, "output_tokens")
 
 
 def start_daemon(model: str, args: argparse.Namespace, d: Path) -> tuple[subprocess.Popen, str]:

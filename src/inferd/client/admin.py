@@ -25,14 +25,7 @@ from inferd.proto.admin import AdminEvent
 
 from . import transport
 from .errors import AdminClosed, ClientDecodeError, ReadTimeout
-from .transport import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_WRITE_TIMEOUT,
-    UNSET,
-    Connection,
-    Unset,
-    check_timeout,
-)
+from .transport import UNSET, Connection, Dialable, Unset, check_timeout
 
 # Bound of `snapshot()`: the daemon writes the snapshot as soon as it accepts us.
 SNAPSHOT_TIMEOUT: Final = 5.0
@@ -52,86 +45,29 @@ class AdminSnapshot:
         return self.state.status == "ready"
 
 
-class AdminClient:
+class AdminClient(Dialable):
     """A subscription to the admin socket.
 
-    `read_timeout` (default None: no limit) bounds each `recv`. `write_timeout` is
-    accepted so that every client takes the same options, but this client never
-    writes: the admin surface is daemon-to-client only.
+    Dialed like every client (`dial_uds`, `dial_pipe`, `dial`; the `dial_admin*`
+    names are kept). `read_timeout` (default None: no limit) bounds each `recv`.
+    This client never writes (the admin surface is daemon-to-client only), so
+    `write_timeout` has nothing to bound; it is accepted like everywhere else.
     """
 
-    def __init__(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        *,
-        read_timeout: float | None = None,
-        write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
-    ) -> None:
-        self._conn = Connection(reader, writer, read_timeout=read_timeout, write_timeout=write_timeout)
-
-    @property
-    def closed(self) -> bool:
-        return self._conn.closed
-
-    @property
-    def read_timeout(self) -> float | None:
-        return self._conn.read_timeout
-
-    @read_timeout.setter
-    def read_timeout(self, value: float | None) -> None:
-        self._conn.read_timeout = value
-
-    @property
-    def write_timeout(self) -> float | None:
-        return self._conn.write_timeout
-
-    @write_timeout.setter
-    def write_timeout(self, value: float | None) -> None:
-        self._conn.write_timeout = value
+    @classmethod
+    async def dial_admin_uds(cls, path: str, **timeouts: float | None) -> "AdminClient":
+        return await cls.dial_uds(path, **timeouts)
 
     @classmethod
-    async def dial_admin_uds(
-        cls,
-        path: str,
-        *,
-        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-        read_timeout: float | None = None,
-        write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
-    ) -> "AdminClient":
-        check_timeout("read_timeout", read_timeout)
-        check_timeout("write_timeout", write_timeout)
-        pair = await transport.dial_uds(path, connect_timeout=connect_timeout)
-        return cls(*pair, read_timeout=read_timeout, write_timeout=write_timeout)
+    async def dial_admin_pipe(cls, name: str, **timeouts: float | None) -> "AdminClient":
+        return await cls.dial_pipe(name, **timeouts)
 
     @classmethod
-    async def dial_admin_pipe(
-        cls,
-        name: str,
-        *,
-        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-        read_timeout: float | None = None,
-        write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
-    ) -> "AdminClient":
-        check_timeout("read_timeout", read_timeout)
-        check_timeout("write_timeout", write_timeout)
-        pair = await transport.dial_pipe(name, connect_timeout=connect_timeout)
-        return cls(*pair, read_timeout=read_timeout, write_timeout=write_timeout)
-
-    @classmethod
-    async def dial_admin(
-        cls,
-        addr: str,
-        *,
-        connect_timeout: float | None = DEFAULT_CONNECT_TIMEOUT,
-        read_timeout: float | None = None,
-        write_timeout: float | None = DEFAULT_WRITE_TIMEOUT,
-    ) -> "AdminClient":
+    async def dial_admin(cls, addr: str, **timeouts: float | None) -> "AdminClient":
         """Dial a socket path or a `\\\\.\\pipe\\NAME`; the admin surface has no TCP."""
-        timeouts = {"connect_timeout": connect_timeout, "read_timeout": read_timeout, "write_timeout": write_timeout}
         if transport.classify_addr(addr) == "pipe":
-            return await cls.dial_admin_pipe(addr, **timeouts)
-        return await cls.dial_admin_uds(addr.removeprefix("unix://"), **timeouts)
+            return await cls.dial_pipe(addr, **timeouts)
+        return await cls.dial_uds(addr.removeprefix("unix://"), **timeouts)
 
     async def recv_raw(self, *, timeout: float | None | Unset = UNSET) -> tuple[AdminEvent, dict[str, Any]]:
         """The next event together with the JSON object it came from.
