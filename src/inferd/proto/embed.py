@@ -7,11 +7,10 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
 
+from . import limits
 from .errors import DecodeError, EmbedErrorCode, ErrorFrame, InvalidRequest
+from .limits import MAX_EMBED_INPUTS, MAX_EMBED_VALUES
 from .v1 import U32, _summarise, error_frame
-
-
-MAX_EMBED_INPUTS = 2048
 
 
 class EmbedTask(StrEnum):
@@ -37,6 +36,7 @@ class EmbedRequest(BaseModel):
     task: StrictStr | None = None
 
     def resolve(self) -> "EmbedResolved":
+        limits.check_id(self.id)
         if not self.input:
             raise InvalidRequest("input must not be empty")
         if len(self.input) > MAX_EMBED_INPUTS:
@@ -45,6 +45,12 @@ class EmbedRequest(BaseModel):
         for i, text in enumerate(self.input):
             if text == "":
                 raise InvalidRequest(f"input[{i}] must not be empty")
+        if self.dimensions is not None and len(self.input) * self.dimensions > MAX_EMBED_VALUES:
+            # THREAT_MODEL F-1: the reply must fit one frame; refuse before any compute.
+            raise InvalidRequest(
+                f"{len(self.input)} inputs x {self.dimensions} dimensions = {len(self.input) * self.dimensions} "
+                f"numbers; a reply holds at most {MAX_EMBED_VALUES} (MAX_EMBED_VALUES)"
+            )
         task: EmbedTask | None = None
         if self.task is not None:
             try:
@@ -83,6 +89,7 @@ _EMBED_RESPONSE = TypeAdapter(EmbedResponse)
 
 
 def parse_embed_request(line: bytes | str) -> EmbedRequest:
+    limits.check_json_budget(line)  # InvalidRequest before parsing: too many JSON values
     try:
         return EmbedRequest.model_validate_json(line)
     except ValidationError as exc:

@@ -20,6 +20,7 @@ from ...proto.auth import keys_match, parse_auth_key
 from ...proto.errors import ProtoError
 from ...proto.endpoints import parse_tcp_addr
 from ...proto.framing import STREAM_LIMIT, FrameReader
+from ...proto.limits import MAX_AUTH_FRAME_BYTES
 from ..observe.activity import ActivityLog, NullActivityLog
 from .conn import PeerConnection
 from .paths import prepare_socket_path, remove_socket_file
@@ -34,6 +35,21 @@ AUTH_TIMEOUT_SECS = 10.0
 # of non-blocking connects fail with EAGAIN (a Unix socket does not queue past it).
 LISTEN_BACKLOG = 1024
 
+# Connection budgets (issue 8 item 3, THREAT_MODEL F-1/F-8/F-17). Each surface and
+# transport has its own pool, so one kind of peer can never use up another's: silent TCP
+# peers cannot evict the owner's Unix-socket requests, admin subscribers cannot either.
+#: TCP peers that have not yet sent a valid auth frame, across every TCP listener.
+#: Beyond this a new TCP connection is closed at once; each waits at most
+#: AUTH_TIMEOUT_SECS and buffers at most MAX_AUTH_FRAME_BYTES (+ the stream limit).
+MAX_PENDING_AUTH = 16
+#: Admin subscribers (the admin socket is same-user only, but a runaway watcher loop
+#: must not pile up connections and fan-out queues without bound).
+MAX_ADMIN_CONNECTIONS = 64
+PENDING_AUTH_POOL = "tcp:pending-auth"
+# A refusal is logged at once, then at most once per this many seconds per reason, so a
+# connect flood cannot rotate the owner's history out of the activity log (F-4).
+REFUSAL_LOG_INTERVAL_SECS = 10.0
+
 
 class ListenerError(Exception):
     pass
@@ -47,24 +63,51 @@ class ListenerSecurity:
     group_gid: int | None = None
     activity: ActivityLog | NullActivityLog = field(default_factory=NullActivityLog)
     # F-1/F-17 in aggregate: each connection may buffer a partial line up to the frame
-    # cap, so their number is bounded too. None = unbounded.
+    # cap, so their number is bounded too: per surface and transport (a pool: "inference
+    # over Unix", "v2 over TCP", "admin"), never daemon-wide. None = unbounded.
     max_connections: int | None = None
 
 
 class ConnectionTracker:
-    """The set of live connection tasks of one daemon."""
+    """The live connection tasks of one daemon, each counted in one pool."""
 
     def __init__(self) -> None:
-        self._tasks: dict[asyncio.Task[None], str] = {}
+        self._tasks: dict[asyncio.Task[None], tuple[str, str]] = {}
+        self._pools: dict[str, int] = {}
+        self._refusals: dict[str, tuple[float, int]] = {}
 
-    def add(self, task: asyncio.Task[None], surface: str) -> None:
-        self._tasks[task] = surface
+    def add(self, task: asyncio.Task[None], surface: str, pool: str | None = None) -> None:
+        pool = pool or surface
+        self._tasks[task] = (surface, pool)
+        self._pools[pool] = self._pools.get(pool, 0) + 1
+
+    def move(self, task: asyncio.Task[None], pool: str) -> None:
+        surface, old = self._tasks[task]
+        self._pools[old] -= 1
+        self._tasks[task] = (surface, pool)
+        self._pools[pool] = self._pools.get(pool, 0) + 1
 
     def discard(self, task: asyncio.Task[None]) -> None:
-        self._tasks.pop(task, None)
+        entry = self._tasks.pop(task, None)
+        if entry is not None:
+            self._pools[entry[1]] -= 1
 
     def count(self, surfaces: set[str] | None = None) -> int:
-        return sum(1 for s in self._tasks.values() if surfaces is None or s in surfaces)
+        if surfaces is None:
+            return len(self._tasks)
+        return sum(1 for s, _ in self._tasks.values() if s in surfaces)
+
+    def in_pool(self, pool: str) -> int:
+        return self._pools.get(pool, 0)
+
+    def refusal_due(self, reason: str, now: float) -> int | None:
+        """Whether to log this refusal now: None to stay quiet, else how many were not logged."""
+        last, quiet = self._refusals.get(reason, (float("-inf"), 0))
+        if now - last < REFUSAL_LOG_INTERVAL_SECS:
+            self._refusals[reason] = (last, quiet + 1)
+            return None
+        self._refusals[reason] = (now, 0)
+        return quiet
 
     async def cancel(self, surfaces: set[str] | None = None, timeout: float = 2.0) -> None:
         tasks = [t for t, s in self._tasks.items() if surfaces is None or s in surfaces]
@@ -97,19 +140,35 @@ class Listener:
         return f"Listener({self.surface} {self.kind}:{self.address})"
 
 
+def _pool(surface: str, kind: str) -> str:
+    return f"{surface}:{'tcp' if kind == 'tcp' else 'local'}"
+
+
 def _make_callback(surface: str, kind: str, handler: Handler, sec: ListenerSecurity,
                    tracker: ConnectionTracker) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    def refuse(conn: PeerConnection, reason: str, **fields: object) -> None:
+        quiet = tracker.refusal_due(f"{reason}:{surface}", asyncio.get_running_loop().time())
+        if quiet is not None:
+            sec.activity.record("warn", "activity", reason, surface=surface, transport=kind,
+                                suppressed=quiet or None, **fields)
+            log.warning("refusing a %s %s connection (%s)", surface, kind, reason)
+        conn.abort()
+
+    def full(pool: str, limit: int | None) -> bool:
+        return limit is not None and tracker.in_pool(pool) >= limit
+
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         conn = PeerConnection(reader, writer, surface=surface, transport_kind=kind, write_timeout=sec.write_timeout)
-        if sec.max_connections is not None and tracker.count() >= sec.max_connections:
-            sec.activity.record("warn", "activity", "connection_refused_limit", surface=surface,
-                                limit=sec.max_connections)
-            log.warning("refusing a %s connection: %d connections open", surface, sec.max_connections)
-            conn.abort()
+        # Issue 8 item 3: a TCP peer that has yet to authenticate is counted apart (and
+        # far more tightly) from everyone else; the others each have their own pool.
+        pending = kind == "tcp" and bool(sec.api_key)
+        pool, limit = (PENDING_AUTH_POOL, MAX_PENDING_AUTH) if pending else (_pool(surface, kind), sec.max_connections)
+        if full(pool, limit):
+            refuse(conn, "connection_refused_limit", pool=pool, limit=limit)
             return
-        tracker.add(task, surface)
+        tracker.add(task, surface, pool)
         try:
             if kind == "unix":
                 sock = writer.get_extra_info("socket")
@@ -123,15 +182,21 @@ def _make_callback(surface: str, kind: str, handler: Handler, sec: ListenerSecur
                                         peer_pid=getattr(conn.peer, "pid", None))
                     conn.abort()
                     return
+            if pending:
+                assert sec.api_key is not None
+                if not await _authenticate(conn, sec.api_key):
+                    refuse(conn, "auth_refused", peer=conn.peer_label)  # F-8: silent close, no frame
+                    return
+                pool = _pool(surface, kind)
+                if full(pool, sec.max_connections):
+                    refuse(conn, "connection_refused_limit", pool=pool, limit=sec.max_connections)
+                    return
+                tracker.move(task, pool)
             sec.activity.record("info", "activity", f"{surface}_connection_accepted", transport=kind,
                                 peer=conn.peer_label,
                                 peer_uid=getattr(conn.peer, "uid", None),
                                 peer_gid=getattr(conn.peer, "gid", None),
                                 peer_pid=getattr(conn.peer, "pid", None))
-            if kind == "tcp" and sec.api_key and not await _authenticate(conn, sec.api_key):
-                sec.activity.record("warn", "activity", "auth_refused", surface=surface, peer=conn.peer_label)
-                conn.abort()  # F-8: silent close, no frame
-                return
             await handler(conn)
         except asyncio.CancelledError:
             # Shutdown or reload cancelled us. End quietly: asyncio's stream
@@ -154,11 +219,26 @@ async def _admits(policy: PeerPolicy, cred: object) -> bool:
 
 
 async def _authenticate(conn: PeerConnection, api_key: str) -> bool:
+    """F-8: the first line must be the auth frame. Issue 8 item 4: it may be at most
+    MAX_AUTH_FRAME_BYTES, so an unauthenticated peer never makes the daemon buffer or
+    parse a 64 MiB line; a longer one is refused as soon as the excess arrives."""
+    reader = conn.reader
+    # asyncio's StreamReader only notices an overlong line once its own limit (64 KiB,
+    # shared with every later frame) is passed, so the limit is lowered for this one
+    # line: a longer first line is refused as soon as 4 KiB without a newline are in,
+    # and at most twice that is buffered before reading pauses. (`_limit` is private
+    # but has been there since 3.4; without it the cap still holds, just later.)
+    saved = getattr(reader, "_limit", None)
+    if isinstance(saved, int):
+        reader._limit = MAX_AUTH_FRAME_BYTES + 1  # type: ignore[attr-defined]
     try:
         async with asyncio.timeout(AUTH_TIMEOUT_SECS):
-            line = await FrameReader(conn.reader).read_frame()
+            line = await FrameReader(reader, cap=MAX_AUTH_FRAME_BYTES).read_frame()
     except (TimeoutError, ProtoError, ConnectionError, OSError):
         return False
+    finally:
+        if isinstance(saved, int):
+            reader._limit = saved  # type: ignore[attr-defined]
     if line is None:
         return False
     presented = parse_auth_key(line)

@@ -31,28 +31,71 @@ class SocketPathError(OSError):
 
 
 def ensure_private_dir(directory: str | Path) -> None:
-    """Create `directory` (and missing parents) if absent, the leaf with mode 0700.
+    """Create `directory` and its missing parents, each with mode 0700 whatever the umask;
+    check an existing leaf without following symlinks (THREAT_MODEL F-2, issue 8 item 8).
 
-    An existing directory is left exactly as it is: tightening e.g. `/tmp` or a
-    systemd `RuntimeDirectory` the operator chose is not ours to do.
+    An existing directory is left with its mode: tightening e.g. `/tmp` or a systemd
+    `RuntimeDirectory` the operator chose is not ours to do. It must be a directory,
+    or a symlink that we or root made to one, owned by us or root and not writable by
+    others unless sticky. Existing ancestors are the operator's and are not judged.
     """
     directory = Path(directory)
-    if directory.is_dir():
-        _refuse_foreign_dir(directory)
-        return
+    missing: list[Path] = []
+    probe = directory
+    while not _lexists(probe):
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for component in reversed(missing):  # top-down: parents first
+        try:
+            os.mkdir(component, 0o700)
+        except FileExistsError:
+            # Lost a race with another creator: judge what is there now.
+            _check_dir(component, created=False)
+            continue
+        # mkdir's mode is filtered through the umask (0777 under umask 000 before this
+        # was done for every component, not only the leaf): set the bits explicitly.
+        os.chmod(component, 0o700)
+        _check_dir(component, created=True)
+    _check_dir(directory, created=False)
+
+
+def _lexists(path: Path) -> bool:
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=False)
-    except FileExistsError:
-        # Lost a race with another creator (or it is not a directory; the
-        # caller's next open/bind reports that more precisely than we could).
-        return
-    # makedirs' mode is filtered through the umask; an unusual umask such as
-    # 0o277 would leave the directory unusable, and a sloppy one is irrelevant
-    # here, so set the bits explicitly.
-    os.chmod(directory, 0o700)
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except NotADirectoryError:
+        return True  # a parent is a file: mkdir will say so
+    return True
 
 
-def _refuse_foreign_dir(directory: Path) -> None:
+def _check_dir(directory: Path, *, created: bool) -> None:
+    """F-2: lstat first: a symlink another user planted where our directory should be
+    would otherwise lead our sockets and lock into a directory of their choosing (the
+    old check stat()ed through it, so a link to any directory we own passed). A link
+    we (or root) made is the operator's choice: where it leads is judged instead."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        raise SocketPathError(f"socket directory {directory} vanished while it was being created") from None
+    if stat.S_ISLNK(st.st_mode):
+        owner_ok = not hasattr(os, "getuid") or st.st_uid in (os.getuid(), 0)
+        if created or not owner_ok:
+            raise SocketPathError(f"refusing socket directory {directory}: it is a symlink owned by uid {st.st_uid}")
+        try:
+            st = os.stat(directory)
+        except OSError as exc:
+            raise SocketPathError(f"refusing socket directory {directory}: a symlink to nowhere ({exc.strerror})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SocketPathError(f"refusing socket directory {directory}: it is not a directory")
+    _refuse_foreign_dir(directory, st)
+    if created and hasattr(os, "getuid") and stat.S_IMODE(st.st_mode) != 0o700:
+        raise SocketPathError(f"socket directory {directory} did not get mode 0700")
+
+
+def _refuse_foreign_dir(directory: Path, st: os.stat_result) -> None:
     """F-2: a directory another user controls could swap our socket files.
 
     Refused: a directory owned by another non-root user, or one that others may
@@ -61,7 +104,6 @@ def _refuse_foreign_dir(directory: Path) -> None:
     """
     if not hasattr(os, "getuid"):
         return
-    st = os.stat(directory)
     if st.st_uid not in (os.getuid(), 0):
         raise SocketPathError(f"refusing socket directory {directory}: it is owned by uid {st.st_uid}")
     if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:

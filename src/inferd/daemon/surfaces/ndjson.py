@@ -1,11 +1,14 @@
 """The NDJSON connection loop that the v1, v2 and embed sockets share.
 
 Requests on a connection are sequential. An oversize or undecodable line is answered
-with one error frame (id "") and the connection closes (upstream-protocol §3.4). A
-request that decodes goes to the surface's `handle`, which answers it through the
-request pipeline and says whether the connection stays open: every refusal on that
-path (validation, queue full) leaves it open, except a closed admission (shutdown),
-which ends it.
+with one error frame (id "") and the connection closes (upstream-protocol §3.4). Two
+limits of proto/limits.py are answered here, on id "" with the connection left open:
+a line with too many JSON values (refused by the parser before it builds anything)
+and an id over 256 bytes (never echoed). A request that decodes goes to the surface's
+`handle`, which answers it through the request pipeline and says whether the
+connection stays open: every refusal on that path (validation, queue full) leaves it
+open, except a closed admission (shutdown), which ends it. A reply the frame cap
+cannot carry ends its request with `frame_too_large` (THREAT_MODEL F-1).
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ...proto.errors import DecodeError, ErrorCode, FrameTooLarge, encode_error
-from ...proto.framing import FrameReader
+from ...proto.errors import DecodeError, ErrorCode, FrameTooLarge, InvalidRequest, encode_error
+from ...proto.framing import MAX_FRAME_BYTES, FrameReader
+from ...proto.limits import check_id
 from ..net.conn import PeerConnection
 
 R = TypeVar("R")
+
+REPLY_TOO_LARGE = f"reply exceeds the {MAX_FRAME_BYTES} byte frame cap; ask for less"
 
 
 async def serve_requests(conn: PeerConnection, parse: Callable[[bytes], R],
@@ -38,7 +44,26 @@ async def serve_requests(conn: PeerConnection, parse: Callable[[bytes], R],
             except DecodeError as exc:
                 await conn.send(encode_error("", ErrorCode.INVALID_REQUEST, exc.message))
                 return
-            if not await handle(request):
+            except InvalidRequest as exc:
+                # A limit checked before parsing (proto/limits.py, MAX_JSON_VALUES): the
+                # line was read whole, so the connection can go on; the id is unknown.
+                await conn.send(encode_error("", ErrorCode.INVALID_REQUEST, exc.message))
+                continue
+            rid = getattr(request, "id", "")
+            try:
+                check_id(rid)
+            except InvalidRequest as exc:
+                # Issue 8 item 1: an over-long id is never echoed (nor logged).
+                await conn.send(encode_error("", ErrorCode.INVALID_REQUEST, exc.message))
+                continue
+            try:
+                keep_open = await handle(request)
+            except FrameTooLarge:
+                # Issue 8 item 6: a reply the cap cannot carry ends the request with an
+                # error frame, never with a silent EOF and a traceback.
+                await conn.send(encode_error(rid, ErrorCode.FRAME_TOO_LARGE, REPLY_TOO_LARGE))
+                continue
+            if not keep_open:
                 return
     except (ConnectionError, OSError):
         pass  # the peer went away or stalled (F-17); the pipeline already released its slot
