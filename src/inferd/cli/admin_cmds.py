@@ -11,7 +11,7 @@ from inferd.client.admin import AdminClient
 from inferd.client.errors import AdminClosed
 from inferd.proto.endpoints import default_admin_addr
 
-from .common import EXIT_FAIL, admin_json_line, describe, die, run_async
+from .common import EXIT_FAIL, admin_json_line, describe, die, err, run_async
 
 # The daemon sends one capabilities frame per backend before the snapshot (#57:
 # reading a fixed two frames broke multi-backend daemons), so read a generous burst.
@@ -37,9 +37,16 @@ async def dial_admin_or_die(addr: str) -> AdminClient:
 
 
 async def status(addr: str) -> int:
+    """Print the replay as JSON lines on stdout; notes for people go to stderr.
+
+    A backend whose circuit is open or half-open (F-10) still leaves the daemon
+    ready - requests go to the next backend - so it changes the notes, not the exit
+    code. Its replayed capabilities frame carries `state` and `reason`.
+    """
     admin = await dial_admin_or_die(addr)
     seen = 0
     ready = False
+    notes: list[str] = []
     async with admin:
         for _ in range(STATUS_MAX_FRAMES):
             try:
@@ -50,10 +57,17 @@ async def status(addr: str) -> int:
             print(admin_json_line(obj), flush=True)
             if event.status == "ready":
                 ready = True
+            if event.status == "capabilities" and event.state not in (None, "closed"):
+                notes.append(f"backend {event.backend} is {event.state.replace('_', '-')}: {event.reason or '?'}; "
+                             "requests go to the next backend that can serve them")
+            if event.phase == "waiting_remote":
+                notes.append(f"waiting for the remote at {event.path} (attempt {event.attempt}): {event.reason}")
             if event.status != "capabilities":
                 break
     if seen == 0:
         die(f"no admin frame received within {int(FRAME_TIMEOUT * 1000)}ms")
+    for note in notes:
+        err(f"note: {note}")
     return 0 if ready else EXIT_FAIL
 
 

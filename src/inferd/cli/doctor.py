@@ -24,6 +24,8 @@ Line = tuple[bool, str, str]
 DIAL_TIMEOUT = 1.0
 FRAME_TIMEOUT = 0.5
 MAX_FRAMES = 8
+#: How long a configured remote backend gets to answer `GET /models`.
+REMOTE_TIMEOUT = 5.0
 
 
 def format_line(ok: bool, label: str, detail: str) -> str:
@@ -40,6 +42,51 @@ def local_lines(config_path: str | None) -> list[Line]:
         return [(bool(ok), str(label), str(detail)) for ok, label, detail in local_checks(config_path)]
     except Exception as exc:  # noqa: BLE001
         return [(False, "config", f"config checks failed: {describe(exc)}")]
+
+
+async def remote_lines(config_path: str | None) -> list[Line]:
+    """One `remote[NAME]` line per `kind: "openai"` backend: does it answer, from here?
+
+    Asked with this shell's environment (the key variable must be set here too), the
+    way the daemon asks at boot: `GET {base_url}/models`.
+    """
+    try:
+        from inferd.daemon.config import OpenAIEntry, config_source
+
+        cfg, _ = config_source(config_path)
+    except Exception:  # noqa: BLE001 - the config line already says what is wrong
+        return []
+    lines: list[Line] = []
+    for entry in cfg.backends:
+        if isinstance(entry, OpenAIEntry):
+            lines.append(await _probe_remote(entry))
+    return lines
+
+
+async def _probe_remote(entry: Any) -> Line:
+    label = f"remote[{entry.name}]"
+    try:
+        from inferd.engine.backend import BackendError
+        from inferd.engine.remote import OpenAIBackend
+    except ImportError as exc:
+        return False, label, f"cannot check: {describe(exc)}; install `inferd[remote]`"
+    settings = entry.settings()
+    try:
+        backend = OpenAIBackend(settings)
+    except ValueError as exc:
+        return False, label, str(exc)
+    try:
+        await asyncio.wait_for(backend.probe(), REMOTE_TIMEOUT)
+    except BackendError as exc:
+        return False, label, exc.message
+    except TimeoutError:
+        return False, label, f"{settings.base_url} did not answer within {REMOTE_TIMEOUT:g}s"
+    finally:
+        await backend.stop(1.0)
+    detail = f"{settings.base_url} answers; model={backend.model}"
+    if backend.n_ctx is not None:
+        detail += f" n_ctx={backend.n_ctx}"
+    return True, label, detail
 
 
 async def read_admin(addr: str) -> tuple[Line, list[AdminEvent]]:
@@ -72,6 +119,9 @@ async def read_admin(addr: str) -> tuple[Line, list[AdminEvent]]:
     snapshot = next((f for f in frames if f.status != "capabilities"), frames[0])
     phase = snapshot.phase or "-"
     detail = f"connected at {addr}; daemon status={snapshot.status} phase={phase}"
+    if snapshot.phase == "waiting_remote":
+        # A remote backend that does not answer keeps the daemon loading: say why.
+        detail += f" remote={snapshot.path} attempt={snapshot.attempt} reason={snapshot.reason}"
     capabilities = [f for f in frames if f.status == "capabilities"]
     return (snapshot.status == "ready", "admin", detail), capabilities
 
@@ -81,6 +131,7 @@ def _flag(value: Any) -> str:
 
 
 def backend_line(cap: AdminEvent) -> Line:
+    """One backend; FAIL while its circuit is not closed (the replay carries `state`)."""
     detail = (
         f"{cap.backend or '?'} accelerator={cap.accelerator or '?'} gpu_layers={cap.gpu_layers or 0}"
         f" v2={_flag(cap.v2)} vision={_flag(cap.vision)} audio={_flag(cap.audio)}"
@@ -90,6 +141,11 @@ def backend_line(cap: AdminEvent) -> Line:
         detail += f" model={cap.model}"
     if cap.n_ctx is not None:
         detail += f" n_ctx={cap.n_ctx}"
+    if cap.state is not None and cap.state != "closed":
+        detail += f" circuit={cap.state}"
+        if cap.reason:
+            detail += f" ({cap.reason})"
+        return False, "backend", detail
     return True, "backend", detail
 
 
@@ -101,6 +157,7 @@ def device_line(cap: AdminEvent) -> Line:
 
 async def doctor(config_path: str | None, admin_addr: str) -> list[Line]:
     lines = local_lines(config_path)
+    lines.extend(await remote_lines(config_path))
     admin_line, capabilities = await read_admin(admin_addr)
     lines.append(admin_line)
     for cap in capabilities:

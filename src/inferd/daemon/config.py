@@ -65,6 +65,8 @@ class MockEntry(_Entry):
     emit_tool_use: str | None = None
     # A scripted reply (text, thinking and tool calls in order) replacing `tokens`.
     script: list[MockStep] | None = None
+    # The reply once tool results came back, so an app's agent loop can end.
+    script_after_tools: list[MockStep] | None = None
     prompt_tokens: int = Field(default=0, ge=0)
     cached_tokens: int = Field(default=0, ge=0)
     n_ctx: int | None = Field(default=None, gt=0)
@@ -86,6 +88,11 @@ class LlamaCppEntry(_Entry):
     embed_pooling: int | None = Field(default=None, ge=0, le=3)
     embed_n_ctx: int = Field(default=2048, gt=0)
     chat_template: str | None = None
+    #: Requests decoded together, each with n_ctx of its own (ADR 0018); omitted = 4,
+    #: fewer if the context cannot be created with 4.
+    parallel: int | None = Field(default=None, ge=1, le=256)
+    #: Greedy text independent of what else is decoding (ADR 0018); off = llama.cpp's kernels.
+    batch_invariant: bool = False
 
     @model_validator(mode="after")
     def _one_model(self) -> "LlamaCppEntry":
@@ -94,7 +101,88 @@ class LlamaCppEntry(_Entry):
         return self
 
 
-BackendEntry = Annotated[Union[MockEntry, LlamaCppEntry], Field(discriminator="kind")]
+#: Keys people write for a secret. Refused with a reason rather than "unknown key".
+_SECRET_KEYS = ("api_key", "key", "token", "api_token", "bearer_token", "authorization", "password")
+
+
+class OpenAIEntry(_Entry):
+    """A remote OpenAI-compatible server (vLLM, llama-server, a hosted endpoint).
+
+    Mapped one to one onto engine.remote.OpenAISettings (`settings()`); the API key
+    itself never appears here, only the name of the environment variable holding it.
+    """
+
+    kind: Literal["openai"]
+    name: str = "openai"
+    #: The API root: `http://host:8000/v1`, or a bare host meaning `<host>/v1`.
+    base_url: str
+    #: The model to ask for; omitted = the first one the remote's /models lists.
+    model: str | None = None
+    #: NAME of the environment variable that holds the bearer key.
+    api_key_env: str | None = None
+    connect_timeout_secs: float = Field(default=5.0, gt=0)
+    #: From sending a request to its first streamed output (prompt processing included).
+    first_token_timeout_secs: float = Field(default=60.0, gt=0)
+    #: Longest silence between two streamed chunks once output flows.
+    idle_timeout_secs: float = Field(default=30.0, gt=0)
+    #: Requests in flight there at once (its own admission permits).
+    max_concurrency: int = Field(default=4, ge=1)
+    #: PEM file of the CA(s) to trust for an https base_url; omitted = system trust.
+    ca_file: str | None = None
+    embed: bool = False
+    thinking: bool = False
+    #: Also send top_k and chat_template_kwargs (vLLM, llama-server, llama-cpp-python).
+    sampling_extensions: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in _SECRET_KEYS:
+                if key in data:
+                    raise ValueError(
+                        f"`{key}` is refused: a secret written in the config file ends up in backups, "
+                        "dotfile repositories and bug reports; put the key in an environment variable "
+                        "of the daemon and name that variable in `api_key_env`")
+        return data
+
+    @model_validator(mode="after")
+    def _valid_settings(self) -> "OpenAIEntry":
+        self.settings()  # the engine's checks: URL shape, env var name, timeouts
+        return self
+
+    def settings(self) -> Any:
+        """The engine's OpenAISettings for this entry (imports no HTTP stack)."""
+        from ..engine.remote.settings import OpenAISettings
+
+        return OpenAISettings(
+            base_url=self.base_url,
+            model=self.model,
+            api_key_env=self.api_key_env,
+            connect_timeout=self.connect_timeout_secs,
+            first_token_timeout=self.first_token_timeout_secs,
+            idle_timeout=self.idle_timeout_secs,
+            max_concurrency=self.max_concurrency,
+            ca_file=None if self.ca_file is None else str(Path(self.ca_file).expanduser()),
+            label=self.name,
+            embed=self.embed,
+            thinking=self.thinking,
+            sampling_extensions=self.sampling_extensions,
+        )
+
+
+class BreakerConfig(_Entry):
+    """Every backend's circuit breaker (THREAT_MODEL F-10, ADR 0016)."""
+
+    #: Consecutive backend faults that take a backend out of rotation.
+    failures: int = Field(default=3, ge=1)
+    #: Seconds out of rotation before one trial request.
+    cooldown_secs: float = Field(default=30.0, gt=0)
+    #: A failed trial doubles the cool-down, up to this.
+    max_cooldown_secs: float = Field(default=300.0, gt=0)
+
+
+BackendEntry = Annotated[Union[MockEntry, LlamaCppEntry, OpenAIEntry], Field(discriminator="kind")]
 
 
 class ConfigFile(BaseModel):
@@ -103,6 +191,10 @@ class ConfigFile(BaseModel):
     backends: list[BackendEntry] = Field(min_length=1)
     models_home: str | None = None
     auto_pull: bool = True
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    #: The OpenAI-compatible HTTP surface: `[HOST:]PORT` on loopback (`--http` wins).
+    #: Read at boot only: changing it takes a restart, not a reload.
+    http: str | None = None
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ConfigFile":
@@ -155,6 +247,7 @@ def parse_config(data: object, source: str = "config") -> ConfigFile:
             msg = err.get("msg", "invalid")
             if err.get("type") == "extra_forbidden":
                 msg = "unknown key"
+            msg = msg.removeprefix("Value error, ")
             problems.append(f"{loc}: {msg}" if loc else msg)
         raise ConfigError(f"config {source} is invalid: " + "; ".join(problems)) from None
 
@@ -211,6 +304,7 @@ class ServeOptions:
     v2: bool = False
     v2_addr: str | None = None
     v2_tcp: str | None = None
+    http: str | None = None  # OpenAI-compatible HTTP surface, [HOST:]PORT
     #: None: each backend runs as many requests at once as it can (its `concurrency`).
     active_permits: int | None = None
     queue_depth: int = 10
@@ -229,6 +323,7 @@ class ServeOptions:
     n_threads: int | None = None
     llamacpp_embed: bool = False
     chat_template: str | None = None
+    parallel: int | None = None
 
     def admin_address(self) -> str:
         return self.admin_addr or endpoints.default_admin_addr()
@@ -284,6 +379,8 @@ def _apply_overrides(entry: LlamaCppEntry, opts: ServeOptions) -> LlamaCppEntry:
         updates["n_threads"] = opts.n_threads
     if opts.chat_template is not None:
         updates["chat_template"] = opts.chat_template
+    if opts.parallel is not None:
+        updates["parallel"] = opts.parallel
     if opts.llamacpp_embed:
         updates["embed"] = True
     if opts.model_sha256 and entry.model_path and not entry.model_sha256:

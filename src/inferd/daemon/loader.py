@@ -4,6 +4,13 @@ Model files are resolved and verified first (checking_local, download, verify,
 quarantine), then the backend is constructed (mmap, kv_cache). Construction of a
 llama.cpp backend blocks for seconds, so it runs on a daemon thread: a shutdown
 signal during a load can still end the process.
+
+A remote (`kind: "openai"`) is prepared by asking it: `checking_local` names its
+URL, then `GET /models` is retried with backoff until it answers, each failure
+published as a `waiting_remote` phase with the reason. The daemon stays in loading
+meanwhile - never ready on a lie - and the wait is cancelled like any load by a
+shutdown signal. Because this happens while *preparing*, a reload towards a remote
+that is down keeps the previous backends serving until it answers.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -18,16 +26,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..engine.backend import Backend
+from ..engine.backend import Backend, BackendError
 from ..engine.mock import MockBackend, MockConfig, ScriptStep
-from ..proto.admin import CheckingLocal, KvCache, Mmap, Verify
-from .config import ConfigFile, LlamaCppEntry, MockEntry
+from ..proto.admin import CheckingLocal, KvCache, Mmap, Verify, WaitingRemote
+from .config import ConfigFile, LlamaCppEntry, MockEntry, OpenAIEntry
 from .pipeline.admission import Admission
-from .pipeline.router import BackendEntry
+from .pipeline.router import BackendEntry, Breaker, BreakerPolicy
 from ..models.store import ModelStore, StoreError, default_store_root
 
 T = TypeVar("T")
 PhaseSink = Callable[[Any], None]  # receives proto.admin load-phase models; thread-safe
+
+log = logging.getLogger("inferd.loader")
+
+#: A remote that does not answer is asked again after this many seconds, doubling...
+PROBE_FIRST_DELAY = 0.5
+#: ...up to this.
+PROBE_MAX_DELAY = 15.0
 
 
 class LoadError(Exception):
@@ -132,6 +147,15 @@ async def resolve_model_file(entry: LlamaCppEntry, cfg: ConfigFile, phase: Phase
     return model
 
 
+def _steps(script: list[Any] | None) -> list[ScriptStep] | None:
+    if script is None:
+        return None
+    return [ScriptStep(text=s.text, thinking=s.thinking,
+                       tool_name=None if s.tool_call is None else s.tool_call.name,
+                       tool_input=None if s.tool_call is None else s.tool_call.input)
+            for s in script]
+
+
 def _mock(entry: MockEntry) -> MockBackend:
     return MockBackend(
         MockConfig(
@@ -143,12 +167,8 @@ def _mock(entry: MockEntry) -> MockBackend:
             embed=entry.embed,
             raise_after=entry.raise_after,
             emit_tool_use=entry.emit_tool_use,
-            script=None if entry.script is None else [
-                ScriptStep(text=s.text, thinking=s.thinking,
-                           tool_name=None if s.tool_call is None else s.tool_call.name,
-                           tool_input=None if s.tool_call is None else s.tool_call.input)
-                for s in entry.script
-            ],
+            script=_steps(entry.script),
+            script_after_tools=_steps(entry.script_after_tools),
             prompt_tokens=entry.prompt_tokens,
             cached_tokens=entry.cached_tokens,
             n_ctx=entry.n_ctx,
@@ -156,30 +176,92 @@ def _mock(entry: MockEntry) -> MockBackend:
     )
 
 
+async def prepare_remote(entry: OpenAIEntry, phase: PhaseSink) -> Backend:
+    """An OpenAIBackend whose remote has answered its probe (retried until it does)."""
+    try:
+        from ..engine.remote import OpenAIBackend
+    except ImportError as exc:
+        raise LoadError(
+            f"backend {entry.name!r} needs httpx ({exc}); install it with `pip install 'inferd[remote]'`"
+        ) from None
+    settings = entry.settings()
+    phase(CheckingLocal(path=settings.base_url))
+    if settings.api_key_env is not None and not os.environ.get(settings.api_key_env, "").strip():
+        # The daemon's environment cannot change under it: no point in waiting.
+        raise LoadError(f"backend {entry.name!r}: environment variable {settings.api_key_env} (api_key_env) "
+                        "is not set in the daemon's environment")
+    try:
+        backend = OpenAIBackend(settings)
+    except ValueError as exc:
+        raise LoadError(f"backend {entry.name!r}: {exc}") from None
+    try:
+        await probe_until_ready(backend, entry.name, settings.base_url, phase)
+    except BaseException:
+        await stop_quietly(backend, 1.0)
+        raise
+    return backend
+
+
+async def probe_until_ready(backend: Any, name: str, url: str, phase: PhaseSink) -> None:
+    """Call `backend.probe()` until it succeeds, publishing why it did not each time."""
+    attempt = 0
+    while True:
+        try:
+            await backend.probe()
+            return
+        except BackendError as exc:
+            reason = exc.message
+        attempt += 1
+        delay = min(PROBE_FIRST_DELAY * 2 ** min(attempt - 1, 30), PROBE_MAX_DELAY)
+        log.warning("backend %s: remote %s not answering (%s); attempt %d, retrying in %g s",
+                    name, url, reason, attempt, delay)
+        phase(WaitingRemote(path=url, reason=reason, attempt=attempt, retry_in_ms=round(delay * 1000)))
+        await asyncio.sleep(delay)
+
+
 @dataclass
 class Planned:
     """A config entry whose model file is found (downloaded if need be) and verified,
-    not yet loaded. Preparing is the slow, interruptible part of a (re)load that
-    needs no quiet daemon: a reload prepares while the old model keeps serving."""
+    not yet loaded - or, for a remote, whose server has answered. Preparing is the
+    slow, interruptible part of a (re)load that needs no quiet daemon: a reload
+    prepares while the old model keeps serving."""
 
-    entry: MockEntry | LlamaCppEntry
+    entry: MockEntry | LlamaCppEntry | OpenAIEntry
     model: VerifiedModel | None = None
+    remote: Backend | None = None
+    #: The config's circuit-breaker policy, which the constructed entry gets.
+    breaker: BreakerPolicy = BreakerPolicy()
 
     def close(self) -> None:
         if self.model is not None:
             self.model.close()
             self.model = None
+        remote, self.remote = self.remote, None
+        if remote is not None:
+            # Prepared but never installed (a reload abandoned): close its HTTP client.
+            try:
+                task = asyncio.get_running_loop().create_task(stop_quietly(remote, 1.0))
+            except RuntimeError:
+                return  # no loop left: the process is ending anyway
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()
 
 
 async def prepare_all(cfg: ConfigFile, phase: PhaseSink) -> list[Planned]:
     planned: list[Planned] = []
+    policy = breaker_policy(cfg)
     try:
         for entry in cfg.backends:
             if isinstance(entry, MockEntry):
                 phase(CheckingLocal(path="(mock)"))
-                planned.append(Planned(entry))
+                planned.append(Planned(entry, breaker=policy))
+            elif isinstance(entry, OpenAIEntry):
+                planned.append(Planned(entry, remote=await prepare_remote(entry, phase), breaker=policy))
             else:
-                planned.append(Planned(entry, await resolve_model_file(entry, cfg, phase)))
+                planned.append(Planned(entry, await resolve_model_file(entry, cfg, phase), breaker=policy))
     except BaseException:
         for p in planned:
             p.close()
@@ -192,6 +274,10 @@ async def construct(plan: Planned, phase: PhaseSink) -> Backend:
     entry = plan.entry
     if isinstance(entry, MockEntry):
         return _mock(entry)
+    if isinstance(entry, OpenAIEntry):
+        remote, plan.remote = plan.remote, None  # the entry now owns it
+        assert remote is not None
+        return remote
     model = plan.model
     assert model is not None
     try:
@@ -212,9 +298,12 @@ async def construct(plan: Planned, phase: PhaseSink) -> Backend:
         embed_pooling=entry.embed_pooling,
         embed_n_ctx=entry.embed_n_ctx,
         chat_template=entry.chat_template,
+        parallel=entry.parallel,
+        batch_invariant=entry.batch_invariant,
     )
     phase(Mmap(path=str(model.path)))
-    # llama.cpp pads the context to a multiple of 256; say what it will allocate.
+    # llama.cpp pads the context to a multiple of 256; say what it will allocate
+    # (for each of the `parallel` sequences, ADR 0018).
     phase(KvCache(n_ctx=-(-entry.n_ctx // 256) * 256))
     try:
         return await run_in_daemon_thread(LlamaCppBackend, settings)
@@ -238,7 +327,7 @@ async def construct_all(planned: list[Planned], phase: PhaseSink, *, permits: in
             plan.close()
             gate = Admission(permits or backend.concurrency, queue_depth)
             entries.append(BackendEntry(label=plan.entry.name, backend=backend, caps=backend.capabilities(),
-                                        admission=gate))
+                                        admission=gate, breaker=Breaker(plan.entry.name, plan.breaker)))
     except BaseException:
         for e in entries:
             await stop_quietly(e.backend, 5.0)
@@ -252,6 +341,11 @@ async def construct_all(planned: list[Planned], phase: PhaseSink, *, permits: in
 async def build_all(cfg: ConfigFile, phase: PhaseSink, *, permits: int | None = None,
                     queue_depth: int = 10) -> list[BackendEntry]:
     return await construct_all(await prepare_all(cfg, phase), phase, permits=permits, queue_depth=queue_depth)
+
+
+def breaker_policy(cfg: ConfigFile) -> BreakerPolicy:
+    b = cfg.breaker
+    return BreakerPolicy(failures=b.failures, cooldown=b.cooldown_secs, max_cooldown=b.max_cooldown_secs)
 
 
 async def stop_quietly(backend: Backend, timeout: float) -> None:

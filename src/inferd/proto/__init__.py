@@ -2,6 +2,7 @@
 
 from .admin import (
     AdminEvent,
+    BackendState,
     Capabilities,
     CheckingLocal,
     Download,
@@ -16,6 +17,7 @@ from .admin import (
     Starting,
     StatusEvent,
     Verify,
+    WaitingRemote,
     encode_status,
     parse_admin_event,
     status_to_dict,

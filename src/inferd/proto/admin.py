@@ -51,8 +51,25 @@ class KvCache(BaseModel):
     n_ctx: int
 
 
+class WaitingRemote(BaseModel):
+    """inferd extension: a remote backend did not answer its probe; the loader retries.
+
+    Published after `checking_local` named the URL, once per failed probe, so the
+    snapshot of a daemon stuck in loading says why (`reason`) and when it tries
+    again. Clients that do not know the phase ignore it (upstream-protocol §4.6).
+    """
+
+    phase: Literal["waiting_remote"] = "waiting_remote"
+    #: The remote's API root, as `checking_local` named it.
+    path: str
+    reason: str
+    #: Failed probes so far (1 on the first).
+    attempt: int
+    retry_in_ms: int
+
+
 LoadPhase = Annotated[
-    Union[CheckingLocal, Download, Verify, Quarantine, Mmap, KvCache], Field(discriminator="phase")
+    Union[CheckingLocal, Download, Verify, Quarantine, Mmap, KvCache, WaitingRemote], Field(discriminator="phase")
 ]
 
 
@@ -112,8 +129,57 @@ class Draining(BaseModel):
     status: Literal["draining"] = "draining"
 
 
+class BackendState(BaseModel):
+    """inferd extension: a backend's circuit breaker changed state (THREAT_MODEL F-10).
+
+    `open`: `failures` consecutive backend faults (the last one is `reason`); no
+    request goes there for `retry_in_ms`. `half_open`: the cool-down passed and one
+    trial request is on its way. `closed`: the trial succeeded, the backend is back.
+    Like capabilities, it never replaces the lifecycle snapshot: a subscriber that
+    connects later finds a backend's current state (when not closed) as `state` and
+    `reason` on that backend's replayed capabilities frame. Old clients ignore the
+    unknown status (upstream-protocol §4.6).
+    """
+
+    status: Literal["backend_state"] = "backend_state"
+    backend: str
+    state: Literal["closed", "open", "half_open"]
+    reason: str | None = None
+    failures: int = 0
+    retry_in_ms: int | None = None
+
+
+class SequenceSlot(BaseModel):
+    """One request decoding in a backend's slot (ADR 0018)."""
+
+    slot: int
+    #: The request's own id, as its client sent it.
+    request: str
+    #: `prefill` while its prompt is evaluated, then `decode`.
+    state: Literal["prefill", "decode"]
+    prompt_tokens: int
+    #: Prompt tokens that came from the cache (this slot's own or copied from another).
+    cached_tokens: int
+
+
+class Sequences(BaseModel):
+    """inferd extension: the requests a backend decodes right now, by slot (ADR 0018).
+
+    Published when a request enters a slot, finishes its prompt, or leaves; a backend
+    with `parallel` slots runs at most that many. Like `backend_state` it never
+    replaces the lifecycle snapshot: a subscriber that connects later finds the
+    current list as `sequences` on that backend's replayed capabilities frame (absent
+    while nothing runs). Old clients ignore the unknown status (upstream-protocol §4.6).
+    """
+
+    status: Literal["sequences"] = "sequences"
+    backend: str
+    sequences: list[SequenceSlot] = Field(default_factory=list)
+
+
 StatusEvent = Annotated[
-    Union[Starting, LoadingModel, Capabilities, Ready, Restarting, Draining], Field(discriminator="status")
+    Union[Starting, LoadingModel, Capabilities, Ready, Restarting, Draining, BackendState, Sequences],
+    Field(discriminator="status"),
 ]
 
 
@@ -175,6 +241,15 @@ class AdminEvent(BaseModel):
     parallel: int | None = None
     version: str | None = None
     reload_error: str | None = None
+    # backend_state (and a replayed capabilities frame of a backend that is not closed)
+    state: str | None = None
+    reason: str | None = None
+    failures: int | None = None
+    retry_in_ms: int | None = None
+    # the waiting_remote load phase
+    attempt: int | None = None
+    # sequences (and a replayed capabilities frame of a backend that is decoding)
+    sequences: list[dict[str, Any]] | None = None
 
     @property
     def is_ready(self) -> bool:

@@ -94,7 +94,7 @@ class FakeRemote:
     port: int = 0
 
     async def __aenter__(self) -> FakeRemote:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         self._tasks: set[asyncio.Task] = set()
         return self

@@ -45,8 +45,8 @@ def free_port() -> int:
 
 
 def start_llama_server(model_path: str, log: Path, *extra: str, key: str | None = None,
-                       n_ctx: int = 2048) -> LlamaServer:
-    port = free_port()
+                       n_ctx: int = 2048, port: int | None = None) -> LlamaServer:
+    port = port or free_port()
     args = [sys.executable, "-m", "llama_cpp.server", "--model", model_path, "--model_alias", ALIAS,
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "2",
             "--n_threads_batch", "2", "--verbose", "false", *extra]
