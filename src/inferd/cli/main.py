@@ -14,7 +14,7 @@ import typer
 from inferd import __version__
 
 from . import admin_cmds, doctor, gen_cmds
-from . import serve, models
+from . import serve, models, service
 from .common import EXIT_ERROR, describe
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ models.register(app)
 admin_cmds.register(app)
 gen_cmds.register(app)
 doctor.register(app)
+service.register(app)
 
 
 def main() -> None:

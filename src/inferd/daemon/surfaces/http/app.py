@@ -1,0 +1,323 @@
+"""The OpenAI-compatible routes, as one plain ASGI application (docs/http.md).
+
+    POST /v1/chat/completions   POST /v1/completions   POST /v1/embeddings
+    GET  /v1/models[/{id}]      GET  /health           GET  /metrics
+
+(each /v1 route also answers without the /v1 prefix, as llama-server's do). A route
+decodes the body into the engine's request, hands it to the one request pipeline
+(pipeline/run.py) with a sink from encode.py, and writes what the sink made of the
+events: admission, routing, cancellation and accounting are the pipeline's, never
+this file's. A client that disconnects while its generation is queued or running
+has the pipeline call cancelled, which releases its admission slot and closes the
+engine stream (the generation stops); a write to a gone client raises
+ConnectionError from the sink, which does the same.
+
+Who may talk to it (THREAT_MODEL F-20): the listener is loopback only (F-8); with an
+API key every route but /health needs `Authorization: Bearer KEY` (constant-time
+compare); a request whose Host is not a loopback name (DNS rebinding) or whose Origin
+is a web page off this machine (a browser's cross-site request) is refused with 403.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import struct
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from ....engine.request import GenerationRequest
+from ....proto.auth import keys_match
+from ....proto.v1 import DEFAULT_MAX_TOKENS
+from ...context import DaemonContext
+from ...observe.activity import ActivityLog, NullActivityLog
+from ...observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ...pipeline import run
+from ...pipeline.router import BackendEntry, Needs
+from . import decode
+from .encode import ChatCollect, ChatStream, CompletionCollect, CompletionStream, Meta
+from .errors import HttpError
+from .io import ClientGone, Receive, Responder, Send, header, read_body, wait_disconnect
+
+#: scope["state"] key under which the server glue hands each request its connection.
+CONNECTION_KEY = "inferd.connection"
+
+#: The route table: path -> (method, route name). Route names label the metrics.
+ROUTES: dict[str, tuple[str, str]] = {
+    "/v1/chat/completions": ("POST", "chat"),
+    "/v1/completions": ("POST", "completions"),
+    "/v1/embeddings": ("POST", "embeddings"),
+    "/v1/models": ("GET", "models"),
+    "/health": ("GET", "health"),
+    "/metrics": ("GET", "metrics"),
+}
+PUBLIC_ROUTES = frozenset({"health"})  # no API key needed: it says "up" and nothing else
+LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
+
+
+def _is_loopback_host(host: str) -> bool:
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_of(value: bytes) -> str:
+    text = value.decode("latin-1").strip()
+    if text.startswith("["):
+        return text[1:text.find("]")] if "]" in text else text
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+
+
+def _origin_ok(origin: bytes) -> bool:
+    try:
+        parts = urlsplit(origin.decode("latin-1"))
+        return parts.scheme in ("http", "https") and _is_loopback_host(parts.hostname or "")
+    except ValueError:
+        return False
+
+
+class HttpApp:
+    """The ASGI application of one daemon's HTTP listener."""
+
+    def __init__(self, ctx: DaemonContext, *, api_key: str | None, write_timeout: float | None,
+                 activity: ActivityLog | NullActivityLog) -> None:
+        self.ctx = ctx
+        self.api_key = api_key or None
+        self.write_timeout = write_timeout
+        self.activity = activity
+        self.created = int(time.time())
+        self._handlers: dict[str, Callable[[dict[str, Any], Receive, Responder], Awaitable[None]]] = {
+            "chat": self._chat, "completions": self._completions, "embeddings": self._embeddings,
+            "models": self._models, "model": self._model, "health": self._health, "metrics": self._metrics,
+        }
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # lifespan and websockets are off in the server config
+        conn = scope.get("state", {}).get(CONNECTION_KEY)
+        out = Responder(send, getattr(conn, "transport", None), self.write_timeout)
+        try:
+            await self._dispatch(scope, receive, out)
+        except HttpError as err:
+            if not out.status and not out.gone:
+                await self._answer_error(out, err)
+        except ClientGone:
+            pass
+        except (ConnectionError, OSError):
+            pass  # the client left or stalled (F-17); the pipeline has let go of everything
+        finally:
+            self.ctx.metrics.http_response(out.route, out.status)
+
+    async def _answer_error(self, out: Responder, err: HttpError) -> None:
+        try:
+            await out.error(err)
+        except (ConnectionError, OSError):
+            pass
+
+    # ---- who may ask, and what -----------------------------------------------------
+
+    async def _dispatch(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+        host = header(scope, b"host")
+        if host is not None and not _is_loopback_host(_host_of(host)):
+            # F-20: a page whose name was rebound to 127.0.0.1 sends its own name here.
+            raise HttpError(403, "the Host header must name this machine (localhost or a loopback address)",
+                            "permission_error", "forbidden_host")
+        origin = header(scope, b"origin")
+        if origin is not None:
+            if not _origin_ok(origin):
+                # F-20: a web page elsewhere may not drive the user's model through their browser.
+                raise HttpError(403, "cross-origin requests are accepted from loopback origins only",
+                                "permission_error", "forbidden_origin")
+            out.extra_headers += [(b"access-control-allow-origin", origin), (b"vary", b"origin")]
+            if scope["method"] == "OPTIONS":
+                out.route = "preflight"
+                await self._preflight(scope, out)
+                return
+        path = scope["path"]
+        if path not in ROUTES and f"/v1{path}" in ROUTES and path not in ("/health", "/metrics"):
+            path = f"/v1{path}"
+        if path in ROUTES:
+            method, route = ROUTES[path]
+        elif path.startswith(("/v1/models/", "/models/")):
+            method, route = "GET", "model"
+        else:
+            method, route = "", "not_found"
+        out.route = route
+        if self.api_key and route not in PUBLIC_ROUTES:
+            self._authenticate(scope)
+        if route == "not_found":
+            raise HttpError(404, f"no route {scope['method']} {scope['path']}", "not_found_error", "not_found")
+        if scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
+            raise HttpError(405, f"{scope['path']} takes {method}", "invalid_request_error", "method_not_allowed",
+                            headers=[(b"allow", method.encode())])
+        await self._handlers[route](scope, receive, out)
+
+    def _authenticate(self, scope: dict[str, Any]) -> None:
+        assert self.api_key is not None
+        value = header(scope, b"authorization") or b""
+        scheme, _, presented = value.decode("latin-1").partition(" ")
+        # F-8/F-20: constant-time compare, like the TCP auth frame.
+        if scheme.lower() == "bearer" and keys_match(presented.strip(), self.api_key):
+            return
+        self.activity.record("warn", "activity", "auth_refused", surface="http", peer=_peer(scope))
+        raise HttpError(401, "invalid or missing API key (send Authorization: Bearer KEY)", "authentication_error",
+                        "invalid_api_key", headers=[(b"www-authenticate", b"Bearer")])
+
+    async def _preflight(self, scope: dict[str, Any], out: Responder) -> None:
+        asked = header(scope, b"access-control-request-headers") or b"authorization, content-type"
+        await out.start(204, [(b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                              (b"access-control-allow-headers", asked), (b"access-control-max-age", b"600")])
+        await out.body(b"", more=False)
+
+    # ---- generation --------------------------------------------------------------------
+
+    def _serving_entry(self, needs: Needs) -> BackendEntry | None:
+        router = self.ctx.router
+        return next(iter(router.candidates(needs)), None) or router.first_ready()
+
+    @staticmethod
+    def model_name(entry: BackendEntry | None) -> str:
+        if entry is None:
+            return "inferd"
+        return entry.caps.model or entry.label
+
+    async def _chat(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+        req = decode.parse(decode.ChatRequest, await read_body(scope, receive))
+        needs = Needs(tools=bool(req.tools))
+        entry = self._serving_entry(needs)
+        # Without max_tokens an answer may run to the end of the context, as on OpenAI.
+        default_max = (entry.caps.n_ctx if entry is not None else None) or DEFAULT_MAX_TOKENS
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        greq = decode.chat_request(req, rid, default_max)
+        meta = Meta(rid, int(time.time()), self.model_name(entry),
+                    bool(req.stream_options and req.stream_options.include_usage))
+        if req.stream:
+            await self._stream(scope, receive, out, greq, needs, ChatStream(out, meta))
+        else:
+            sink = ChatCollect()
+            await self._generate(scope, receive, out, greq, needs, sink)
+            await self._whole(out, sink, meta)
+
+    async def _completions(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+        req = decode.parse(decode.CompletionRequest, await read_body(scope, receive))
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        greq = decode.completion_request(req, rid)
+        needs = Needs()
+        meta = Meta(rid, int(time.time()), self.model_name(self._serving_entry(needs)),
+                    bool(req.stream_options and req.stream_options.include_usage))
+        echo = (greq.prompt or "") if req.echo else ""
+        if req.stream:
+            await self._stream(scope, receive, out, greq, needs, CompletionStream(out, meta, echo))
+        else:
+            sink = CompletionCollect(echo)
+            await self._generate(scope, receive, out, greq, needs, sink)
+            await self._whole(out, sink, meta)
+
+    async def _stream(self, scope: dict[str, Any], receive: Receive, out: Responder, greq: GenerationRequest,
+                      needs: Needs, sink: ChatStream | CompletionStream) -> None:
+        await self._generate(scope, receive, out, greq, needs, sink)
+        if sink.error is not None and not out.gone:
+            raise sink.error  # refused before its first chunk: a real status
+
+    async def _whole(self, out: Responder, sink: ChatCollect | CompletionCollect, meta: Meta) -> None:
+        if out.gone:
+            return
+        if sink.error is not None:
+            raise sink.error
+        await out.json(200, sink.body(meta))
+
+    async def _generate(self, scope: dict[str, Any], receive: Receive, out: Responder, greq: GenerationRequest,
+                        needs: Needs, sink: Any) -> None:
+        """Run the pipeline while watching for the client to leave; if it does, cancel
+        the pipeline call (queued, prefilling or decoding: the slot is freed and the
+        engine stream closed by the pipeline's own cleanup)."""
+        pipeline = asyncio.ensure_future(
+            run.generate(self.ctx, greq, sink, surface="http", needs=needs, peer=_peer(scope)))
+        watcher = asyncio.ensure_future(wait_disconnect(receive))
+        try:
+            await asyncio.wait((pipeline, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not pipeline.done():
+                out.gone = True
+                pipeline.cancel()
+                await asyncio.wait((pipeline,))
+        if pipeline.cancelled():
+            return
+        exc = pipeline.exception()
+        if isinstance(exc, (ConnectionError, OSError)):
+            out.gone = True
+        elif exc is not None:
+            raise exc
+
+    # ---- embeddings ----------------------------------------------------------------------
+
+    async def _embeddings(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+        req = decode.parse(decode.EmbeddingsRequest, await read_body(scope, receive))
+        if not self.ctx.router.can_embed:
+            raise HttpError(501, "no backend here serves embeddings: start the daemon with --llamacpp-embed, "
+                            'or set "embed": true on a backend in the config', "not_supported_error",
+                            "embed_unsupported")
+        resolved = decode.embed_request(req, f"embd-{uuid.uuid4().hex}")
+        try:
+            _, result = await run.embed(self.ctx, resolved, surface="http", peer=_peer(scope))
+        except run.Refused as exc:
+            raise HttpError.from_fault(exc.kind, exc.message) from None
+        as_base64 = req.encoding_format == "base64"
+        data = [{"object": "embedding", "index": i,
+                 "embedding": _base64(vector) if as_base64 else vector}
+                for i, vector in enumerate(result.embeddings)]
+        await out.json(200, {"object": "list", "data": data, "model": result.model,
+                             "usage": {"prompt_tokens": result.input_tokens, "total_tokens": result.input_tokens}})
+
+    # ---- the rest ------------------------------------------------------------------------
+
+    def _model_cards(self) -> list[dict[str, Any]]:
+        cards = []
+        for entry in self.ctx.router.entries:
+            cards.append({"id": self.model_name(entry), "object": "model", "created": self.created,
+                          "owned_by": "inferd", "backend": entry.label, "n_ctx": entry.caps.n_ctx,
+                          "capabilities": {"tools": entry.caps.tools, "thinking": entry.caps.thinking,
+                                           "embed": entry.caps.embed}})
+        return cards
+
+    async def _models(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+        await out.json(200, {"object": "list", "data": self._model_cards()})
+
+    async def _model(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+        wanted = scope["path"].split("/models/", 1)[1]
+        for card in self._model_cards():
+            if card["id"] == wanted:
+                await out.json(200, card)
+                return
+        raise HttpError(404, f"no model {wanted!r} here", "not_found_error", "model_not_found", "model")
+
+    async def _health(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+        state = getattr(self.ctx.broadcaster.snapshot, "status", "unknown")
+        ok = state == "ready" and self.ctx.router.first_ready() is not None
+        await out.json(200 if ok else 503, {"status": "ok" if ok else "unavailable", "state": state})
+
+    async def _metrics(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+        data = self.ctx.metrics.exposition()
+        await out.start(200, [(b"content-type", METRICS_CONTENT_TYPE.encode()),
+                              (b"content-length", str(len(data)).encode())])
+        await out.body(data, more=False)
+
+
+def _peer(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return f"tcp:{client[0]}:{client[1]}" if client else "tcp"
+
+
+def _base64(vector: list[float]) -> str:
+    """OpenAI's base64 encoding: the little-endian float32 array."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
+

@@ -1,0 +1,238 @@
+"""Engine events -> OpenAI responses: whole JSON bodies and SSE chunks.
+
+Each sink is the encoding end of the shared pipeline (pipeline/run.py `Sink`):
+TextDelta becomes `content` (`text` on /v1/completions), ThinkingDelta becomes
+`reasoning_content` (llama-server's and DeepSeek's name), a ToolCall becomes one
+entry of `tool_calls` (streamed whole, as one delta with its index, id, name and
+arguments text). Done becomes `finish_reason` and `usage` with
+`prompt_tokens_details.cached_tokens` and `completion_tokens_details.reasoning_tokens`.
+
+A streaming sink sends nothing until the first event, so a request refused before
+its first token (a full queue, an invalid request) still gets a real HTTP status; a
+failure after that is one `data: {"error": ...}` event, and no `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ....engine.backend import Fault
+from ....engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolCall
+from .errors import HttpError
+from .io import Responder
+
+FINISH = {FinishReason.END: "stop", FinishReason.LENGTH: "length", FinishReason.TOOL_USE: "tool_calls",
+          FinishReason.CANCELLED: "stop", FinishReason.ERROR: "stop"}
+#: A raw completion has no tool calls to finish with.
+FINISH_TEXT = {**FINISH, FinishReason.TOOL_USE: "stop"}
+
+SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
+               (b"x-accel-buffering", b"no")]
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _js(text: str) -> bytes:
+    return json.dumps(text, ensure_ascii=False).encode()
+
+
+def usage(done: Done) -> dict[str, Any]:
+    u = done.usage
+    return {
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+        "completion_tokens_details": {"reasoning_tokens": u.thinking_tokens},
+    }
+
+
+def timings(done: Done) -> dict[str, Any] | None:
+    """inferd extension (llama-server has a `timings` object too)."""
+    return None if done.timings is None else done.timings.model_dump()
+
+
+def tool_call(call: ToolCall) -> dict[str, Any]:
+    return {"id": call.id, "type": "function",
+            "function": {"name": call.name, "arguments": json.dumps(call.input, ensure_ascii=False)}}
+
+
+class Meta:
+    """What every response of one request repeats."""
+
+    __slots__ = ("id", "created", "model", "include_usage")
+
+    def __init__(self, id: str, created: int, model: str, include_usage: bool = False) -> None:
+        self.id = id
+        self.created = created
+        self.model = model
+        self.include_usage = include_usage
+
+
+class _Collect:
+    """Non-streaming: gather the whole answer; the route writes it once."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.thinking: list[str] = []
+        self.calls: list[ToolCall] = []
+        self.result: Done | None = None
+        self.error: HttpError | None = None
+
+    async def event(self, event: TextDelta | ThinkingDelta | ToolCall) -> None:
+        kind = type(event)
+        if kind is TextDelta:
+            self.text.append(event.text)  # type: ignore[union-attr]
+        elif kind is ThinkingDelta:
+            self.thinking.append(event.text)  # type: ignore[union-attr]
+        else:
+            self.calls.append(event)  # type: ignore[arg-type]
+
+    async def done(self, done: Done, backend: str) -> None:
+        self.result = done
+
+    async def fail(self, kind: Fault, message: str) -> None:
+        self.error = HttpError.from_fault(kind, message)
+
+
+class ChatCollect(_Collect):
+    def body(self, meta: Meta) -> dict[str, Any]:
+        done = self.result
+        assert done is not None
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(self.text) if self.text or not self.calls
+                                   else None}
+        if self.thinking:
+            message["reasoning_content"] = "".join(self.thinking)
+        if self.calls:
+            message["tool_calls"] = [tool_call(c) for c in self.calls]
+        out: dict[str, Any] = {
+            "id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": FINISH[done.reason]}],
+            "usage": usage(done),
+        }
+        if done.timings is not None:
+            out["timings"] = timings(done)
+        return out
+
+
+class CompletionCollect(_Collect):
+    def __init__(self, echo: str = "") -> None:
+        super().__init__()
+        if echo:
+            self.text.append(echo)
+
+    def body(self, meta: Meta) -> dict[str, Any]:
+        done = self.result
+        assert done is not None
+        out: dict[str, Any] = {
+            "id": meta.id, "object": "text_completion", "created": meta.created, "model": meta.model,
+            "choices": [{"index": 0, "text": "".join(self.text), "logprobs": None,
+                         "finish_reason": FINISH_TEXT[done.reason]}],
+            "usage": usage(done),
+        }
+        if done.timings is not None:
+            out["timings"] = timings(done)
+        return out
+
+
+class _Stream:
+    """Streaming: SSE chunks as events arrive. Chunk text is built from pre-encoded
+    pieces, so a token costs one JSON string encoding (the hot path)."""
+
+    object_name = ""
+
+    def __init__(self, out: Responder, meta: Meta) -> None:
+        self.out = out
+        self.meta = meta
+        self.started = False
+        self.error: HttpError | None = None  # a refusal before the first chunk
+        tail_usage = b',"usage":null' if meta.include_usage else b""
+        self._head = (b'data: {"id":' + _js(meta.id) + b',"object":"' + self.object_name.encode()
+                      + b'","created":' + str(meta.created).encode() + b',"model":' + _js(meta.model)
+                      + b',"choices":[{"index":0,')
+        self._tail = b',"logprobs":null,"finish_reason":null}]' + tail_usage + b"}\n\n"
+
+    def _chunk(self, choice: bytes, finish: str | None = None) -> bytes:
+        if finish is None:
+            return self._head + choice + self._tail
+        tail = self._tail.replace(b'"finish_reason":null', b'"finish_reason":' + _js(finish), 1)
+        return self._head + choice + tail
+
+    async def _begin(self) -> None:
+        self.started = True
+        await self.out.start(200, SSE_HEADERS)
+
+    def _final(self, done: Done) -> bytes:
+        raise NotImplementedError
+
+    async def done(self, done: Done, backend: str) -> None:
+        if not self.started:
+            await self._begin()
+        data = self._final(done)
+        if self.meta.include_usage:
+            extra: dict[str, Any] = {"usage": usage(done)}
+            if done.timings is not None:
+                extra["timings"] = timings(done)
+            data += b"data: " + dumps({"id": self.meta.id, "object": self.object_name, "created": self.meta.created,
+                                       "model": self.meta.model, "choices": [], **extra}) + b"\n\n"
+        await self.out.body(data + SSE_DONE, more=False)
+
+    async def fail(self, kind: Fault, message: str) -> None:
+        error = HttpError.from_fault(kind, message)
+        if not self.started:
+            self.error = error  # the route answers with the status
+            return
+        await self.out.body(b"data: " + error.encode() + b"\n\n", more=False)
+
+
+class ChatStream(_Stream):
+    object_name = "chat.completion.chunk"
+
+    def __init__(self, out: Responder, meta: Meta) -> None:
+        super().__init__(out, meta)
+        self.calls = 0
+
+    async def event(self, event: TextDelta | ThinkingDelta | ToolCall) -> None:
+        if not self.started:
+            await self._begin()
+            first = self._chunk(b'"delta":{"role":"assistant","content":""}')
+        else:
+            first = b""
+        kind = type(event)
+        if kind is TextDelta:
+            choice = b'"delta":{"content":' + _js(event.text) + b"}"  # type: ignore[union-attr]
+        elif kind is ThinkingDelta:
+            choice = b'"delta":{"reasoning_content":' + _js(event.text) + b"}"  # type: ignore[union-attr]
+        else:
+            call = {"index": self.calls, **tool_call(event)}  # type: ignore[arg-type]
+            self.calls += 1
+            choice = b'"delta":{"tool_calls":[' + dumps(call) + b"]}"
+        await self.out.body(first + self._chunk(choice))
+
+    def _final(self, done: Done) -> bytes:
+        return self._chunk(b'"delta":{}', FINISH[done.reason])
+
+
+class CompletionStream(_Stream):
+    object_name = "text_completion"
+
+    def __init__(self, out: Responder, meta: Meta, echo: str = "") -> None:
+        super().__init__(out, meta)
+        self.echo = echo  # a completion chunk has no delta: its text sits in the choice
+
+    async def event(self, event: TextDelta | ThinkingDelta | ToolCall) -> None:
+        if type(event) is not TextDelta:
+            return  # a raw completion has no thinking or tool calls to show
+        first = b""
+        if not self.started:
+            await self._begin()
+            if self.echo:
+                first = self._chunk(b'"text":' + _js(self.echo))
+        await self.out.body(first + self._chunk(b'"text":' + _js(event.text)))  # type: ignore[union-attr]
+
+    def _final(self, done: Done) -> bytes:
+        return self._chunk(b'"text":""', FINISH_TEXT[done.reason])
