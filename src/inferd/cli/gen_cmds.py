@@ -131,14 +131,19 @@ def report_error(frame: ErrorFrame) -> None:
     err(f"error: {frame.code}: {frame.message}")
 
 
-async def run(prompt: str, addr: str, api_key: str | None, wait: float, system: str | None, opts: dict[str, Any]) -> int:
-    messages = []
-    if system:
-        messages.append(Message(role=Role.SYSTEM, content=system))
-    messages.append(Message(role=Role.USER, content=prompt))
+async def run(prompt: str, addr: str, api_key: str | None, wait: float, system: str | None, opts: dict[str, Any],
+              raw: bool = False) -> int:
+    if raw:  # v1's `prompt` extension: the text goes to the model as is, no chat template
+        request = Request(id=next_id("run"), prompt=prompt, **opts)
+    else:
+        messages = []
+        if system:
+            messages.append(Message(role=Role.SYSTEM, content=system))
+        messages.append(Message(role=Role.USER, content=prompt))
+        request = Request(id=next_id("run"), messages=messages, **opts)
     client = await connect(Client.dial, addr, api_key, wait)
     async with client:
-        turn = await stream_reply(client, Request(id=next_id("run"), messages=messages, **opts))
+        turn = await stream_reply(client, request)
     if turn.error is not None:
         report_error(turn.error)
         return EXIT_FAIL
@@ -308,9 +313,17 @@ def register(app: typer.Typer) -> None:
         tool_choice: ToolChoiceOpt = None,
         thinking: ThinkingOpt = None,
         json_schema: SchemaOpt = None,
+        raw: Annotated[bool, typer.Option("--raw", help="Send PROMPT as is, with no chat template "
+                                          "(what a base model continues).")] = False,
     ) -> None:
         """Send one prompt and stream the reply to stdout."""
         opts = sampling(max_tokens, temperature, top_p, top_k, seed, stop)
+        if raw:
+            if system or as_json or tools or tool_choice or thinking is not None or json_schema:
+                die("--raw sends the prompt as is: it takes no --system, --json, --tools, --tool-choice, "
+                    "--thinking or --json-schema")
+            raise typer.Exit(run_async(run(prompt, addr or default_inference_addr(), api_key, wait, None, opts,
+                                           raw=True)))
         agent = agent_options(system, opts, as_json, tools, tool_choice, thinking, json_schema)
         if agent is not None:
             target = addr or (default_v2_addr() if agent.needs_v2 else default_inference_addr())

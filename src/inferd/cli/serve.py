@@ -46,9 +46,11 @@ def serve(
     embed: Annotated[Optional[bool], typer.Option("--embed/--no-embed", envvar="INFERD_EMBED", help="embed socket (default: when a backend can embed)")] = None,
     embed_addr: Annotated[Optional[str], typer.Option("--embed-addr", envvar="INFERD_EMBED_ADDR")] = None,
     embed_tcp: Annotated[Optional[str], typer.Option("--embed-tcp", envvar="INFERD_EMBED_TCP")] = None,
-    v2: Annotated[bool, typer.Option("--v2", envvar="INFERD_V2", help="serve protocol v2 on its own socket")] = False,
+    v2: Annotated[bool, typer.Option("--v2/--no-v2", envvar="INFERD_V2",
+                                     help="serve protocol v2 (tools, thinking) on its own socket")] = True,
     v2_addr: Annotated[Optional[str], typer.Option("--v2-addr", envvar="INFERD_V2_ADDR")] = None,
     v2_tcp: Annotated[Optional[str], typer.Option("--v2-tcp", envvar="INFERD_V2_TCP")] = None,
+    http: Annotated[Optional[str], typer.Option("--http", envvar="INFERD_HTTP", help="also serve the OpenAI-compatible HTTP API on loopback [HOST:]PORT (default port 47324)")] = None,
     active_permits: Annotated[Optional[int], typer.Option("--active-permits", envvar="INFERD_ACTIVE_PERMITS", min=0,
                                                           help="requests run at once per backend (default: what the backend can run)")] = None,
     queue_depth: Annotated[int, typer.Option("--queue-depth", envvar="INFERD_QUEUE_DEPTH", min=0)] = 10,
@@ -56,7 +58,7 @@ def serve(
     write_timeout_secs: Annotated[float, typer.Option("--write-timeout-secs", envvar="INFERD_WRITE_TIMEOUT_SECS", min=0, help="0 = unbounded")] = 60.0,
     drain_timeout_secs: Annotated[float, typer.Option("--drain-timeout-secs", envvar="INFERD_DRAIN_TIMEOUT_SECS", min=0)] = 30.0,
     max_connections: Annotated[int, typer.Option("--max-connections", envvar="INFERD_MAX_CONNECTIONS", min=0, help="open client connections at most (0 = unbounded)")] = 256,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="INFERD_API_KEY", help="required first frame on TCP", show_default=False)] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="INFERD_API_KEY", help="required first frame on TCP; Authorization: Bearer on HTTP", show_default=False)] = None,
     group: Annotated[Optional[str], typer.Option("--group", envvar="INFERD_GROUP", help="admit this group's users; chown inference sockets to it")] = None,
     allow_uid: Annotated[Optional[list[int]], typer.Option("--allow-uid", help="also admit this uid (repeatable)")] = None,
     model_path: Annotated[Optional[str], typer.Option("--model-path", envvar="INFERD_MODEL_PATH")] = None,
@@ -66,6 +68,8 @@ def serve(
     n_threads: Annotated[Optional[int], typer.Option("--n-threads", envvar="INFERD_N_THREADS", min=1)] = None,
     llamacpp_embed: Annotated[bool, typer.Option("--llamacpp-embed", envvar="INFERD_LLAMACPP_EMBED")] = False,
     chat_template: Annotated[Optional[str], typer.Option("--chat-template", envvar="INFERD_CHAT_TEMPLATE")] = None,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", envvar="INFERD_PARALLEL", min=1, max=256,
+                                                    help="llama.cpp requests decoded together, each with --n-ctx (default 4)")] = None,
 ) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT (SIGHUP reloads)."""
     from ..daemon.server import run
@@ -80,13 +84,13 @@ def serve(
     _setup_logging()
     opts = ServeOptions(
         config=config, backend=backend, uds=uds, tcp=tcp, pipe=pipe, admin_addr=admin_addr, lock=lock,
-        embed=embed, embed_addr=embed_addr, embed_tcp=embed_tcp, v2=v2, v2_addr=v2_addr, v2_tcp=v2_tcp,
+        embed=embed, embed_addr=embed_addr, embed_tcp=embed_tcp, v2=v2, v2_addr=v2_addr, v2_tcp=v2_tcp, http=http,
         active_permits=active_permits, queue_depth=queue_depth, ready_timeout_secs=ready_timeout_secs,
         write_timeout_secs=write_timeout_secs, drain_timeout_secs=drain_timeout_secs,
         max_connections=max_connections, api_key=api_key,
         group=group, allow_uids=list(allow_uid or []), model_path=model_path, model_sha256=model_sha256,
         n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, llamacpp_embed=llamacpp_embed,
-        chat_template=chat_template,
+        chat_template=chat_template, parallel=parallel,
     )
     raise typer.Exit(run(opts))
 

@@ -1,12 +1,14 @@
 """What every connection handler shares: the router (with each backend's admission
-gate), the status broadcaster and the activity log."""
+gate and circuit breaker), the status broadcaster, the activity log and the metrics."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..proto.admin import BackendState
 from .observe.activity import ActivityLog, NullActivityLog
-from .pipeline.router import Router
+from .observe.metrics import Metrics
+from .pipeline.router import CircuitState, Router, StateChange
 from .status import StatusBroadcaster
 
 
@@ -15,3 +17,17 @@ class DaemonContext:
     router: Router
     broadcaster: StatusBroadcaster
     activity: ActivityLog | NullActivityLog
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def __post_init__(self) -> None:
+        self.router.on_change = self.publish_backend_state
+
+    def publish_backend_state(self, change: StateChange) -> None:
+        """A circuit change goes to admin subscribers and to the activity log (F-10)."""
+        retry_in_ms = None if change.retry_in is None else round(change.retry_in * 1000)
+        self.broadcaster.publish(BackendState(backend=change.backend, state=change.state.value,
+                                              reason=change.reason, failures=change.failures,
+                                              retry_in_ms=retry_in_ms))
+        self.activity.record("info" if change.state is CircuitState.CLOSED else "warn", "router", "backend_state",
+                             backend=change.backend, state=change.state.value, reason=change.reason or "",
+                             failures=change.failures)

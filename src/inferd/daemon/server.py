@@ -27,25 +27,31 @@ from pydantic import BaseModel
 from .. import __version__
 from ..proto.admin import Capabilities, CheckingLocal, Draining, LoadingModel, Ready, Restarting, Starting
 from ..proto.endpoints import DEFAULT_EMBED_TCP_ADDR, DEFAULT_TCP_ADDR, DEFAULT_V2_TCP_ADDR
-from .observe.activity import ActivityLog, NullActivityLog, default_log_dir
+from .observe.activity import ActivityLog, NullActivityLog, add_literal_secret, default_log_dir, remove_literal_secret
 from .status import StatusBroadcaster
 from .surfaces.admin import serve_admin
 from .config import ConfigError, ConfigFile, ServeOptions, effective_config
 from .context import DaemonContext
 from .surfaces.embed import serve_embed
 from .surfaces.v1 import serve_inference
-from .net.listeners import ConnectionTracker, Listener, ListenerError, ListenerSecurity, bind_pipe, bind_tcp, bind_unix
+from .net.listeners import (MAX_ADMIN_CONNECTIONS, ConnectionTracker, Listener, ListenerError, ListenerSecurity, bind_pipe,
+                            bind_tcp, bind_unix)
 from .loader import LoadError, Planned, build_all, construct_all, prepare_all, stop_quietly
 from .lock import InstanceLock, LockError
 from .net.paths import SocketPathError
 from .net.peercred import PeerPolicy, resolve_group
+from .pipeline import run as pipeline
 from .pipeline.router import BackendEntry, Router
 from .signals import SignalHandlers
 
 log = logging.getLogger("inferd.daemon")
 
-INFERENCE_SURFACES = {"inference", "v2", "embed"}
+INFERENCE_SURFACES = {"inference", "v2", "embed", "http"}
 READY_POLL_SECS = 0.05
+# After a reload's drain deadline, how long evicted requests get to end before the old
+# backends are stopped anyway.
+EVICT_GRACE_SECS = 5.0
+RELOAD_EVICTED = "cancelled: the model is being reloaded and the drain deadline passed"
 
 
 class BootError(Exception):
@@ -63,7 +69,9 @@ class Server:
         self.write_timeout = opts.write_timeout_secs if opts.write_timeout_secs > 0 else None
         self.router = Router([])
         self.ctx = DaemonContext(self.router, self.broadcaster, self.activity)
+        self.ctx.metrics.attach(self.router, self.tracker)
         self._signals: SignalHandlers | None = None
+        self._secret: str | None = None  # the API key, while registered for redaction (F-3)
         self.config: ConfigFile | None = None
         self._lock: InstanceLock | None = None
         self._admin: Listener | None = None
@@ -137,8 +145,14 @@ class Server:
             log.warning("--write-timeout-secs 0: a client that stops reading can hold a slot forever (F-17)")
         try:
             self._lock = InstanceLock.acquire(opts.lock_path())
-        except LockError as exc:
+        except (LockError, OSError) as exc:
+            # OSError: e.g. a socket directory another user owns (F-2), refused by
+            # ensure_private_dir; a boot error like any other (exit 1, boot_failed).
             raise BootError(f"lock acquire failed: {exc}") from None
+        # F-3: the daemon's own key is redacted from every log line, whatever it looks like.
+        self._secret = opts.api_key if add_literal_secret(opts.api_key) else None
+        if opts.api_key and self._secret is None:
+            log.warning("the API key is shorter than 4 characters: it cannot be redacted from the logs")
         if self._want_signals:
             self._signals = SignalHandlers(self.request_shutdown, self.request_reload)
             self._signals.install()
@@ -156,10 +170,12 @@ class Server:
         except ConfigError as exc:
             raise BootError(str(exc)) from None
         log.info("configuration: %s (%s)", source, ", ".join(f"{e.kind}:{e.name}" for e in cfg.backends))
+        load_started = time.monotonic()
         entries = await self._interruptible(self._build(cfg, self._phase_sink(LoadingModel)))
         self.config = cfg
         self._install(entries)
         await self._await_ready()
+        self.ctx.metrics.model_loaded(time.monotonic() - load_started)
         self.broadcaster.publish(Ready())
         self.activity.record("info", "lifecycle", "ready", backends=[e.label for e in entries])
         await self._bind_surfaces()
@@ -195,7 +211,7 @@ class Server:
         # The admin socket is the owner's alone: same-uid peers only, mode 0600.
         sec = ListenerSecurity(write_timeout=self.write_timeout or 60.0,
                                peer_policy=self._security.peer_policy and PeerPolicy(uid=os.getuid()),
-                               activity=self.activity)
+                               activity=self.activity, max_connections=MAX_ADMIN_CONNECTIONS)
         if sys.platform == "win32" and (self.opts.pipe or addr.startswith("\\\\.\\pipe\\")):
             return await bind_pipe(addr, "admin", handler, sec=sec, tracker=self.tracker)
         return await bind_unix(addr, "admin", handler, mode=0o600, sec=sec, tracker=self.tracker)
@@ -240,8 +256,11 @@ class Server:
     def _install(self, entries: list[BackendEntry]) -> None:
         self.router.entries = entries
         self.broadcaster.clear_capabilities()
+        loop = asyncio.get_running_loop()
         for entry in entries:
             self.broadcaster.publish(Capabilities(backend=entry.label, version=__version__, **entry.caps.model_dump()))
+            # Running sequences by slot, for `inferd status` (ADR 0018).
+            entry.backend.observe_sequences(self.broadcaster.sequence_sink(loop, entry.label))
 
     async def _await_ready(self, entries: list[BackendEntry] | None = None) -> None:
         deadline = time.monotonic() + self.opts.ready_timeout_secs
@@ -292,6 +311,14 @@ class Server:
                     lst = await bind_tcp(tcp, default_tcp[1], surface, handler, sec=sec, tracker=self.tracker)
                     self._surfaces.append(lst)
                     log.info("%s TCP at %s", surface, lst.address)
+            http = opts.http or (self.config.http if self.config is not None else None)
+            if http:  # the OpenAI-compatible HTTP surface, bound last (F-13, F-20)
+                from .surfaces.http.server import bind_http
+
+                surface = "http"
+                lst = await bind_http(http, ctx, sec=sec, tracker=self.tracker)
+                self._surfaces.append(lst)
+                log.info("http at http://%s/v1", lst.address)
         except (OSError, SocketPathError, ListenerError) as exc:
             self._close_surfaces()
             raise BootError(f"cannot bind the {surface} endpoint: {exc}") from None
@@ -344,6 +371,8 @@ class Server:
         if self._signals is not None:
             self._signals.restore()
             self._signals = None
+        remove_literal_secret(self._secret)
+        self._secret = None
         self.activity.close()
 
     async def _do_reload(self) -> None:
@@ -354,6 +383,7 @@ class Server:
         that fails to load or to become ready is stopped and the old config is loaded
         again; the daemon never exits for a reload that did not work."""
         log.info("reload requested")
+        reload_started = time.monotonic()
         old_cfg, old_entries = self.config, list(self.router.entries)
         try:
             new_cfg, source = effective_config(self.opts)
@@ -370,6 +400,7 @@ class Server:
         self.router.pause()
         try:
             await self._wait_idle(old_entries)
+            await self._evict(old_entries)
             for entry in old_entries:
                 await stop_quietly(entry.backend, 5.0)
             error = None
@@ -384,12 +415,29 @@ class Server:
         finally:
             self.router.resume()
         self.broadcaster.publish(Ready(reload_error=error))
+        self.ctx.metrics.reloaded(error is None, time.monotonic() - reload_started)
         if error:
             log.error("%s", error)
             self.activity.record("error", "lifecycle", "reload_failed", reason=error)
         else:
             log.info("reloaded from %s", source)
             self.activity.record("info", "lifecycle", "reloaded", source=source)
+
+    async def _evict(self, entries: list[BackendEntry]) -> None:
+        """Past the drain deadline, end what still runs on the old backends (each client
+        gets an error frame and keeps its connection), so that stopping them really frees
+        their models instead of leaving one loaded beside the new (issue 8 item 7, F-13)."""
+        if not any(e.admission.outstanding for e in entries):
+            return
+        n = pipeline.evict(entries, RELOAD_EVICTED)
+        log.warning("reload: cancelled %d request(s) still running on the previous model", n)
+        self.activity.record("warn", "lifecycle", "reload_evicted", requests=n)
+        try:
+            async with asyncio.timeout(EVICT_GRACE_SECS):
+                await self.router.wait_idle(entries)
+        except TimeoutError:
+            log.warning("reload: %d request(s) did not end within %gs of being cancelled",
+                        sum(e.admission.outstanding for e in entries), EVICT_GRACE_SECS)
 
     async def _construct_ready(self, planned: list[Planned], sink: Any) -> list[BackendEntry]:
         entries = await construct_all(planned, sink, permits=self.opts.active_permits,
@@ -404,6 +452,7 @@ class Server:
 
     def _reload_failed(self, reason: str) -> None:
         log.error("%s", reason)
+        self.ctx.metrics.reloaded(False)
         self.activity.record("error", "lifecycle", "reload_failed", reason=reason)
         self.broadcaster.publish(Ready(reload_error=reason))
 

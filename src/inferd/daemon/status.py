@@ -1,21 +1,34 @@
 """Lifecycle status events and their fan-out to admin subscribers.
 
 On subscribe a subscriber gets every backend's latest `capabilities` (name-sorted),
-then one snapshot of the current lifecycle state, then live events. Each subscriber
+then one snapshot of the current lifecycle state, then live events. A backend's
+circuit state (`backend_state`, F-10) is live news that never replaces the snapshot;
+while a backend is not closed, its replayed capabilities frame carries that `state`
+and `reason`, so a late subscriber learns it without any frame old clients would
+mistake for the snapshot. Each subscriber
 has its own bounded queue: one that falls more than LAG_LIMIT events behind is
 dropped (EOF) and may reconnect for a fresh snapshot; nobody else waits for it and
 its memory stays bounded.
+
+A backend's running sequences (`sequences`, ADR 0018) are live news of the same kind:
+the latest list per backend rides on its replayed capabilities frame while non-empty.
+A backend reports them from its decode thread through `sequence_sink`, which keeps
+only the newest list until the loop publishes it: a busy backend costs subscribers
+at most one frame per loop turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import threading
 from collections import deque
+from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from ..proto.admin import Capabilities, Starting, encode_status
+from ..proto.admin import BackendState, Capabilities, SequenceSlot, Sequences, Starting, encode_status
 
 log = logging.getLogger("inferd.status")
 
@@ -77,6 +90,9 @@ class StatusBroadcaster:
         self._snapshot: BaseModel = Starting()
         self._snapshot_frame = encode_status(self._snapshot)
         self._caps: dict[str, bytes] = {}
+        self._health: dict[str, BackendState] = {}  # backends whose circuit is not closed
+        self._sequences: dict[str, list[dict[str, object]]] = {}  # backends decoding something
+        self._epoch = 0  # bumped when the backends are replaced: late news of old ones is dropped
         self._subs: set[Subscription] = set()
         self._closed = False
 
@@ -92,6 +108,16 @@ class StatusBroadcaster:
         frame = encode_status(event)
         if isinstance(event, Capabilities):
             self._caps[event.backend] = frame
+        elif isinstance(event, BackendState):
+            if event.state == "closed":
+                self._health.pop(event.backend, None)
+            else:
+                self._health[event.backend] = event
+        elif isinstance(event, Sequences):
+            if event.sequences:
+                self._sequences[event.backend] = [s.model_dump() for s in event.sequences]
+            else:
+                self._sequences.pop(event.backend, None)
         else:
             self._snapshot = event
             self._snapshot_frame = frame
@@ -105,11 +131,42 @@ class StatusBroadcaster:
         loop.call_soon_threadsafe(self.publish, event)
 
     def clear_capabilities(self) -> None:
-        """Forget the previous backends' capabilities (before a reload publishes new ones)."""
+        """Forget the previous backends' capabilities and health (before a reload publishes new ones)."""
         self._caps.clear()
+        self._health.clear()
+        self._sequences.clear()
+        self._epoch += 1
+
+    def sequence_sink(self, loop: asyncio.AbstractEventLoop, backend: str) -> Callable[[list[SequenceSlot]], None]:
+        """A callback any thread may call with `backend`'s running sequences.
+
+        Lists that arrive faster than the loop publishes them collapse into the newest;
+        once the backends are replaced (reload) the callback publishes nothing more.
+        """
+        epoch = self._epoch
+        lock = threading.Lock()
+        latest: list[list[SequenceSlot]] = []
+
+        def publish() -> None:
+            with lock:
+                slots = latest.pop()
+            if self._epoch == epoch and not self._closed:
+                self.publish(Sequences(backend=backend, sequences=slots))
+
+        def sink(slots: list[SequenceSlot]) -> None:
+            with lock:
+                pending = bool(latest)
+                latest[:] = [slots]
+            if not pending:
+                try:
+                    loop.call_soon_threadsafe(publish)
+                except RuntimeError:
+                    pass  # the loop is gone: nobody is watching any more
+
+        return sink
 
     def subscribe(self) -> Subscription:
-        initial = [self._caps[name] for name in sorted(self._caps)]
+        initial = [self._capabilities_frame(name) for name in sorted(self._caps)]
         initial.append(self._snapshot_frame)
         sub = Subscription(initial, self._lag_limit)
         if self._closed:
@@ -117,6 +174,20 @@ class StatusBroadcaster:
         else:
             self._subs.add(sub)
         return sub
+
+    def _capabilities_frame(self, name: str) -> bytes:
+        health = self._health.get(name)
+        running = self._sequences.get(name)
+        if health is None and running is None:
+            return self._caps[name]
+        obj = json.loads(self._caps[name])
+        if health is not None:
+            obj["state"] = health.state
+            if health.reason is not None:
+                obj["reason"] = health.reason
+        if running is not None:
+            obj["sequences"] = running
+        return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)

@@ -11,9 +11,10 @@ import math
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError, model_validator
 
 from .errors import DecodeError, ErrorCode, ErrorFrame, InvalidRequest
+from . import limits
 
 VALID_IMAGE_TOKEN_BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
 
@@ -75,11 +76,24 @@ class ResponseFormat(_Wire):
             raise InvalidRequest('response_format json_schema needs a "schema" object')
         if self.type == "json_object" and self.schema_ is not None:
             raise InvalidRequest('response_format json_object takes no "schema"; use json_schema')
+        if self.schema_ is not None:
+            size = json_size(self.schema_)
+            if size > limits.MAX_SCHEMA_BYTES:
+                raise InvalidRequest(f"response_format schema is {size} bytes of JSON; "
+                                     f"at most {limits.MAX_SCHEMA_BYTES} (MAX_SCHEMA_BYTES)")
+
+
+def json_size(value: Any) -> int:
+    """Bytes of `value` as compact JSON (how the limits measure a free-form schema)."""
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
 
 
 class Request(_Wire):
     id: StrictStr = ""
-    messages: list[Message]
+    # One of the two is required (a request with neither is a decode error, as upstream's).
+    messages: list[Message] | None = None
+    # inferd extension: a raw prompt fed to the model as is, no chat template (`inferd run --raw`).
+    prompt: StrictStr | None = None
     temperature: Number | None = None
     top_p: Number | None = None
     top_k: U32 | None = None
@@ -91,24 +105,39 @@ class Request(_Wire):
     stop: list[StrictStr] | None = None
     seed: U32 | None = None
     response_format: ResponseFormat | None = None
+    # inferd extension: answer with one `count` frame (the prompt's tokens), generate nothing.
+    count_only: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _messages_or_prompt(self) -> "Request":
+        if self.messages is None and self.prompt is None:
+            raise ValueError("messages: Field required")
+        return self
 
     def resolve(self) -> "Resolved":
-        """Apply server-side defaults and the semantic checks, in upstream order."""
-        if not self.messages:
+        """Apply server-side defaults and the semantic checks, in upstream order, then
+        our limits (proto/limits.py)."""
+        limits.check_id(self.id)
+        if self.prompt is not None:
+            if self.messages is not None:
+                raise InvalidRequest("give messages or prompt, not both")
+        elif not self.messages:
             raise InvalidRequest("messages must not be empty")
+        limits.check_count("messages", len(self.messages or ()), limits.MAX_MESSAGES, "MAX_MESSAGES")
         if self.image_token_budget is not None and self.image_token_budget not in VALID_IMAGE_TOKEN_BUDGETS:
             raise InvalidRequest(
                 f"image_token_budget {self.image_token_budget} not in [70, 140, 280, 560, 1120]"
             )
-        if self.stop is not None and any(s == "" for s in self.stop):
-            raise InvalidRequest("stop strings must not be empty")
+        limits.check_stops(self.stop)
+        limits.check_grammar(self.grammar)
         if self.response_format is not None:
             self.response_format.check()
             if self.grammar:
                 raise InvalidRequest("response_format and grammar are mutually exclusive")
         return Resolved(
             id=self.id,
-            messages=list(self.messages),
+            messages=list(self.messages or ()),
+            prompt=self.prompt,
             temperature=DEFAULT_TEMPERATURE if self.temperature is None else float(self.temperature),
             top_p=DEFAULT_TOP_P if self.top_p is None else float(self.top_p),
             top_k=DEFAULT_TOP_K if self.top_k is None else self.top_k,
@@ -119,6 +148,7 @@ class Request(_Wire):
             stop=list(self.stop or ()),
             seed=self.seed,
             response_format=self.response_format,
+            count_only=bool(self.count_only),
         )
 
 
@@ -127,6 +157,7 @@ class Resolved(BaseModel):
 
     id: str
     messages: list[Message]
+    prompt: str | None = None
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
     top_k: int = DEFAULT_TOP_K
@@ -137,6 +168,7 @@ class Resolved(BaseModel):
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
     response_format: ResponseFormat | None = None
+    count_only: bool = False
 
 
 class StopReason(StrEnum):
@@ -195,6 +227,19 @@ class DoneFrame(BaseModel):
         return True
 
 
+class CountFrame(BaseModel):
+    """inferd extension: the answer to a `count_only` request (v1 and v2 alike)."""
+
+    type: Literal["count"] = "count"
+    id: str
+    prompt_tokens: int
+    context: ContextInfo | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return True
+
+
 class StatusFrame(BaseModel):
     type: Literal["status"] = "status"
     id: str
@@ -225,19 +270,24 @@ def _json_str(value: str) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode()
 
 
-Response = Annotated[Union[TokenFrame, DoneFrame, ErrorFrame, StatusFrame], Field(discriminator="type")]
+Response = Annotated[Union[TokenFrame, DoneFrame, ErrorFrame, StatusFrame, CountFrame], Field(discriminator="type")]
 _RESPONSE = TypeAdapter(Response)
 
 
 def parse_request(line: bytes | str) -> Request:
-    """Decode one request line; any JSON or type error is a DecodeError (connection closes)."""
+    """Decode one request line; any JSON or type error is a DecodeError (connection closes).
+
+    A line holding more JSON values than limits.MAX_JSON_VALUES is refused before it is
+    parsed, with InvalidRequest (the connection stays open).
+    """
+    limits.check_json_budget(line)
     try:
         return Request.model_validate_json(line)
     except ValidationError as exc:
         raise DecodeError(_summarise(exc)) from None
 
 
-def parse_response(line: bytes | str) -> TokenFrame | DoneFrame | ErrorFrame | StatusFrame:
+def parse_response(line: bytes | str) -> TokenFrame | DoneFrame | ErrorFrame | StatusFrame | CountFrame:
     try:
         return _RESPONSE.validate_json(line)
     except ValidationError as exc:

@@ -25,7 +25,8 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
                       model_serializer)
 
 from .errors import DecodeError, ErrorFrame, InvalidRequest
-from .v1 import U32, ContextInfo, Number, ResponseFormat, Timings, _summarise, error_frame
+from . import limits
+from .v1 import U32, ContextInfo, CountFrame, Number, ResponseFormat, Timings, _summarise, error_frame, json_size
 
 TOOL_CHOICES = ("auto", "none", "required")
 
@@ -288,6 +289,8 @@ class RequestV2(_Wire):
     stop: list[StrictStr] | None = None
     seed: U32 | None = None
     grammar: StrictStr = ""
+    # inferd extension, as on v1: answer with one `count` frame, generate nothing.
+    count_only: StrictBool | None = None
 
     @model_serializer(mode="wrap")
     def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -301,9 +304,19 @@ class RequestV2(_Wire):
         return data
 
     def resolve(self) -> ResolvedV2:
-        """The semantic checks, in upstream order; the first failure wins."""
+        """The semantic checks, in upstream order, then our limits (proto/limits.py);
+        the first failure wins."""
+        limits.check_id(self.id)
         if not self.messages:
             raise InvalidRequest("messages must not be empty")
+        limits.check_count("messages", len(self.messages), limits.MAX_MESSAGES, "MAX_MESSAGES")
+        limits.check_count("attachments", len(self.attachments), limits.MAX_ATTACHMENTS, "MAX_ATTACHMENTS")
+        limits.check_count("tools", len(self.tools), limits.MAX_TOOLS, "MAX_TOOLS")
+        for ti, tool in enumerate(self.tools):
+            size = json_size(tool.input_schema)
+            if size > limits.MAX_SCHEMA_BYTES:
+                raise InvalidRequest(f"tools[{ti}].input_schema is {size} bytes of JSON; "
+                                     f"at most {limits.MAX_SCHEMA_BYTES} (MAX_SCHEMA_BYTES)")
         by_id: dict[str, BaseModel] = {}
         for att in self.attachments:
             if isinstance(att, UnknownAttachment):
@@ -335,8 +348,8 @@ class RequestV2(_Wire):
                 raise InvalidRequest("response_format and grammar are mutually exclusive")
         if self.grammar and self.tool_choice == "required":
             raise InvalidRequest("grammar and tool_choice required are mutually exclusive")
-        if self.stop is not None and any(s == "" for s in self.stop):
-            raise InvalidRequest("stop strings must not be empty")
+        limits.check_stops(self.stop)
+        limits.check_grammar(self.grammar)
         _check_tool_pairs(self.messages)
         return ResolvedV2(
             id=self.id,
@@ -354,6 +367,7 @@ class RequestV2(_Wire):
             stop=list(self.stop or ()),
             seed=self.seed,
             grammar=self.grammar,
+            count_only=bool(self.count_only),
         )
 
 
@@ -415,6 +429,7 @@ class ResolvedV2(BaseModel):
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
     grammar: str = ""
+    count_only: bool = False
 
     def attachment(self, attachment_id: str) -> ImageAttachment | AudioAttachment | VideoAttachment | None:
         for att in self.attachments:
@@ -477,19 +492,21 @@ class DoneFrameV2(BaseModel):
 ErrorFrameV2 = ErrorFrame  # the one error frame shape (errors.py)
 
 
-ResponseV2 = Annotated[Union[FrameV2, DoneFrameV2, ErrorFrameV2], Field(discriminator="type")]
+ResponseV2 = Annotated[Union[FrameV2, DoneFrameV2, ErrorFrameV2, CountFrame], Field(discriminator="type")]
 _RESPONSE = TypeAdapter(ResponseV2)
 
 
 def parse_request(line: bytes | str) -> RequestV2:
-    """Decode one v2 request line; a JSON or type error is a DecodeError (connection closes)."""
+    """Decode one v2 request line; a JSON or type error is a DecodeError (connection closes).
+    Too many JSON values: InvalidRequest before parsing (limits.check_json_budget)."""
+    limits.check_json_budget(line)
     try:
         return RequestV2.model_validate_json(line)
     except ValidationError as exc:
         raise DecodeError(_summarise(exc)) from None
 
 
-def parse_response(line: bytes | str) -> FrameV2 | DoneFrameV2 | ErrorFrameV2:
+def parse_response(line: bytes | str) -> FrameV2 | DoneFrameV2 | ErrorFrameV2 | CountFrame:
     try:
         return _RESPONSE.validate_json(line)
     except ValidationError as exc:

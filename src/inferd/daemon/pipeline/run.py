@@ -4,16 +4,18 @@ A surface decodes its wire into a `GenerationRequest` (or an embed request), han
 it here with a `Sink` that encodes events for that wire, and is done. Everything
 between the two ends lives here once: routing by what the request needs, the
 backend's FIFO admission gate, the pre-stream refusal of one backend handing the
-request to the next, cancellation (a sink that raises ConnectionError closes the
+request to the next, each backend's circuit breaker hearing how its request went
+(router.py, F-10), cancellation (a sink that raises ConnectionError closes the
 engine stream, which cancels the generation), `tool_choice_unsatisfied`, and the
-activity log record of every outcome.
+activity log record and the metrics (observe/metrics.py) of every outcome.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Protocol, TypeVar
@@ -23,8 +25,9 @@ from ...engine.events import Done, EventStream, TextDelta, ThinkingDelta, ToolCa
 from ...engine.request import GenerationRequest
 from ...proto.embed import EmbedResolved
 from ..context import DaemonContext
+from ..observe.metrics import RequestClock
 from .admission import AdmissionClosed, QueueFull
-from .router import BackendEntry, Needs
+from .router import BACKEND_FAULTS, Attempt, BackendEntry, Needs
 
 log = logging.getLogger("inferd.pipeline")
 
@@ -70,13 +73,16 @@ def _route(ctx: DaemonContext, needs: Needs) -> list[BackendEntry]:
 
 
 @asynccontextmanager
-async def _serving(ctx: DaemonContext, needs: Needs,
-                   call: Callable[[BackendEntry], Awaitable[T]]) -> AsyncIterator[tuple[BackendEntry, T]]:
+async def _serving(ctx: DaemonContext, needs: Needs, call: Callable[[BackendEntry], Awaitable[T]]
+                   ) -> AsyncIterator[tuple[BackendEntry, T, Attempt]]:
     """`call` started on the first backend that accepts it, inside that backend's admission.
 
-    A backend refusing before its stream (or its admission being full) hands the
-    request to the next candidate; the last refusal is what the client hears. The
-    admission ticket is held until the `async with` body - the whole reply - ends.
+    A backend whose circuit is open is skipped; one refusing before its stream (or
+    its admission being full) hands the request to the next candidate; the last
+    refusal is what the client hears. The admission ticket is held until the
+    `async with` body - the whole reply - ends. The body settles the Attempt
+    (succeeded/failed) once it knows how the reply went; one it leaves unsettled
+    (the client went away) tells the breaker nothing.
     """
     try:
         await ctx.router.wait_open()  # a reload in progress: wait for the new backends
@@ -84,28 +90,85 @@ async def _serving(ctx: DaemonContext, needs: Needs,
         raise Refused(Fault.QUEUE_FULL, "queue full") from None
     last: Refused | None = None
     for entry in _route(ctx, needs):
-        try:
-            ticket = entry.admission.try_admit()
-        except QueueFull:
-            last = Refused(Fault.QUEUE_FULL, "queue full")
+        attempt = entry.breaker.admit()
+        if attempt is None:
+            last = Refused(Fault.UNAVAILABLE, entry.breaker.refusal())
             continue
-        except AdmissionClosed:
-            raise Refused(Fault.CLOSED, "admission closed") from None
-        async with ticket:  # waits FIFO for a permit of this backend
+        live = _InFlight.track(entry)
+        try:
             try:
-                result = await call(entry)
-            except BackendError as exc:
-                last = Refused(exc.kind, exc.message)
-                if exc.kind in _REQUEST_FAULTS:
-                    break  # the request is at fault: another backend would refuse it too
+                ticket = entry.admission.try_admit()
+            except QueueFull:
+                last = Refused(Fault.QUEUE_FULL, "queue full")
                 continue
-            except Exception as exc:  # noqa: BLE001 - a backend bug must not take the daemon down
-                log.exception("backend %s failed before streaming", entry.label)
-                raise Refused(Fault.INTERNAL, f"backend failed: {type(exc).__name__}") from None
-            yield entry, result
-            return
+            except AdmissionClosed:
+                raise Refused(Fault.CLOSED, "admission closed") from None
+            async with ticket:  # waits FIFO for a permit of this backend
+                try:
+                    result = await call(entry)
+                except BackendError as exc:
+                    last = Refused(exc.kind, exc.message)
+                    if exc.kind in BACKEND_FAULTS:
+                        attempt.failed(exc.message)
+                    if exc.kind in _REQUEST_FAULTS:
+                        break  # the request is at fault: another backend would refuse it too
+                    continue  # before the first token: the next backend may serve it
+                except Exception as exc:  # noqa: BLE001 - a backend bug must not take the daemon down
+                    log.exception("backend %s failed before streaming", entry.label)
+                    attempt.failed(f"backend failed: {type(exc).__name__}")
+                    raise Refused(Fault.INTERNAL, f"backend failed: {type(exc).__name__}") from None
+                yield entry, result, attempt
+                return
+        except asyncio.CancelledError:
+            if live.reason is None:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            raise Refused(Fault.UNAVAILABLE, live.reason) from None
+        finally:
+            live.untrack()
+            attempt.release()  # no-op once settled
     assert last is not None
     raise last
+
+
+class _InFlight:
+    """A request admitted to one backend (waiting for its permit, starting, or streaming),
+    so that a reload whose drain deadline has passed can end it and free the old model
+    (issue 8 item 7, THREAT_MODEL F-13). Eviction cancels the request's task; `_serving` turns that one
+    cancellation into a terminal error for the client, whose connection stays open."""
+
+    __slots__ = ("entry_id", "task", "reason")
+    _by_entry: dict[int, set["_InFlight"]] = {}
+
+    def __init__(self, entry_id: int, task: "asyncio.Task[object]") -> None:
+        self.entry_id = entry_id
+        self.task = task
+        self.reason: str | None = None
+
+    @classmethod
+    def track(cls, entry: BackendEntry) -> "_InFlight":
+        live = cls(id(entry), asyncio.current_task())  # type: ignore[arg-type]
+        cls._by_entry.setdefault(live.entry_id, set()).add(live)
+        return live
+
+    def untrack(self) -> None:
+        group = self._by_entry.get(self.entry_id)
+        if group is not None:
+            group.discard(self)
+            if not group:
+                del self._by_entry[self.entry_id]
+
+
+def evict(entries: Iterable[BackendEntry], reason: str) -> int:
+    """End every request admitted to `entries` with `reason`; returns how many."""
+    n = 0
+    for entry in entries:
+        for live in list(_InFlight._by_entry.get(id(entry), ())):
+            if live.reason is None:
+                live.reason = reason
+                live.task.cancel()
+                n += 1
+    return n
 
 
 _REQUEST_FAULTS = frozenset({Fault.INVALID_REQUEST, Fault.TOOL_CALL_MALFORMED, Fault.ATTACHMENT_UNSUPPORTED})
@@ -118,18 +181,26 @@ async def generate(ctx: DaemonContext, req: GenerationRequest, sink: Sink, *,
     ConnectionError/OSError from the sink (the peer left or stalled) propagates after
     the engine stream is closed, which cancels the generation.
     """
-    started = time.perf_counter()
+    clock = RequestClock()
+
+    def start(entry: BackendEntry) -> Awaitable[EventStream]:
+        clock.permit()  # called holding the admission permit
+        return entry.backend.generate(req)
+
     try:
-        async with _serving(ctx, needs, lambda e: e.backend.generate(req)) as (entry, stream):
-            await _relay(ctx, req, sink, entry, stream, surface, peer, started)
+        async with _serving(ctx, needs, start) as (entry, stream, attempt):
+            await _relay(ctx, req, sink, entry, stream, attempt, surface, peer, clock)
     except Refused as exc:
+        clock.outcome = exc.kind.value
         await sink.fail(exc.kind, exc.message)
         return exc.kind
+    finally:
+        ctx.metrics.generation(surface, clock)
     return None
 
 
 async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: BackendEntry,
-                 stream: EventStream, surface: str, peer: str, started: float) -> None:
+                 stream: EventStream, attempt: Attempt, surface: str, peer: str, clock: RequestClock) -> None:
     done: Done | None = None
     counts = {"text_frames": 0, "thinking_frames": 0, "tool_use_frames": 0}
     emit = sink.event
@@ -148,12 +219,16 @@ async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: 
             else:
                 log.warning("backend %s yielded %s; treating it as a fault", entry.label, kind.__name__)
                 break
+            clock.first_event()
             await emit(event)  # type: ignore[arg-type]
     except (ConnectionError, OSError):
         raise
     except BackendError as exc:
         # A fault the backend could name (e.g. an unparseable tool call) after output began.
         log.warning("backend %s failed mid-stream: %s", entry.label, exc.message)
+        if exc.kind in BACKEND_FAULTS:
+            attempt.failed(exc.message)
+        clock.outcome = "error"
         await _mid_stream(ctx, sink, entry, surface, req.id, counts, peer, exc.kind, exc.message)
         return
     except Exception as exc:  # noqa: BLE001 - mid-stream backend fault
@@ -161,18 +236,23 @@ async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: 
     finally:
         await stream.aclose()  # cancels the generation if we stopped early
     if done is None:
+        # Not retried elsewhere: the client already has part of this answer.
+        attempt.failed(MID_STREAM_DROP)
+        clock.outcome = "error"
         await _mid_stream(ctx, sink, entry, surface, req.id, counts, peer, Fault.UNAVAILABLE, MID_STREAM_DROP)
         return
+    attempt.succeeded()
     if req.tool_choice == "required" and req.tools and not counts["tool_use_frames"]:
         done = replace(done, tool_choice_unsatisfied=True)
-    await sink.done(done, entry.backend.name)
+    clock.outcome, clock.done = "ok", done
+    await sink.done(done, entry.label)
     usage = done.usage
     ctx.activity.record(
         "info", surface, _event_name(surface, "request_done"),
-        req_id=req.id, backend=entry.backend.name, stop_reason=str(done.reason),
+        req_id=req.id, backend=entry.label, stop_reason=str(done.reason),
         prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
         cached_tokens=usage.cached_tokens, **counts,
-        ms=round((time.perf_counter() - started) * 1000, 1), peer=peer,
+        ms=round((time.perf_counter() - clock.started) * 1000, 1), peer=peer,
     )
 
 
@@ -181,20 +261,57 @@ async def _mid_stream(ctx: DaemonContext, sink: Sink, entry: BackendEntry, surfa
     await sink.fail(kind, message)
     ctx.activity.record(
         "warn", surface, _event_name(surface, "request_error_mid_stream"),
-        req_id=rid, backend=entry.backend.name, **counts, peer=peer, reason=message,
+        req_id=rid, backend=entry.label, **counts, peer=peer, reason=message,
     )
+
+
+async def count(ctx: DaemonContext, req: GenerationRequest, *, needs: Needs = Needs()) -> tuple[int, int | None]:
+    """(prompt tokens, the serving backend's context size) without generating anything.
+
+    Tokenizing takes no decode slot, so this skips admission; it still waits out a
+    reload and goes to the backend the same request would be generated on.
+    """
+    try:
+        await ctx.router.wait_open()
+    except QueueFull:
+        raise Refused(Fault.QUEUE_FULL, "queue full") from None
+    last: Refused | None = None
+    for entry in _route(ctx, needs):
+        if not entry.breaker.would_admit():
+            last = Refused(Fault.UNAVAILABLE, entry.breaker.refusal())
+            continue  # generation would skip it too
+        try:
+            return await entry.backend.count_tokens(req), entry.caps.n_ctx
+        except BackendError as exc:
+            last = Refused(exc.kind, exc.message)
+            if exc.kind in _REQUEST_FAULTS:
+                break
+        except Exception as exc:  # noqa: BLE001
+            log.exception("backend %s failed counting tokens", entry.label)
+            raise Refused(Fault.INTERNAL, f"backend failed: {type(exc).__name__}") from None
+    assert last is not None
+    raise last
 
 
 async def embed(ctx: DaemonContext, req: EmbedResolved, *, surface: str = "embed",
                 peer: str = "") -> tuple[str, EmbedResult]:
-    """Serve one embed request: (the serving adapter's name, the result). Raises Refused."""
-    async with _serving(ctx, Needs(embed=True), lambda e: e.backend.embed(req)) as (entry, result):
-        ctx.activity.record(
-            "info", surface, _event_name(surface, "embed_request_done"),
-            req_id=req.id, backend=entry.backend.name, n_inputs=len(req.input),
-            input_tokens=result.input_tokens, dimensions=result.dimensions, peer=peer,
-        )
-        return entry.backend.name, result
+    """Serve one embed request: (the serving backend's config name, the result). Raises Refused."""
+    outcome, tokens = "cancelled", 0
+    try:
+        async with _serving(ctx, Needs(embed=True), lambda e: e.backend.embed(req)) as (entry, result, attempt):
+            attempt.succeeded()
+            outcome, tokens = "ok", result.input_tokens
+            ctx.activity.record(
+                "info", surface, _event_name(surface, "embed_request_done"),
+                req_id=req.id, backend=entry.label, n_inputs=len(req.input),
+                input_tokens=result.input_tokens, dimensions=result.dimensions, peer=peer,
+            )
+            return entry.label, result
+    except Refused as exc:
+        outcome = exc.kind.value
+        raise
+    finally:
+        ctx.metrics.embedding(surface, outcome, tokens)
 
 
 def _event_name(surface: str, name: str) -> str:

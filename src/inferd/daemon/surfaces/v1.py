@@ -13,10 +13,11 @@ from ...engine.events import Done, TextDelta, ThinkingDelta, ToolCall
 from ...engine.request import ChatMessage, GenerationRequest, ResponseFormat
 from ...proto.errors import ErrorCode, InvalidRequest, encode_error
 from ...proto.framing import encode_frame
-from ...proto.v1 import ContextInfo, DoneFrame, Request, Resolved, StopReason, TokenLines, Usage, parse_request
+from ...proto.v1 import ContextInfo, CountFrame, DoneFrame, Request, Resolved, StopReason, TokenLines, Usage, parse_request
 from ..context import DaemonContext
 from ..net.conn import PeerConnection
 from ..pipeline import run
+from ..pipeline.router import Needs
 from .faults import V1_CODES
 from .ndjson import serve_requests
 
@@ -29,6 +30,7 @@ def generation_request(req: Resolved) -> GenerationRequest:
     return GenerationRequest(
         id=req.id,
         messages=[ChatMessage(role=m.role.value, content=m.content) for m in req.messages],  # type: ignore[arg-type]
+        prompt=req.prompt,
         temperature=req.temperature,
         top_p=req.top_p,
         top_k=req.top_k,
@@ -77,6 +79,18 @@ class _Sink:
         await self.conn.send(encode_error(self.rid, V1_CODES[kind], message))
 
 
+async def answer_count(conn: PeerConnection, ctx: DaemonContext, req: GenerationRequest, codes: dict[Fault, str],
+                       needs: Needs = Needs()) -> None:
+    """A `count_only` request: one `count` frame with the prompt's tokens, or one error."""
+    try:
+        n, n_ctx = await run.count(ctx, req, needs=needs)
+    except run.Refused as exc:
+        await conn.send(encode_error(req.id, codes[exc.kind], exc.message))
+        return
+    context = None if n_ctx is None else ContextInfo(used=n, max=n_ctx)
+    await conn.send(encode_frame(CountFrame(id=req.id, prompt_tokens=n, context=context)))
+
+
 async def serve_inference(conn: PeerConnection, ctx: DaemonContext) -> None:
     async def handle(request: Request) -> bool:
         try:
@@ -84,9 +98,12 @@ async def serve_inference(conn: PeerConnection, ctx: DaemonContext) -> None:
         except InvalidRequest as exc:
             await conn.send(encode_error(request.id, ErrorCode.INVALID_REQUEST, exc.message))
             return True
+        request_ = generation_request(resolved)
+        if resolved.count_only:
+            await answer_count(conn, ctx, request_, V1_CODES)
+            return True
         sink = _Sink(conn, resolved.id, resolved.stream)
-        refused = await run.generate(ctx, generation_request(resolved), sink,
-                                     surface="inference", peer=conn.peer_label)
+        refused = await run.generate(ctx, request_, sink, surface="inference", peer=conn.peer_label)
         return refused is not Fault.CLOSED
 
     await serve_requests(conn, parse_request, handle)

@@ -39,7 +39,7 @@ from ..pipeline import run
 from ..pipeline.router import Needs
 from .faults import V2_CODES
 from .ndjson import serve_requests
-from .v1 import context_info
+from .v1 import answer_count, context_info
 
 _STOP = {FinishReason.END: StopReasonV2.END_TURN, FinishReason.LENGTH: StopReasonV2.MAX_TOKENS,
          FinishReason.TOOL_USE: StopReasonV2.TOOL_USE, FinishReason.CANCELLED: StopReasonV2.CANCELLED,
@@ -138,7 +138,11 @@ async def serve_inference_v2(conn: PeerConnection, ctx: DaemonContext) -> None:
             await conn.send(encode_error(request.id, ErrorCode.INVALID_REQUEST, exc.message))
             return True
         needs = Needs(v2=True, tools=bool(resolved.tools), media=bool(resolved.attachments))
-        refused = await run.generate(ctx, generation_request(resolved), _Sink(conn, resolved.id),
+        request_ = generation_request(resolved)
+        if resolved.count_only:
+            await answer_count(conn, ctx, request_, V2_CODES, needs)
+            return True
+        refused = await run.generate(ctx, request_, _Sink(conn, resolved.id),
                                      surface="v2", needs=needs, peer=conn.peer_label)
         return refused is not Fault.CLOSED
 
