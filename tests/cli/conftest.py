@@ -6,9 +6,7 @@ plain threads rather than in a test's loop.
 
 from __future__ import annotations
 
-import shutil
 import socket
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -71,10 +69,9 @@ class FakeServer:
 
 
 @pytest.fixture
-def sock_dir():
-    path = Path(tempfile.mkdtemp(prefix="inferd-cli-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def sock_dir(sockdir: Path) -> Path:
+    """The harness's short socket directory (tests/conftest.py), by this package's name."""
+    return sockdir
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -14,11 +12,9 @@ Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]
 
 
 @pytest.fixture
-def sock_dir():
-    # pytest's tmp_path can exceed the ~104-byte sun_path limit.
-    path = Path(tempfile.mkdtemp(prefix="inferd-ct-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+def sock_dir(sockdir: Path) -> Path:
+    """The harness's short socket directory (tests/conftest.py), by this package's name."""
+    return sockdir
 
 
 class Servers:

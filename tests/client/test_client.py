@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from daemon_harness import line
+
 from inferd.client import (
     Client,
     ClientDecodeError,
@@ -27,10 +29,6 @@ from inferd.client import (
     is_transient_dial_error,
 )
 from inferd.client.transport import classify_addr, parse_tcp_addr
-
-
-def line(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 def token(id: str, content: str) -> bytes:

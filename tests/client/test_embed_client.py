@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from daemon_harness import line
+
 from inferd.client import (
     ClientDecodeError,
     EmbedClient,
@@ -16,10 +18,6 @@ from inferd.client import (
     EmbedTask,
     UnexpectedEof,
 )
-
-
-def line(obj: dict) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 def mock_vectors(texts: list[str], dims: int) -> list[list[float]]:

@@ -164,13 +164,22 @@ async def test_backoff_doubles_and_caps_at_five_seconds(monkeypatch):
 
 async def test_real_socket_appears_while_waiting(servers, sock_dir):
     path = str(sock_dir / "late.sock")
+    refused = asyncio.Event()
+
+    async def dial() -> AdminClient:
+        try:
+            return await AdminClient.dial_admin_uds(path)
+        except FileNotFoundError:
+            refused.set()  # the socket appears only after an attempt has found none
+            raise
 
     async def bind_later():
-        await asyncio.sleep(0.3)
+        await refused.wait()
         await servers.uds(lambda r, w: r.read(), name="late.sock")
 
     binder = asyncio.create_task(bind_later())
-    admin = await dial_and_wait_ready(5, lambda: AdminClient.dial_admin_uds(path))
+    admin = await dial_and_wait_ready(5, dial)
+    assert refused.is_set()
     await binder
     await admin.aclose()
 

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 
-from daemon_harness import admin_frames, dial, line, read_json, roundtrip, start_daemon
+from daemon_harness import admin_frames, dial, line, read_json, roundtrip, start_daemon, stuck_socket, wait_until, watch_mock
+
+# The mock is never ready by itself: each test below says when it is (set_ready).
+NEVER_READY = {"ready_delay_ms": 600_000}
+
+
+async def loading(sockdir):
+    """A daemon whose admin socket is up and whose mock backend is loading."""
+    d = await start_daemon(sockdir, wait_ready=False, mock=NEVER_READY)
+    await wait_until(lambda: os.path.exists(d.admin) and bool(d.server.router.entries), 10, "the backend to load")
+    return d
 
 
 async def test_admin_replays_capabilities_then_snapshot(daemon_factory):
@@ -19,12 +28,8 @@ async def test_admin_replays_capabilities_then_snapshot(daemon_factory):
 
 
 async def test_admin_during_loading_gets_snapshot_then_live_ready(sockdir):
-    d = await start_daemon(sockdir, wait_ready=False, mock={"ready_delay_ms": 1500})
+    d = await loading(sockdir)
     try:
-        for _ in range(200):
-            if os.path.exists(d.admin) and d.server.router.entries:
-                break
-            await asyncio.sleep(0.01)
         reader, writer = await dial(d.admin)
         first = await read_json(reader)
         second = await read_json(reader)
@@ -33,6 +38,7 @@ async def test_admin_during_loading_gets_snapshot_then_live_ready(sockdir):
         assert second["path"] == "(mock)"
         # F-13: no inference socket while loading
         assert not os.path.exists(d.infer)
+        d.server.router.entries[0].backend.set_ready(True)
         third = await read_json(reader, timeout=10)
         assert third["status"] == "ready"
         await asyncio.wait_for(d.server.is_ready.wait(), 5)
@@ -44,19 +50,18 @@ async def test_admin_during_loading_gets_snapshot_then_live_ready(sockdir):
 
 async def test_connect_fails_before_ready_and_succeeds_after(sockdir):
     """F-13: the inference socket does not exist until the backend is ready."""
-    d = await start_daemon(sockdir, wait_ready=False, mock={"ready_delay_ms": 1000})
+    d = await loading(sockdir)
     try:
-        refused = 0
-        while not d.server.is_ready.is_set():
+        for _ in range(3):
             try:
                 _, w = await asyncio.open_unix_connection(d.infer)
             except (FileNotFoundError, ConnectionRefusedError):
-                refused += 1
+                pass
             else:
                 w.close()
-                assert d.server.is_ready.is_set(), "connected before ready"
-            await asyncio.sleep(0.05)
-        assert refused >= 5
+                raise AssertionError("connected before ready")
+        d.server.router.entries[0].backend.set_ready(True)
+        assert await d.wait_ready(10)
         frames = await roundtrip(d.infer, {"id": "r", "messages": [{"role": "user", "content": "x"}]})
         assert frames[-1]["type"] == "done"
     finally:
@@ -76,9 +81,7 @@ async def test_admin_subscriber_that_never_reads_is_dropped(daemon_factory):
     from inferd.proto.admin import CheckingLocal, Ready, Restarting
 
     d = await daemon_factory()
-    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # connects, never reads
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stuck.connect(d.admin)
+    stuck = stuck_socket(d.admin)
     live_reader, live_writer = await dial(d.admin)
     assert [(await read_json(live_reader))["status"] for _ in range(2)] == ["capabilities", "ready"]
 
@@ -145,11 +148,13 @@ async def test_no_embed_flag_turns_the_socket_off(daemon_factory):
     assert not os.path.exists(d.embed)
 
 
-async def test_embed_shares_admission_with_generation(daemon_factory):
-    d = await daemon_factory(mock={"tokens": ["t"] * 10, "token_delay_ms": 50}, active_permits=1, queue_depth=0)
+async def test_embed_shares_admission_with_generation(daemon_factory, monkeypatch):
+    d = await daemon_factory(mock={"tokens": ["t"] * 10}, active_permits=1, queue_depth=0)
+    mock = watch_mock(d, monkeypatch, hold_at=1)  # "gen" holds the only slot after one token
     reader, writer = await dial(d.infer)
     writer.write(line({"id": "gen", "messages": [{"role": "user", "content": "x"}]}))
     assert (await read_json(reader))["type"] == "token"
     frames = await roundtrip(d.embed, {"id": "emb", "input": ["x"]})
     assert frames == [{"type": "error", "id": "emb", "code": "queue_full", "message": "queue full"}]
+    mock.gate.set()
     writer.close()

@@ -1,26 +1,29 @@
-"""The admission gate: active permits + FIFO queue, `queue_full` beyond capacity."""
+"""The admission gate: active permits + FIFO queue, `queue_full` beyond capacity.
+
+Every order here is made by the test and observed through events: a ticket's task
+signals in the very step in which it calls start(), so when the signal arrives the
+ticket holds its permit or has taken its place in line; grants are reported on a
+queue in the order they happen. Nothing sleeps.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 
 import pytest
+
+from daemon_harness import begin
 
 from inferd.daemon.pipeline.admission import Admission, AdmissionClosed, QueueFull, Ticket
 
 
 async def started(ticket: Ticket) -> asyncio.Task:
-    """Start `ticket` in a task and let it reach its wait (or its permit)."""
-    task = asyncio.create_task(ticket.start())
-    for _ in range(3):
-        await asyncio.sleep(0)
+    """`ticket.start()` in a task, returned once the ticket holds its permit or waits in line."""
+    task, joined = begin(ticket.start)
+    await joined.wait()
     return task
-
-
-async def settle() -> None:
-    for _ in range(5):
-        await asyncio.sleep(0)
 
 
 def test_defaults_match_upstream() -> None:
@@ -156,53 +159,57 @@ async def test_two_permits_run_two_at_once() -> None:
     assert (adm.outstanding, adm.running) == (0, 0)
 
 
-async def test_fifo_order_with_one_permit() -> None:
-    adm = Admission(1, 10)
-    holder = adm.try_admit()
-    await holder.start()
-    order: list[int] = []
-
-    async def job(i: int, ticket: Ticket) -> None:
-        async with ticket:
-            order.append(i)
-            await asyncio.sleep(0.001)
-
-    tasks = []
-    for i in range(5):
-        tasks.append(asyncio.create_task(job(i, adm.try_admit())))
-        await settle()
-    holder.release()
-    await asyncio.wait_for(asyncio.gather(*tasks), 5)
-    assert order == [0, 1, 2, 3, 4]
-
-
 @pytest.mark.parametrize("seed", range(8))
-async def test_fifo_order_with_random_delays(seed: int) -> None:
+async def test_permits_go_in_the_order_tickets_queued(seed: int) -> None:
+    """FIFO against a model. Tickets are admitted 0..7 but call start() in a shuffled
+    order (never the admission order), and the permit comes back at random points
+    between arrivals; each permit must go to whoever has waited longest. The test
+    drives every arrival and release itself and reads the grants off a queue, so the
+    expected order is exact and no timing can make a wrong gate pass."""
     rng = random.Random(seed)
-    adm = Admission(1, 10)
-    started_order: list[int] = []
-    finished: list[int] = []
+    n = 8
+    adm = Admission(1, n)
+    tickets = [adm.try_admit() for _ in range(n)]
+    arrival = list(range(n))
+    while arrival == sorted(arrival):
+        rng.shuffle(arrival)
+    granted: asyncio.Queue[int] = asyncio.Queue()
+    finish = [asyncio.Event() for _ in range(n)]
+    tasks: dict[int, asyncio.Task] = {}
 
     async def job(i: int) -> None:
-        ticket = adm.try_admit()
-        start = ticket.start()
-        started_order.append(i)  # the order in which start() is called
-        await start
-        try:
-            # Work for a random time: later arrivals keep joining meanwhile and must
-            # not overtake anybody already waiting.
-            await asyncio.sleep(rng.uniform(0, 0.004))
-            finished.append(i)
-        finally:
-            ticket.release()
+        await tickets[i].start()
+        granted.put_nowait(i)
+        await finish[i].wait()
+        tickets[i].release()
 
-    tasks = []
-    for i in range(5):
-        tasks.append(asyncio.create_task(job(i)))
-        await asyncio.sleep(rng.uniform(0, 0.003))
-    await asyncio.wait_for(asyncio.gather(*tasks), 5)
-    assert started_order == [0, 1, 2, 3, 4]
-    assert finished == [0, 1, 2, 3, 4]
+    async def next_grant() -> int:
+        return await asyncio.wait_for(granted.get(), 5)
+
+    pending, line, holder = deque(arrival), deque(), None
+    grants: list[int] = []
+    while pending or holder is not None:
+        if pending and (holder is None or rng.random() < 0.6):
+            i = pending.popleft()
+            tasks[i], joined = begin(lambda i=i: job(i))
+            await joined.wait()  # i has called start(): it holds the permit or waits in line
+            if holder is None:
+                holder = i
+                grants.append(await next_grant())
+                assert grants[-1] == holder
+            else:
+                line.append(i)
+                assert granted.empty(), f"{granted.get_nowait()} got a permit while {holder} held it"
+        else:
+            finish[holder].set()
+            await asyncio.wait_for(tasks[holder], 5)  # released
+            holder = line.popleft() if line else None
+            if holder is not None:
+                grants.append(await next_grant())
+                assert grants[-1] == holder, f"permit went to {grants[-1]}; {holder} had waited longest"
+    # Nobody idle, so each permit went to the earliest caller of start() still waiting.
+    assert grants == arrival
+    assert granted.empty()
     assert (adm.outstanding, adm.running) == (0, 0)
 
 
@@ -211,10 +218,12 @@ async def test_newcomer_does_not_barge_past_a_handed_over_permit() -> None:
     a, b, c = adm.try_admit(), adm.try_admit(), adm.try_admit()
     await a.start()
     b_task = await started(b)
-    a.release()  # the permit moves to b, whose task has not resumed yet
-    c_task = asyncio.create_task(c.start())
-    await settle()
-    assert b_task.done()
+    # c's first step is scheduled before b's wake-up, so c asks for a permit after a has
+    # handed it over and before b has resumed: where a barging gate would give it away.
+    c_task, c_joined = begin(c.start)
+    a.release()
+    await asyncio.wait_for(b_task, 1)
+    assert c_joined.is_set()
     assert not c_task.done()
     assert adm.running == 1
     b.release()
@@ -293,8 +302,9 @@ async def test_context_manager_releases_on_cancel_while_queued() -> None:
         async with ticket:
             entered.set()
 
-    b_task = asyncio.create_task(use(adm.try_admit()))
-    await settle()
+    b = adm.try_admit()
+    b_task, joined = begin(lambda: use(b))
+    await joined.wait()  # b waits in line
     b_task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await b_task
@@ -310,19 +320,18 @@ async def test_wait_idle() -> None:
     a, b = adm.try_admit(), adm.try_admit()
     await a.start()
     b_task = await started(b)
-    idle = asyncio.create_task(adm.wait_idle())
-    await settle()
+    idle, waiting = begin(adm.wait_idle)
+    await waiting.wait()  # wait_idle() has run: had it returned, the task would be done
     assert not idle.done()
     a.release()
     await asyncio.wait_for(b_task, 1)
-    await settle()
     assert not idle.done()
     b.release()
     await asyncio.wait_for(idle, 1)
     # Busy again, then idle again.
     c = adm.try_admit()
-    idle2 = asyncio.create_task(adm.wait_idle())
-    await settle()
+    idle2, waiting2 = begin(adm.wait_idle)
+    await waiting2.wait()
     assert not idle2.done()
     c.release()
     await asyncio.wait_for(idle2, 1)

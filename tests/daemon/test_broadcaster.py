@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from daemon_harness import begin
+
 from inferd.daemon.status import LAG_LIMIT, StatusBroadcaster, Subscription
 from inferd.proto.admin import (
     Capabilities,
@@ -140,8 +142,8 @@ async def test_subscriber_during_loading_gets_snapshot_then_ready_live(during) -
     b.publish(during)
     sub = b.subscribe()
     assert await next_now(sub) == encode_status(during)
-    waiter = asyncio.create_task(sub.next())
-    await asyncio.sleep(0.01)
+    waiter, called = begin(sub.next)
+    await called.wait()
     assert not waiter.done()  # nothing more until something is published
     b.publish(Capabilities(backend="llamacpp"))
     b.publish(Ready())
@@ -237,12 +239,12 @@ async def test_waiting_subscriber_wakes_with_none_when_dropped() -> None:
     b = StatusBroadcaster(lag_limit=2)
     sub = b.subscribe()
     assert status_of(await next_now(sub)) == "starting"
-    waiter = asyncio.create_task(sub.next())  # blocked in next()
-    await asyncio.sleep(0)
+    waiter, called = begin(sub.next)
+    await called.wait()  # blocked in next()
     b.publish(Ready())
     assert status_of(await asyncio.wait_for(waiter, 1)) == "ready"
-    waiter = asyncio.create_task(sub.next())
-    await asyncio.sleep(0)
+    waiter, called = begin(sub.next)
+    await called.wait()
     for _ in range(10):
         b.publish(Draining())
     # It was woken by the first publish but had not run yet: the flood drops it.
@@ -268,8 +270,8 @@ async def test_close_drains_queued_frames_then_none() -> None:
     b.publish(Draining())
     blocked = b.subscribe()
     assert status_of(await next_now(blocked)) == "draining"
-    waiter = asyncio.create_task(blocked.next())
-    await asyncio.sleep(0)
+    waiter, called = begin(blocked.next)
+    await called.wait()
     b.close()
     assert await asyncio.wait_for(waiter, 1) is None
     assert b.subscriber_count == 0

@@ -17,42 +17,33 @@ import socket
 import stat
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from daemon_harness import dial, line, read_json, read_until_terminal, req, roundtrip
+from daemon_harness import (
+    NOBODY,
+    dial,
+    line,
+    needs_root,
+    read_json,
+    read_until_terminal,
+    req,
+    reserved_port,
+    roundtrip,
+    stuck_socket,
+    tcp_exchange,
+    wait_until,
+)
 
 from inferd.daemon.observe.activity import LOG_FILE_NAME, ActivityLog
 
 QUEUE_FULL = {"type": "error", "code": "queue_full", "message": "queue full"}
 MID_STREAM = "backend ended stream without terminal frame"
-NOBODY = 65534
 
 
 # ---- helpers ---------------------------------------------------------------------
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
-def stuck_socket(path: str) -> socket.socket:
-    """A peer that connects and never reads: a raw socket with a tiny receive buffer.
-
-    (An asyncio StreamReader would keep reading into its own buffer on our behalf.)
-    """
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.connect(path)
-    return s
-
 
 async def drain_raw(sock: socket.socket, timeout: float = 15.0) -> tuple[bytes, str]:
     """Read what the kernel still holds for `sock` until the daemon's close shows up."""
@@ -94,44 +85,6 @@ def activity_records(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-async def roundtrip_big(path: str, request: dict[str, Any], timeout: float = 15.0) -> list[dict[str, Any]]:
-    """`roundtrip` with a reader that accepts a multi-MiB `done` line."""
-    reader, writer = await asyncio.open_unix_connection(path, limit=16 << 20)
-    try:
-        writer.write(line(request))
-        await writer.drain()
-        return await read_until_terminal(reader, timeout)
-    finally:
-        writer.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def tcp_exchange(port: int, payload: bytes, timeout: float = 10.0) -> list[dict[str, Any]]:
-    """Send `payload`, collect frames until a terminal frame or the daemon closes."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    frames: list[dict[str, Any]] = []
-    try:
-        writer.write(payload)
-        await writer.drain()
-        while True:
-            raw = await asyncio.wait_for(reader.readline(), timeout)
-            if not raw:
-                break
-            frames.append(json.loads(raw))
-            if frames[-1]["type"] in ("done", "error"):
-                break
-    except (ConnectionResetError, BrokenPipeError):
-        pass
-    finally:
-        writer.close()
-    return frames
-
-
 # ---- F-17: a peer that stops reading --------------------------------------------
 
 async def test_write_stall_costs_the_hostile_its_connection_not_a_slot(daemon_factory):
@@ -155,7 +108,7 @@ async def test_write_stall_costs_the_hostile_its_connection_not_a_slot(daemon_fa
         frames: list[dict[str, Any]] = []
         while loop.time() < deadline:
             rid = f"victim-{len(attempts)}"
-            frames = await roundtrip_big(d.infer, req(rid), timeout=15)
+            frames = await roundtrip(d.infer, req(rid), timeout=15, limit=16 << 20)  # a multi-MiB `done`
             attempts.append(frames[-1]["type"] if frames[-1]["type"] == "done" else frames[-1]["code"])
             if frames[-1]["type"] == "done":
                 break
@@ -325,13 +278,13 @@ async def run_as_nobody(path: str, request: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+@needs_root("switch a child process to another user")
 @pytest.mark.parametrize("policy", ["owner-only", "allow-uid", "group"])
 async def test_peer_policy_applies_to_other_users(daemon_factory, sockdir, policy):
     """F-7: the daemon reads the kernel peer credentials of every connection. A process of
     another user (nobody, 65534) that can reach the socket file gets a closed connection and
     no frame, and the refusal is logged with its uid; `allow_uids=[65534]` or `group=<its
     group>` admits it, and accepted connections are logged with peer_uid/peer_pid."""
-    assert os.geteuid() == 0, "dropping a child to another uid needs root"
     logs = sockdir / "logs"
     opts: dict[str, Any] = {}
     group_name = grp.getgrgid(NOBODY).gr_name
@@ -407,8 +360,8 @@ async def test_activity_log_redacts_ids_and_never_logs_prompts(daemon_factory, s
 async def test_tcp_without_key_logs_a_warning(daemon_factory, caplog):
     """F-8: binding loopback TCP without an API key warns the operator."""
     caplog.set_level(logging.WARNING, logger="inferd.listeners")
-    port = free_port()
-    await daemon_factory(mock={"tokens": ["a"]}, tcp=f"127.0.0.1:{port}")
+    with reserved_port() as port:
+        await daemon_factory(mock={"tokens": ["a"]}, tcp=f"127.0.0.1:{port}")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "without an API key" in r.getMessage()]
     assert len(warnings) == 1 and f"127.0.0.1:{port}" in warnings[0].getMessage()
 
@@ -427,8 +380,8 @@ async def test_tcp_key_compare_is_constant_time_and_exact(daemon_factory, caplog
     monkeypatch.setattr(hmac, "compare_digest", spy)
     caplog.set_level(logging.WARNING, logger="inferd.listeners")
     key = "s3cret-key-0123456789"
-    port = free_port()
-    await daemon_factory(mock={"tokens": ["a", "b"]}, tcp=f"127.0.0.1:{port}", api_key=key)
+    with reserved_port() as port:
+        await daemon_factory(mock={"tokens": ["a", "b"]}, tcp=f"127.0.0.1:{port}", api_key=key)
     assert not any("without an API key" in r.getMessage() for r in caplog.records)
 
     for wrong in (key[:-1], key[:4], key + "0", key.upper(), ""):

