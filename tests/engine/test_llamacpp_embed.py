@@ -1,4 +1,7 @@
-"""LlamaCppBackend embeddings with the real Gemma 3 270M model (mean pooling)."""
+"""LlamaCppBackend embeddings with the real Gemma 3 270M model (mean pooling).
+
+The backends come from tests/engine/conftest.py through `model_path`, which marks every
+test here `model`."""
 
 from __future__ import annotations
 
@@ -9,8 +12,6 @@ import pytest
 from inferd.engine.backend import BackendInvalidRequest, Unsupported
 from inferd.engine.llamacpp.embed import TASK_PREFIX
 from inferd.proto.embed import EmbedResolved, EmbedTask
-
-pytestmark = pytest.mark.model
 
 
 def emb(input, **kw) -> EmbedResolved:

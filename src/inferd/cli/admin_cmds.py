@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated, Optional
 
 import typer
@@ -62,6 +63,8 @@ async def status(addr: str) -> int:
                              "requests go to the next backend that can serve them")
             if event.phase == "waiting_remote":
                 notes.append(f"waiting for the remote at {event.path} (attempt {event.attempt}): {event.reason}")
+            if event.status == "capabilities" and event.parallel:
+                notes.append(describe_slots(event.backend or "?", event.parallel, event.sequences or []))
             if event.status != "capabilities":
                 break
     if seen == 0:
@@ -69,6 +72,19 @@ async def status(addr: str) -> int:
     for note in notes:
         err(f"note: {note}")
     return 0 if ready else EXIT_FAIL
+
+
+def describe_slots(backend: str, parallel: int, sequences: list[dict]) -> str:
+    """One line on what a backend's slots are doing (ADR 0018)."""
+    if not sequences:
+        return f"backend {backend}: {parallel} slots, all idle"
+    # A request id is the client's string: quoted and escaped, it cannot drive the terminal.
+    running = ", ".join(
+        f"slot {s.get('slot')}: {json.dumps(str(s.get('request', '')))} "
+        f"{'prefilling' if s.get('state') == 'prefill' else 'decoding'}"
+        f" ({s.get('cached_tokens', 0)} of {s.get('prompt_tokens', 0)} prompt tokens cached)"
+        for s in sorted(sequences, key=lambda s: s.get("slot", 0)))
+    return f"backend {backend}: {len(sequences)} of {parallel} slots running: {running}"
 
 
 async def watch(addr: str) -> int:

@@ -15,10 +15,11 @@ kind to its own code or status once (daemon/pipeline/faults.py).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from ..proto.admin import BackendCapabilities
+from ..proto.admin import BackendCapabilities, SequenceSlot
 from ..proto.embed import EmbedResolved
 from .events import EventStream
 from .request import GenerationRequest
@@ -121,6 +122,10 @@ class Backend(ABC):
 
     async def embed(self, request: EmbedResolved) -> EmbedResult:
         raise Unsupported("embed not supported by this backend")
+
+    def observe_sequences(self, sink: Callable[[list[SequenceSlot]], None] | None) -> None:
+        """A backend that decodes requests in slots calls `sink` (from any thread) with
+        the running ones whenever they change (ADR 0018); others ignore it."""
 
     async def stop(self, timeout: float) -> None:
         """Release the model. Best effort, bounded by `timeout` seconds."""

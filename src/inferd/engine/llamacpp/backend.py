@@ -2,7 +2,9 @@
 
 The constructor blocks (model load, context creation); the daemon calls it through
 asyncio.to_thread. Generation runs on a worker thread that owns the generation
-context; embeddings, when enabled, on a second thread with its own context.
+context and decodes up to `parallel` requests together (continuous batching,
+`scheduler.py`, ADR 0018); the backend asks the daemon for that many admission
+permits. Embeddings, when enabled, run on a second thread with its own context.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from pathlib import Path
 
 import llama_cpp.llama_cpp as L
 
+from ...proto.admin import SequenceSlot
 from ...proto.embed import EmbedResolved
 from ..backend import (
     AttachmentUnsupported,
@@ -42,7 +45,8 @@ from .native import (
     tokenize,
 )
 from .sampling import GrammarError, SamplingParams, check_grammar_limits, parse_grammar
-from .settings import LlamaCppSettings
+from .scheduler import BatchScheduler
+from .settings import DEFAULT_PARALLEL, LlamaCppSettings
 from .chatting import ChatPlan, ChatStyle
 from .templates import BUILTIN, KNOWN_TEMPLATES, ChatRenderer, RenderError, resolve_renderer
 from .threads import ContextThread
@@ -57,7 +61,7 @@ class LlamaCppBackend(Backend):
     def __init__(self, settings: LlamaCppSettings) -> None:
         self.settings = settings
         self._ready = False
-        self._gen: ContextThread[GenerationContext] | None = None
+        self._gen: BatchScheduler | None = None
         self._embed: ContextThread[EmbedContext] | None = None
         # Pre-stream work reads the vocabulary off the workers' threads; close() must
         # not free the model under it.
@@ -73,7 +77,7 @@ class LlamaCppBackend(Backend):
         self._accelerator = probe_accelerator()
         # On CPU nothing can be offloaded, whatever the config says (upstream §3.1 step 3).
         n_gpu_layers = 0 if self._accelerator.kind == "cpu" else settings.n_gpu_layers
-        self._model = load_model(path, n_gpu_layers)
+        self._model = load_model(path, n_gpu_layers, repack=not settings.batch_invariant)
         try:
             self._setup(settings, path, n_gpu_layers)
         except BaseException:
@@ -100,13 +104,10 @@ class LlamaCppBackend(Backend):
         self._chat = ChatStyle(renderer) if renderer is not None else None
         if renderer is None and not settings.embed:
             log.warning("%s has no chat template and no built-in renderer: generation will be refused", path)
-        self._gen = ContextThread(
-            "inferd-llamacpp-generate",
-            lambda: GenerationContext(model, settings),
-            GenerationContext.close,
-        )
-        gen = self._gen.start()
+        gen = self._start_generation(model, settings)
         self.n_ctx: int = gen.n_ctx
+        #: Requests decoded together; the daemon gives the backend this many permits.
+        self.concurrency = self.parallel = gen.n_seq
         self._gen_state = gen
         if settings.embed:
             label = self.label
@@ -118,6 +119,29 @@ class LlamaCppBackend(Backend):
             self.n_embd: int | None = self._embed.start().n_embd
         else:
             self.n_embd = None
+
+    def _start_generation(self, model: L.llama_model_p, settings: LlamaCppSettings) -> GenerationContext:
+        """The generation thread and its context with `parallel` sequences.
+
+        Left to its default, `parallel` is halved until the context (whose cache holds
+        n_ctx for every sequence) can be created: a config that loaded before
+        parallel sequences existed still loads (ADR 0018).
+        """
+        n_seq = settings.parallel or DEFAULT_PARALLEL
+        while True:
+            self._gen = BatchScheduler(
+                "inferd-llamacpp-generate",
+                lambda n=n_seq: GenerationContext(model, settings, n),
+                lambda ctx: ctx.close(),
+                prefill_chunk=settings.prefill_chunk,
+            )
+            try:
+                return self._gen.start()
+            except ValueError:
+                if settings.parallel is not None or n_seq == 1:
+                    raise
+                log.warning("no room for %d sequences of %d tokens; trying %d", n_seq, settings.n_ctx, n_seq // 2)
+                n_seq //= 2
 
     # ---- Backend contract ----------------------------------------------------------
 
@@ -140,7 +164,17 @@ class LlamaCppBackend(Backend):
             vram_total_bytes=acc.vram_total_bytes,
             model=self.label,
             n_ctx=self.n_ctx,
+            parallel=self.parallel,
         )
+
+    def observe_sequences(self, sink: Callable[[list[SequenceSlot]], None] | None) -> None:
+        """Have `sink` called (from the decode thread) with the running sequences whenever they change."""
+        if self._gen is not None:
+            self._gen.observe(sink)
+
+    def running_sequences(self) -> list[SequenceSlot]:
+        """The requests decoding now, by slot."""
+        return self._gen.running() if self._gen is not None else []
 
     @property
     def chat_template(self) -> str | None:
@@ -243,6 +277,7 @@ class LlamaCppBackend(Backend):
             emit=loop_emitter(loop, queue, cancel),
             cancel=cancel,
             new_parser=plan.new_parser,
+            request_id=request.id,
         )
         stream = WorkerStream(queue, cancel)
         self._gen.submit(job)
@@ -254,8 +289,14 @@ class LlamaCppBackend(Backend):
         if self._embed is None:
             raise Unsupported("embed not supported by this backend")
         future: concurrent.futures.Future[EmbedResult] = concurrent.futures.Future()
-        self._embed.submit(EmbedJob(request, future))
-        return await asyncio.wrap_future(future)
+        job = EmbedJob(request, future)
+        self._embed.submit(job)
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            # The client left, or a drain or reload gave up on it: stop between batches.
+            job.cancel.set()
+            raise
 
     async def stop(self, timeout: float) -> None:
         await asyncio.to_thread(self.close, timeout)

@@ -1,15 +1,21 @@
 """Embeddings: a second llama context (embeddings=true, pooled) on its own thread.
 
-Follows upstream `run_embed` (upstream-engine §3.5): task prefix, one pass per input
-with the cache cleared in between, MRL truncation to `dimensions`, then L2
-normalisation of the truncated vector.
+Follows upstream `run_embed` (upstream-engine §3.5): task prefix, MRL truncation to
+`dimensions`, then L2 normalisation of the truncated vector. Unlike upstream's one
+pass per input, inputs are packed into batches (ADR 0018): as many as fit in one
+micro-batch (n_ubatch tokens, EMBED_MAX_SEQ inputs) go through one decode, each as
+its own sequence, pooled separately; the cache is cleared between batches.
+
+A job can be cancelled (the client left, a drain or reload gave up on it, shutdown):
+its Event is checked before each batch.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import math
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 
 import llama_cpp.llama_cpp as L
 
@@ -29,6 +35,10 @@ TASK_PREFIX: dict[EmbedTask | None, str] = {
     EmbedTask.FACT_VERIFICATION: "task: fact checking | query: ",
     EmbedTask.CODE_RETRIEVAL_QUERY: "task: code retrieval | query: ",
 }
+
+
+#: Inputs decoded together at most (sequences of the embedding context).
+EMBED_MAX_SEQ = 32
 
 
 def task_prefix(task: EmbedTask | None) -> str:
@@ -51,7 +61,9 @@ class EmbedContext:
         params.n_ctx = n
         params.n_batch = n
         params.n_ubatch = n
-        params.n_seq_max = 1
+        params.n_seq_max = EMBED_MAX_SEQ
+        # One buffer for the whole batch: inputs of any lengths share one micro-batch.
+        params.kv_unified = True
         params.embeddings = True
         params.pooling_type = (
             settings.embed_pooling if settings.embed_pooling is not None else L.LLAMA_POOLING_TYPE_MEAN
@@ -72,11 +84,14 @@ class EmbedContext:
         # Encoder-only models need llama_encode; everything else (incl. non-causal
         # decoders such as EmbeddingGemma) goes through llama_decode.
         self.use_encode = bool(L.llama_model_has_encoder(model)) and not L.llama_model_has_decoder(model)
+        self.n_seq = L.llama_n_seq_max(ctx)
         self.batch = L.llama_batch_init(self.n_ubatch, 0, 1)
         for i in range(self.n_ubatch):
             self.batch.n_seq_id[i] = 1
             self.batch.seq_id[i][0] = 0
             self.batch.logits[i] = 1
+        #: Decodes run (one per batch of inputs); tests read it.
+        self.passes = 0
 
     def close(self) -> None:
         if self.ctx:
@@ -87,7 +102,7 @@ class EmbedContext:
     def tokenize(self, text: str) -> list[int]:
         return tokenize(self.vocab, text, add_special=True, parse_special=False)
 
-    def embed(self, request: EmbedResolved) -> EmbedResult:
+    def embed(self, request: EmbedResolved, cancel: threading.Event | None = None) -> EmbedResult:
         dims = self.n_embd if request.dimensions is None else request.dimensions
         if dims > self.n_embd:
             raise BackendInvalidRequest(f"dimensions {dims} exceeds model n_embd {self.n_embd}")
@@ -105,7 +120,11 @@ class EmbedContext:
                     f"input exceeds embed context: {len(tokens)} tokens > n_ubatch {self.n_ubatch}"
                 )
             batches.append(tokens)
-        vectors = [l2_normalise(self._one(tokens)[:dims]) for tokens in batches]
+        vectors: list[list[float]] = []
+        for group in self._packed(batches):
+            if cancel is not None and cancel.is_set():
+                raise Unavailable("embedding cancelled")
+            vectors.extend(l2_normalise(v[:dims]) for v in self._pass(group))
         return EmbedResult(
             embeddings=vectors,
             dimensions=dims,
@@ -113,35 +132,58 @@ class EmbedContext:
             input_tokens=sum(len(t) for t in batches),
         )
 
-    def _one(self, tokens: list[int]) -> list[float]:
+    def _packed(self, inputs: list[list[int]]) -> list[list[list[int]]]:
+        """Consecutive inputs grouped so each group fits one micro-batch."""
+        groups: list[list[list[int]]] = []
+        size = 0
+        for tokens in inputs:
+            if not groups or size + len(tokens) > self.n_ubatch or len(groups[-1]) >= self.n_seq:
+                groups.append([])
+                size = 0
+            groups[-1].append(tokens)
+            size += len(tokens)
+        return groups
+
+    def _pass(self, group: list[list[int]]) -> list[list[float]]:
+        """One decode over `group` (each input its own sequence); their pooled vectors."""
         if self.mem:
             L.llama_memory_clear(self.mem, True)
         b = self.batch
-        tok, pos = b.token, b.pos
-        for i, t in enumerate(tokens):
-            tok[i] = t
-            pos[i] = i
-        b.n_tokens = len(tokens)
+        tok, pos, seq = b.token, b.pos, b.seq_id
+        i = 0
+        for s, tokens in enumerate(group):
+            for p, t in enumerate(tokens):
+                tok[i] = t
+                pos[i] = p
+                seq[i][0] = s
+                i += 1
+        b.n_tokens = i
         rc = L.llama_encode(self.ctx, b) if self.use_encode else L.llama_decode(self.ctx, b)
         if rc != 0:
             raise Unavailable(f"embedding pass failed ({rc})")
-        out = L.llama_get_embeddings_seq(self.ctx, 0)
-        if not out:
-            raise Unavailable("the embedding context produced no pooled vector (pooling none?)")
-        return out[: self.n_embd]
+        self.passes += 1
+        vectors = []
+        for s in range(len(group)):
+            out = L.llama_get_embeddings_seq(self.ctx, s)
+            if not out:
+                raise Unavailable("the embedding context produced no pooled vector (pooling none?)")
+            vectors.append(out[: self.n_embd])
+        return vectors
 
 
 @dataclass(eq=False)
 class EmbedJob:
     request: EmbedResolved
     future: concurrent.futures.Future[EmbedResult]
+    #: Set when nobody waits for the result any more; checked before each batch.
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     def run(self, state: EmbedContext) -> None:
         # False when the awaiting coroutine was cancelled while we queued.
         if not self.future.set_running_or_notify_cancel():
             return
         try:
-            result = state.embed(self.request)
+            result = state.embed(self.request, self.cancel)
         except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting coroutine
             self.future.set_exception(exc)
         else:
@@ -157,4 +199,5 @@ class EmbedJob:
             fut.set_exception(exc)
 
     def interrupt(self) -> None:
-        """Embedding passes are short; a running one finishes."""
+        """Stop before the next batch (the batch being decoded finishes)."""
+        self.cancel.set()

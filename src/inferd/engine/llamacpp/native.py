@@ -70,11 +70,14 @@ def init_backend(verbose: bool) -> None:
 
 # ---- model -------------------------------------------------------------------------
 
-def load_model(path: str, n_gpu_layers: int) -> L.llama_model_p:
+def load_model(path: str, n_gpu_layers: int, *, repack: bool = True) -> L.llama_model_p:
+    """`repack=False` keeps the weights in the file's layout: llama.cpp's repacked CPU
+    matmuls round a row differently depending on how many rows share its batch (ADR 0018)."""
     if not os.path.isfile(path):
         raise ValueError(f"model file not found: {path}")
     params = L.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
+    params.use_extra_bufts = repack
     model = L.llama_model_load_from_file(path.encode(), params)
     if not model:
         raise ValueError(f"llama.cpp could not load the model: {path}")

@@ -13,6 +13,15 @@ from pathlib import Path
 DEFAULT_SEED = 0xDEADBEEF
 DEFAULT_N_CTX = 8192
 DEFAULT_EMBED_N_CTX = 2048
+#: Sequences decoded together when the config says nothing (ADR 0018: on this 2-core
+#: CPU four clients get 1.3x one client's aggregate and nobody waits for a turn).
+DEFAULT_PARALLEL = 4
+#: llama.cpp's ceiling on sequences in one context (LLAMA_MAX_SEQ).
+MAX_PARALLEL = 256
+#: While other sequences are decoding, a prompt is fed in chunks sized so that one
+#: decode step takes about this long (ADR 0018): the others' streams pause at most
+#: about this much between two tokens.
+PREFILL_STEP_MS = 100.0
 
 
 @dataclass
@@ -46,6 +55,22 @@ class LlamaCppSettings:
     flash_attn: bool | None = None
     #: Route llama.cpp's own log lines to stderr instead of the debug logger.
     verbose: bool = False
+    #: Sequences decoded together in one context (continuous batching, ADR 0018);
+    #: None = DEFAULT_PARALLEL, halved until the context fits if it does not (the
+    #: daemon's default). One sequence is the engine exactly as it was before.
+    parallel: int | None = 1
+    #: A request's floats do not depend on what shares its batch (ADR 0018): weights
+    #: are not repacked for the CPU. Off = llama.cpp's own kernels, as its tools run.
+    batch_invariant: bool = False
+    #: Largest prompt chunk fed into a step while other sequences decode; None =
+    #: sized from the measured prompt speed so a step takes about PREFILL_STEP_MS.
+    prefill_chunk: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.parallel is not None and not 1 <= self.parallel <= MAX_PARALLEL:
+            raise ValueError(f"parallel must be between 1 and {MAX_PARALLEL}, got {self.parallel}")
+        if self.prefill_chunk is not None and self.prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be at least 1, got {self.prefill_chunk}")
 
     def threads(self) -> int:
         if self.n_threads is not None and self.n_threads > 0:
@@ -56,6 +81,11 @@ class LlamaCppSettings:
         if self.n_threads_batch is not None and self.n_threads_batch > 0:
             return self.n_threads_batch
         return self.threads()
+
+
+def padded_ctx(n_ctx: int) -> int:
+    """The context llama.cpp allocates for `n_ctx`: rounded up to a multiple of 256."""
+    return -(-n_ctx // 256) * 256
 
 
 def available_cores() -> int:

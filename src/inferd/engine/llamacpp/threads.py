@@ -1,8 +1,11 @@
 """A thread that exclusively owns one llama.cpp context (ARCHITECTURE: concurrency model).
 
-The context is created, used and freed on this thread only. Jobs arrive on a FIFO and
-run one at a time; a job that raises is reported through the job itself and the thread
-carries on with the next one.
+The context is created, used and freed on this thread only. Jobs arrive on a FIFO.
+`ContextThread` runs them one at a time; a job that raises is reported through the
+job itself and the thread carries on with the next one. A subclass may serve the
+queue differently (`scheduler.BatchScheduler` runs many generations at once) by
+overriding `_serve`; starting, submitting, shutting down and the refusal of what is
+left in the queue at exit stay here.
 """
 
 from __future__ import annotations
@@ -65,16 +68,18 @@ class ContextThread(Generic[S]):
                 return
         job.abandon(WorkerStopped("backend stopped"))
 
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
     def shutdown(self) -> None:
-        """Refuse new jobs, interrupt the running one, and let the thread exit."""
+        """Refuse new jobs, interrupt the running ones, and let the thread exit."""
         with self._lock:
             if self._closing:
                 return
             self._closing = True
-            current = self._current
             self._jobs.put(None)
-        if current is not None:
-            current.interrupt()
+        self._interrupt_running()
 
     def join(self, timeout: float | None) -> bool:
         if self._thread.is_alive():
@@ -90,23 +95,7 @@ class ContextThread(Generic[S]):
             return
         self._opened.set()
         try:
-            while True:
-                job = self._jobs.get()
-                if job is None:
-                    break
-                with self._lock:
-                    if self._closing:
-                        job.abandon(WorkerStopped("backend stopped"))
-                        continue
-                    self._current = job
-                try:
-                    job.run(self.state)
-                except Exception as exc:  # noqa: BLE001 - one bad job must not end the worker
-                    log.exception("%s: job failed", self.name)
-                    job.abandon(exc)
-                finally:
-                    with self._lock:
-                        self._current = None
+            self._serve(self.state)
         finally:
             while True:
                 try:
@@ -119,3 +108,34 @@ class ContextThread(Generic[S]):
                 self._close_state(self.state)
             except Exception:  # noqa: BLE001
                 log.exception("%s: freeing the context failed", self.name)
+
+    # ---- the serving policy (overridable) ----------------------------------------------
+
+    def _serve(self, state: S) -> None:
+        """One job at a time, in arrival order, until shutdown."""
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            self._run_one(job, state)
+
+    def _run_one(self, job: Job[S], state: S) -> None:
+        with self._lock:
+            if self._closing:
+                job.abandon(WorkerStopped("backend stopped"))
+                return
+            self._current = job
+        try:
+            job.run(state)
+        except Exception as exc:  # noqa: BLE001 - one bad job must not end the worker
+            log.exception("%s: job failed", self.name)
+            job.abandon(exc)
+        finally:
+            with self._lock:
+                self._current = None
+
+    def _interrupt_running(self) -> None:
+        with self._lock:
+            current = self._current
+        if current is not None:
+            current.interrupt()

@@ -1,10 +1,17 @@
-"""The generation context, its decode loop, and the async stream the loop reads from.
+"""The generation context, its KV bookkeeping, the job a request becomes, and the async
+stream the event loop reads.
 
-`GenerationContext` is owned by one ContextThread. It remembers which tokens sit in
-its KV cache so a request sharing a prefix with the previous one (the next turn of a
-chat) only evaluates the new tail. Events travel to the event loop through
-`loop.call_soon_threadsafe`; cancellation travels back through a threading.Event that
-is checked between tokens (and between prompt batches).
+`GenerationContext` is one llama context with `n_seq` sequences (slots), each with
+a KV stream of its own of n_ctx cells (ADR 0018). It is owned by the scheduler's
+thread (`scheduler.py`), which decodes the running sequences together. For each slot
+it remembers which tokens sit in its cache, so a request sharing a prefix with what a
+slot holds (the next turn of a chat) only evaluates the new tail, and a long prefix
+another slot holds (a shared system prompt) is copied (`llama_memory_seq_cp`)
+instead of evaluated again.
+
+Events travel to the event loop through `loop.call_soon_threadsafe`, batched once per
+decode step (`StepPost`); cancellation travels back through a threading.Event that the
+scheduler checks every step.
 """
 
 from __future__ import annotations
@@ -12,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,16 +26,18 @@ from typing import Any
 import llama_cpp.llama_cpp as L
 
 from ..backend import BackendError, Unavailable
-from ..events import ContextUsage, Done, Event, FinishReason, TextDelta, ThinkingDelta, Timings, ToolCall, Usage
+from ..events import Done, Event, TextDelta, ThinkingDelta, ToolCall
 from .native import PieceReader
-from .sampling import Sampler, SamplingParams, StopScanner, Utf8Stream, parse_grammar
-from .settings import LlamaCppSettings
+from .sampling import SamplingParams
+from .settings import LlamaCppSettings, padded_ctx
 
 log = logging.getLogger("inferd.engine.llamacpp")
 
-
-class _Cancelled(Exception):
-    pass
+#: A prefix another slot holds is copied rather than evaluated when it saves at least
+#: this many tokens: llama.cpp copies between streams only whole (a few ms per
+#: thousand cells on a CPU), while these tokens take about 70 ms to evaluate on the
+#: 2-core reference machine.
+COPY_MIN_TOKENS = 64
 
 
 @dataclass(slots=True)
@@ -37,15 +45,46 @@ class _Failure:
     exc: BaseException
 
 
-class GenerationContext:
-    """A llama context plus what we know about its KV cache. Worker-thread only."""
+def common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    n = 0
+    limit = min(limit, len(a), len(b))
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
 
-    def __init__(self, model: L.llama_model_p, settings: LlamaCppSettings) -> None:
+
+@dataclass(eq=False, slots=True)
+class Slot:
+    """One sequence of the context: its id in llama.cpp and what its cache holds."""
+
+    seq_id: int
+    #: Tokens whose K/V this sequence has in the cache, in position order.
+    kv: list[int] = field(default_factory=list)
+    #: The request decoding in this slot, if any (scheduler-owned).
+    busy: bool = False
+    #: When the slot last started serving a request (a step count; for eviction order).
+    used_at: int = 0
+
+
+class GenerationContext:
+    """A llama context with `n_seq` slots plus what we know about its cache. Worker-thread only."""
+
+    def __init__(self, model: L.llama_model_p, settings: LlamaCppSettings, n_seq: int = 1) -> None:
+        if n_seq < 1:
+            raise ValueError("parallel must be at least 1")
+        per_seq = padded_ctx(settings.n_ctx)
         params = L.llama_context_default_params()
-        params.n_ctx = settings.n_ctx
-        params.n_batch = min(settings.n_batch, settings.n_ctx)
+        # Every sequence has n_ctx cells of its own, whatever the others hold (ADR 0018):
+        # a decode never runs out of cells and nobody's context shrinks under load.
+        params.n_ctx = per_seq * n_seq
+        params.n_batch = max(min(settings.n_batch, settings.n_ctx), n_seq)
         params.n_ubatch = min(settings.n_ubatch or params.n_batch, params.n_batch)
-        params.n_seq_max = 1
+        params.n_seq_max = n_seq
+        # A stream per sequence, not one buffer for all: llama.cpp sums attention over
+        # cells in buffer order, so in a shared buffer a request's floats would depend
+        # on how earlier requests left the cells. In its own stream a sequence is laid
+        # out exactly as in a context of its own (ADR 0018).
+        params.kv_unified = False
         params.n_threads = settings.threads()
         params.n_threads_batch = settings.threads_batch()
         params.no_perf = True
@@ -55,25 +94,36 @@ class GenerationContext:
             )
         ctx = L.llama_init_from_model(model, params)
         if not ctx:
-            raise ValueError(f"llama.cpp could not create a context with n_ctx={settings.n_ctx}")
+            raise ValueError(f"llama.cpp could not create a context with n_ctx={settings.n_ctx}"
+                             + (f" x parallel {n_seq}" if n_seq > 1 else ""))
         self.ctx = ctx
         self.vocab = L.llama_model_get_vocab(model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
-        self.n_ctx = L.llama_n_ctx(ctx)
+        self.n_seq = n_seq
+        #: The context one sequence may fill (prompt + output): reported as `context.max`.
+        self.n_ctx = L.llama_n_ctx(ctx) // n_seq
         self.n_batch = L.llama_n_batch(ctx)
         self.n_swa = L.llama_model_n_swa(model)
         self.mem = L.llama_get_memory(ctx)
         self.batch = L.llama_batch_init(self.n_batch, 0, 1)
+        b = self.batch
         for i in range(self.n_batch):
-            self.batch.n_seq_id[i] = 1
-            self.batch.seq_id[i][0] = 0
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+        # Hot-path views of the batch arrays.
+        self._tok, self._pos, self._out = b.token, b.pos, b.logits
+        self._seq = [b.seq_id[i] for i in range(self.n_batch)]
+        self.n_tokens = 0
         self.piece = PieceReader(self.vocab)
-        #: Tokens whose K/V are in the cache, in position order.
-        self.kv: list[int] = []
-        #: Prompt tokens the last request actually evaluated (the rest came from the cache).
+        self.slots = [Slot(i) for i in range(n_seq)]
+        #: Prompt tokens the most recently started request evaluated (the rest came from the cache).
         self.last_prompt_evaluated = 0
         #: Tokens llama_decode has evaluated on this context (prompt and sampled); tests read it.
         self.decoded = 0
+        #: Decode steps taken; a slot's `used_at` is one of these.
+        self.steps = 0
+        #: Prefixes copied from one slot to another; tests read it.
+        self.copies = 0
 
     def close(self) -> None:
         if self.ctx:
@@ -83,157 +133,95 @@ class GenerationContext:
 
     # ---- KV bookkeeping ------------------------------------------------------------
 
-    def _forget(self) -> None:
-        L.llama_memory_clear(self.mem, True)
-        self.kv.clear()
+    def forget(self, slot: Slot) -> None:
+        """Drop one sequence's cells."""
+        L.llama_memory_seq_rm(self.mem, slot.seq_id, -1, -1)
+        slot.kv.clear()
 
-    def _reusable_prefix(self, tokens: list[int]) -> int:
-        kv = self.kv
-        limit = min(len(kv), len(tokens) - 1)  # keep one token to evaluate: logits must exist
-        n = 0
-        while n < limit and kv[n] == tokens[n]:
-            n += 1
+    def trim(self, slot: Slot, keep: int) -> None:
+        """Keep at most the first `keep` cached tokens of `slot`."""
+        if keep < len(slot.kv):
+            if keep <= 0 or not L.llama_memory_seq_rm(self.mem, slot.seq_id, keep, -1):
+                self.forget(slot)
+                return
+            del slot.kv[keep:]
+
+    def forget_all(self) -> None:
+        L.llama_memory_clear(self.mem, True)
+        for slot in self.slots:
+            slot.kv.clear()
+
+    def _usable(self, slot: Slot, n: int) -> int:
+        """`n` shared tokens of `slot`'s cache, or 0 if the cache can no longer serve them."""
         if n and self.n_swa > 0:
             # A sliding-window cache may have dropped positions the next token attends to.
-            if L.llama_memory_seq_pos_min(self.mem, 0) > max(0, n - self.n_swa):
-                n = 0
+            if L.llama_memory_seq_pos_min(self.mem, slot.seq_id) > max(0, n - self.n_swa):
+                return 0
         return n
 
-    def _decode(self, tokens: list[int], pos0: int, want_logits: bool) -> None:
-        b = self.batch
-        tok, pos, out = b.token, b.pos, b.logits
-        n = len(tokens)
-        for i, t in enumerate(tokens):
-            tok[i] = t
-            pos[i] = pos0 + i
-            out[i] = 0
-        if want_logits:
-            out[n - 1] = 1
-        b.n_tokens = n
-        rc = L.llama_decode(self.ctx, b)
+    def reusable(self, slot: Slot, tokens: list[int]) -> int:
+        """How much of `tokens` this slot's cache already holds (at least one token left to evaluate)."""
+        return self._usable(slot, common_prefix(slot.kv, tokens, len(tokens) - 1))
+
+    def best_donor(self, slot: Slot, tokens: list[int], have: int) -> tuple[Slot | None, int]:
+        """The other slot whose cache holds the longest prefix of `tokens`, if longer than `have`."""
+        best, best_n = None, have
+        limit = len(tokens) - 1
+        for other in self.slots:
+            if other is slot or len(other.kv) <= best_n:
+                continue
+            n = self._usable(other, common_prefix(other.kv, tokens, limit))
+            if n > best_n:
+                best, best_n = other, n
+        return best, best_n
+
+    def place(self, slot: Slot, tokens: list[int]) -> int:
+        """Make `slot`'s cache a prefix of `tokens`, as long as possible: keep what it
+        shares, then copy further from another slot. Returns the tokens now cached."""
+        self.trim(slot, self.reusable(slot, tokens))
+        have = self.extend_from_donor(slot, tokens)
+        return have
+
+    def extend_from_donor(self, slot: Slot, tokens: list[int]) -> int:
+        """Copy a longer shared prefix of `tokens` from another slot, if that saves enough."""
+        have = len(slot.kv)
+        if self.n_seq == 1:
+            return have
+        donor, n = self.best_donor(slot, tokens, have + COPY_MIN_TOKENS - 1)
+        if donor is None:
+            return have
+        # Between streams llama.cpp copies a sequence whole (done before the next
+        # decode); then everything past the shared prefix goes.
+        L.llama_memory_seq_cp(self.mem, donor.seq_id, slot.seq_id, -1, -1)
+        slot.kv[:] = donor.kv
+        self.trim(slot, n)
+        self.copies += 1
+        return n
+
+    # ---- one decode step -------------------------------------------------------------
+
+    def add(self, token: int, pos: int, seq_id: int, logits: bool) -> int:
+        """Append one token to the step's batch; returns its row (where its logits land)."""
+        i = self.n_tokens
+        self._tok[i] = token
+        self._pos[i] = pos
+        self._seq[i][0] = seq_id
+        self._out[i] = logits
+        self.n_tokens = i + 1
+        return i
+
+    def decode(self) -> None:
+        n = self.n_tokens
+        self.n_tokens = 0
+        self.batch.n_tokens = n
+        rc = L.llama_decode(self.ctx, self.batch)
         if rc != 0:
             raise RuntimeError(f"llama_decode failed ({rc})")
         self.decoded += n
+        self.steps += 1
 
-    def prefill(self, tokens: list[int], cancel: threading.Event) -> None:
-        keep = self._reusable_prefix(tokens)
-        if keep < len(self.kv):
-            if keep == 0 or not L.llama_memory_seq_rm(self.mem, 0, keep, -1):
-                L.llama_memory_clear(self.mem, True)
-                keep = 0
-            del self.kv[keep:]
-        self.last_prompt_evaluated = len(tokens) - keep
-        pos = keep
-        end = len(tokens)
-        while pos < end:
-            if cancel.is_set():
-                raise _Cancelled
-            chunk = tokens[pos : pos + self.n_batch]
-            self._decode(chunk, pos, want_logits=pos + len(chunk) == end)
-            self.kv.extend(chunk)
-            pos += len(chunk)
 
-    # ---- one request -----------------------------------------------------------------
-
-    def generate(self, job: GenerationJob) -> None:
-        started = time.perf_counter()
-        # Checked (F-11) in the backend before the job was queued.
-        grammar = parse_grammar(self.vocab, job.grammar, checked=False) if job.grammar else None
-        sampler = Sampler(job.params, grammar, self.n_vocab)
-        try:
-            self.prefill(job.tokens, job.cancel)
-            prompt_done = time.perf_counter()
-            reason, completion, thinking = self._sample_loop(job, sampler)
-        except _Cancelled:
-            job.abandon(Unavailable("generation cancelled"))
-            return
-        except BackendError as exc:
-            # The output could not be read (an unparseable tool call): the partial
-            # output stays sent, the request ends with this error. The cache is sound.
-            job.abandon(exc)
-            return
-        except BaseException:
-            # The cache may hold a half-written batch; never trust it again.
-            self._forget()
-            raise
-        finally:
-            sampler.close()
-        ended = time.perf_counter()
-        gen_s = ended - prompt_done
-        job.emit(Done(
-            reason,
-            usage=Usage(prompt_tokens=len(job.tokens), completion_tokens=completion,
-                        cached_tokens=len(job.tokens) - self.last_prompt_evaluated, thinking_tokens=thinking),
-            # The turn's tokens: the last sampled one is evaluated when the next turn starts.
-            context=ContextUsage(used=min(len(job.tokens) + completion, self.n_ctx), max=self.n_ctx),
-            timings=Timings(
-                prompt_ms=(prompt_done - started) * 1000.0,
-                generate_ms=gen_s * 1000.0,
-                tokens_per_second=completion / gen_s if gen_s > 0 else 0.0,
-            ),
-        ))
-
-    def _sample_loop(self, job: GenerationJob, sampler: Sampler) -> tuple[FinishReason, int, int]:
-        """Decode until EOG, a stop string, max_tokens or a full context.
-
-        Returns (reason, completion tokens, of which thinking tokens). Each token's text
-        goes through the request's output parser, which splits reasoning off and turns
-        tool-call text into whole calls.
-        """
-        if job.max_tokens <= 0:
-            return FinishReason.LENGTH, 0, 0
-        ctx, vocab, kv = self.ctx, self.vocab, self.kv
-        emit, cancel, piece = job.emit, job.cancel, self.piece
-        is_eog, decode = L.llama_vocab_is_eog, L.llama_decode
-        b = self.batch
-        b_tok, b_pos, b_out = b.token, b.pos, b.logits
-        utf8 = Utf8Stream()
-        stops = StopScanner(job.stop)
-        parser = job.new_parser()
-        parse = parser.push
-        n_ctx, max_tokens = self.n_ctx, job.max_tokens
-        pos = len(kv)
-        completion = thinking = 0
-        while True:
-            if cancel.is_set():
-                raise _Cancelled
-            token = sampler.sample(ctx)
-            if is_eog(vocab, token):
-                reason = FinishReason.END
-                break
-            completion += 1
-            text, hit = stops.push(utf8.push(piece(token)))
-            if text:
-                for event in parse(text):
-                    emit(event)
-                if parser.last_was_thinking:
-                    thinking += 1
-            if hit:
-                reason = FinishReason.END
-                break
-            if completion >= max_tokens or pos >= n_ctx:
-                reason = FinishReason.LENGTH
-                break
-            b_tok[0] = token
-            b_pos[0] = pos
-            b_out[0] = 1
-            b.n_tokens = 1
-            rc = decode(ctx, b)
-            if rc != 0:
-                raise RuntimeError(f"llama_decode failed ({rc}) at position {pos}")
-            kv.append(token)
-            self.decoded += 1
-            pos += 1
-        utf8.finish()
-        tail = stops.flush()  # empty after a stop string: the scanner dropped it
-        events = parse(tail) if tail else []
-        events += parser.finish()
-        for event in events:
-            emit(event)
-        if parser.saw_tool_call:
-            reason = FinishReason.TOOL_USE
-        return reason, completion, thinking
-
+# ---- the job one request becomes ----------------------------------------------------
 
 class _PlainText:
     """The output parser of a request that needs none: text stays text."""
@@ -259,12 +247,12 @@ class GenerationJob:
     cancel: threading.Event = field(default_factory=threading.Event)
     #: A fresh output parser (reasoning split, tool calls); the default passes text through.
     new_parser: Callable[[], Any] = field(default=lambda: _PlainText())
+    #: The request's id, shown in the backend's sequence reports (`inferd status`).
+    request_id: str = ""
 
     def run(self, state: GenerationContext) -> None:
-        if self.cancel.is_set():
-            self.abandon(Unavailable("generation cancelled"))
-            return
-        state.generate(self)
+        # Generation jobs are decoded by the scheduler, never run alone.
+        raise RuntimeError("a GenerationJob is scheduled, not run")
 
     def abandon(self, exc: BaseException) -> None:
         if not isinstance(exc, BackendError):
@@ -275,12 +263,66 @@ class GenerationJob:
         self.cancel.set()
 
 
+class StepPost:
+    """Hands a decode step's events to their event loops in one wake-up per loop.
+
+    Inside `collect()` (the scheduler wraps each step in it) an emitter only queues its
+    event on this thread; `flush()` posts them, in order, with one
+    `call_soon_threadsafe` per loop. Outside a step an emitter posts at once.
+    """
+
+    _local = threading.local()
+
+    @classmethod
+    def pending(cls) -> list[tuple[asyncio.AbstractEventLoop, Callable[[object], None], object, threading.Event]] | None:
+        return getattr(cls._local, "items", None)
+
+    @classmethod
+    def begin(cls) -> None:
+        cls._local.items = []
+
+    @classmethod
+    def flush(cls) -> None:
+        items = cls._local.items
+        cls._local.items = None
+        if not items:
+            return
+        loop = items[0][0]
+        if all(it[0] is loop for it in items):
+            _post(loop, items)
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
+        for it in items:
+            by_loop.setdefault(it[0], []).append(it)
+        for loop, group in by_loop.items():
+            _post(loop, group)
+
+
+def _deliver(items: list[tuple[Any, Callable[[object], None], object, threading.Event]]) -> None:
+    for _, put, item, _ in items:
+        put(item)
+
+
+def _post(loop: asyncio.AbstractEventLoop, items: list[Any]) -> None:
+    try:
+        loop.call_soon_threadsafe(_deliver, items)
+    except RuntimeError:
+        # The loop is gone: nobody will read these streams again.
+        for it in items:
+            it[3].set()
+
+
 def loop_emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[object],
                  cancel: threading.Event) -> Callable[[object], None]:
     put = queue.put_nowait
     call = loop.call_soon_threadsafe
+    pending = StepPost.pending
 
     def emit(item: object) -> None:
+        items = pending()
+        if items is not None:
+            items.append((loop, put, item, cancel))
+            return
         try:
             call(put, item)
         except RuntimeError:

@@ -1,0 +1,451 @@
+"""Continuous batching: the generation thread decodes every running sequence together.
+
+`BatchScheduler` is the ContextThread of the generation context (ADR 0001: one thread
+owns it). Instead of one job at a time, each iteration of its loop is one decode step
+(ADR 0018):
+
+1. Take what arrived (non-blocking while anything runs), reap cancelled requests
+   (their slot and cells are freed at once), admit waiting requests into free slots in
+   arrival order - each to the slot whose cache shares the most with its prompt.
+2. Build one batch: the next token of every decoding sequence, then prompt chunks of
+   the sequences still prefilling, oldest first. While anybody decodes, the chunk is
+   bounded (`prefill_chunk`, or sized from the measured prompt speed so a step takes
+   about PREFILL_STEP_MS), so a long prompt never freezes the others' streams; with
+   nobody decoding it takes the whole batch.
+3. One `llama_decode`. Then each sequence with logits in the batch samples its token
+   with its own sampler (seed, grammar), and its text goes through its own UTF-8
+   stream, stop strings and output parser, to its own stream.
+
+A sequence that reaches the first token of a prompt another running sequence is
+still evaluating waits for it and then copies those cells (a shared system prompt is
+evaluated once). A job that is not a generation (a test's marker) is a barrier: it
+runs when everything submitted before it has finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+
+import llama_cpp.llama_cpp as L
+
+from ...proto.admin import SequenceSlot
+from ..backend import BackendError, Unavailable
+from ..events import ContextUsage, Done, FinishReason, Timings, Usage
+from .sampling import Sampler, StopScanner, Utf8Stream, parse_grammar
+from .settings import PREFILL_STEP_MS
+from .threads import ContextThread, Job, WorkerStopped
+from .worker import GenerationContext, GenerationJob, Slot, StepPost, common_prefix
+
+log = logging.getLogger("inferd.engine.llamacpp")
+
+#: Bounds of the measured prompt chunk while others decode.
+MIN_CHUNK = 16
+#: Prompt chunk used before any prompt speed has been measured.
+FIRST_CHUNK = 64
+
+SequenceObserver = Callable[[list[SequenceSlot]], None]
+
+
+class Sequence:
+    """One request running in a slot: its sampler and everything its text goes through."""
+
+    __slots__ = ("job", "slot", "prompt", "sampler", "utf8", "stops", "parser", "started", "prompt_done",
+                 "cached", "placed", "next", "completion", "thinking", "wait_for", "wait_len", "admitted")
+
+    def __init__(self, job: GenerationJob, slot: Slot, ctx: GenerationContext, admitted: int) -> None:
+        self.job = job
+        self.slot = slot
+        self.prompt = job.tokens
+        # Checked (F-11) in the backend before the job was queued.
+        grammar = parse_grammar(ctx.vocab, job.grammar, checked=False) if job.grammar else None
+        self.sampler = Sampler(job.params, grammar, ctx.n_vocab)
+        self.utf8 = Utf8Stream()
+        self.stops = StopScanner(job.stop)
+        self.parser = job.new_parser()
+        self.started = time.perf_counter()
+        self.prompt_done = 0.0
+        self.cached = 0
+        self.placed = False
+        #: The sampled token this sequence feeds into the next step (None while prefilling).
+        self.next: int | None = None
+        self.completion = 0
+        self.thinking = 0
+        #: A sequence still evaluating a prefix of this prompt, and how long that prefix is.
+        self.wait_for: Sequence | None = None
+        self.wait_len = 0
+        self.admitted = admitted
+
+    def close(self) -> None:
+        self.sampler.close()
+
+    @property
+    def prefilling(self) -> bool:
+        # Before placement the slot may still hold a longer, older conversation.
+        return not self.placed or len(self.slot.kv) < len(self.prompt)
+
+    def report(self) -> SequenceSlot:
+        return SequenceSlot(
+            slot=self.slot.seq_id, request=self.job.request_id,
+            state="prefill" if self.next is None and self.prefilling else "decode",
+            prompt_tokens=len(self.prompt), cached_tokens=self.cached)
+
+
+class BatchScheduler(ContextThread[GenerationContext]):
+    def __init__(self, name: str, open_state: Callable[[], GenerationContext],
+                 close_state: Callable[[GenerationContext], None], *, prefill_chunk: int | None = None,
+                 step_ms: float = PREFILL_STEP_MS) -> None:
+        super().__init__(name, open_state, close_state)
+        self._fixed_chunk = prefill_chunk
+        self._step_s = step_ms / 1000.0
+        #: Measured prompt speed (tokens/s) on steps that carried a prompt chunk.
+        self._prompt_rate: float | None = None
+        self._waiting: deque[Job[GenerationContext]] = deque()
+        self._running: list[Sequence] = []
+        self._admissions = 0
+        self._observer: SequenceObserver | None = None
+        #: (prompt tokens, decode tokens) of recent steps that carried a prompt chunk; tests read it.
+        self.prefill_steps: deque[tuple[int, int]] = deque(maxlen=4096)
+
+    # ---- outside the thread ----------------------------------------------------------
+
+    def observe(self, observer: SequenceObserver | None) -> None:
+        """Call `observer` (on this thread) with the running sequences whenever they change."""
+        self._observer = observer
+
+    def _interrupt_running(self) -> None:
+        with self._lock:
+            running = list(self._running)
+        for seq in running:
+            seq.job.interrupt()
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def _serve(self, ctx: GenerationContext) -> None:
+        stopping = False
+        try:
+            while True:
+                if not stopping:
+                    stopping = self._intake(block=not self._running and not self._waiting)
+                    if stopping:
+                        # Whatever was admitted after shutdown() looked stops too.
+                        self._interrupt_running()
+                if stopping:
+                    self._refuse_waiting()
+                changed = self._reap()
+                if not stopping:
+                    changed = self._admit(ctx) or changed
+                if not self._running:
+                    if changed:
+                        self._report()
+                    if stopping:
+                        return
+                    continue
+                if changed:
+                    self._report()
+                self._step(ctx)
+        finally:
+            for seq in self._take_all():
+                seq.job.abandon(Unavailable("generation cancelled"))
+                seq.close()
+            self._refuse_waiting()
+
+    def _intake(self, block: bool) -> bool:
+        """Move submitted jobs to the waiting line. True once shutdown was asked for."""
+        jobs = self._jobs
+        while True:
+            if block:
+                job = jobs.get()
+                block = False
+            else:
+                if jobs.empty():
+                    return False
+                job = jobs.get_nowait()
+            if job is None:
+                return True
+            self._waiting.append(job)
+
+    def _refuse_waiting(self) -> None:
+        while self._waiting:
+            self._waiting.popleft().abandon(WorkerStopped("backend stopped"))
+
+    def _take_all(self) -> list[Sequence]:
+        with self._lock:
+            running, self._running = self._running, []
+        return running
+
+    def _reap(self) -> bool:
+        """Drop cancelled requests: waiting ones are refused, running ones lose their cells."""
+        changed = False
+        if self._waiting and any(isinstance(j, GenerationJob) and j.cancel.is_set() for j in self._waiting):
+            kept: deque[Job[GenerationContext]] = deque()
+            for job in self._waiting:
+                if isinstance(job, GenerationJob) and job.cancel.is_set():
+                    job.abandon(Unavailable("generation cancelled"))
+                else:
+                    kept.append(job)
+            self._waiting = kept
+        for seq in [s for s in self._running if s.job.cancel.is_set()]:
+            assert self.state is not None
+            self._drop(seq)
+            # The slot is free at once and the cells of what it generated are released;
+            # its prompt stays cached like a finished request's, so "stop, then
+            # regenerate" evaluates one token (ADR 0018).
+            self.state.trim(seq.slot, len(seq.prompt))
+            seq.job.abandon(Unavailable("generation cancelled"))
+            changed = True
+        return changed
+
+    def _drop(self, seq: Sequence) -> None:
+        with self._lock:
+            self._running.remove(seq)
+        seq.slot.busy = False
+        seq.close()
+
+    def _admit(self, ctx: GenerationContext) -> bool:
+        admitted = False
+        while self._waiting:
+            job = self._waiting[0]
+            if not isinstance(job, GenerationJob):
+                if self._running:
+                    break  # a barrier: it runs once everything before it has finished
+                self._waiting.popleft()
+                self._run_one(job, ctx)
+                continue
+            slot = self._pick_slot(ctx, job.tokens)
+            if slot is None:
+                break
+            self._waiting.popleft()
+            try:
+                seq = Sequence(job, slot, ctx, self._admissions)
+            except Exception as exc:  # noqa: BLE001 - e.g. a grammar libllama refuses after all
+                job.abandon(exc)
+                continue
+            self._admissions += 1
+            slot.busy = True
+            slot.used_at = ctx.steps
+            self._wait_for_shared_prefix(seq)
+            with self._lock:
+                self._running.append(seq)
+            admitted = True
+        return admitted
+
+    def _pick_slot(self, ctx: GenerationContext, tokens: list[int]) -> Slot | None:
+        """The free slot that loses the fewest cached tokens, then reuses the most, then
+        was used longest ago: a chat's next turn returns to its slot, an unrelated
+        request takes an empty slot rather than destroying another chat's cache."""
+        best: Slot | None = None
+        best_key: tuple[int, int, int] | None = None
+        for slot in ctx.slots:
+            if slot.busy:
+                continue
+            reuse = ctx.reusable(slot, tokens)
+            key = (len(slot.kv) - reuse, -reuse, slot.used_at)
+            if best_key is None or key < best_key:
+                best, best_key = slot, key
+        return best
+
+    def _wait_for_shared_prefix(self, seq: Sequence) -> None:
+        """If a sequence still prefilling shares more of this prompt than any cache
+        holds, wait for it and copy its cells instead of evaluating them twice."""
+        have = len(seq.slot.kv)
+        for other in self._running:
+            if not other.prefilling:
+                continue
+            shared = common_prefix(other.prompt, seq.prompt, len(seq.prompt) - 1)
+            if shared > max(have, len(other.slot.kv), seq.wait_len):
+                seq.wait_for, seq.wait_len = other, shared
+
+    def _chunk(self, ctx: GenerationContext, decoding: int) -> int:
+        """Prompt tokens one step may carry while `decoding` sequences stream."""
+        room = ctx.n_batch - decoding
+        if not decoding:
+            return room
+        if self._fixed_chunk is not None:
+            return max(1, min(self._fixed_chunk, room))
+        rate = self._prompt_rate
+        chunk = FIRST_CHUNK if rate is None else int(rate * self._step_s)
+        return max(1, min(max(chunk, MIN_CHUNK), room))
+
+    def _step(self, ctx: GenerationContext) -> None:
+        running = self._running
+        decoding = [s for s in running if s.next is not None]
+        # Prompt chunks: oldest request first, within the step's budget.
+        budget = self._chunk(ctx, len(decoding))
+        fed: list[tuple[Sequence, int, int]] = []
+        for seq in running:
+            if budget <= 0:
+                break
+            if seq.next is not None or not seq.prefilling:
+                continue
+            waited = seq.wait_for
+            if waited is not None:
+                if waited in running and len(waited.slot.kv) < seq.wait_len:
+                    continue
+                seq.wait_for = None
+            if not seq.placed:
+                self._place(ctx, seq)
+            start = len(seq.slot.kv)
+            end = min(len(seq.prompt), start + budget)
+            fed.append((seq, start, end))
+            budget -= end - start
+        # Rows in slot order: llama.cpp puts consecutive sequences of a batch into one
+        # micro-batch (one pass over the weights) when each has its own KV stream.
+        add = ctx.add
+        if len(decoding) > 1 or fed:
+            order = sorted([(s.slot.seq_id, s, -1, -1) for s in decoding] + [(f[0].slot.seq_id, *f) for f in fed],
+                           key=lambda e: e[0])
+        else:
+            order = [(s.slot.seq_id, s, -1, -1) for s in decoding]
+        for sid, seq, start, end in order:
+            if start < 0:
+                seq.sampler.row = add(seq.next, len(seq.slot.kv), sid, True)  # type: ignore[arg-type]
+                continue
+            prompt = seq.prompt
+            last = len(prompt) - 1
+            for i in range(start, end):
+                row = add(prompt[i], i, sid, i == last)
+            if end == len(prompt):
+                seq.sampler.row = row
+        if ctx.n_tokens == 0:
+            # Only sequences waiting for another's prompt, and that one gone: never
+            # spin, let them evaluate their own prompts from the next step on.
+            for seq in self._running:
+                seq.wait_for = None
+            return
+        prompt_tokens = sum(e - s for _, s, e in fed)
+        t0 = time.perf_counter()
+        StepPost.begin()
+        try:
+            try:
+                ctx.decode()
+            except Exception as exc:  # noqa: BLE001 - the cache may hold a half-written batch
+                log.exception("%s: decode step failed", self.name)
+                ctx.forget_all()
+                for seq in self._take_all():
+                    seq.slot.busy = False
+                    seq.close()
+                    seq.job.abandon(Unavailable(str(exc)))
+                self._report()
+                return
+            now = time.perf_counter()
+            if prompt_tokens:
+                self.prefill_steps.append((prompt_tokens, len(decoding)))
+                if prompt_tokens >= MIN_CHUNK:
+                    rate = prompt_tokens / max(now - t0, 1e-6)
+                    old = self._prompt_rate
+                    self._prompt_rate = rate if old is None else 0.7 * old + 0.3 * rate
+            for seq, start, end in fed:
+                seq.slot.kv.extend(seq.prompt[start:end])
+            changed = False
+            for seq in decoding:
+                seq.slot.kv.append(seq.next)  # type: ignore[arg-type]
+                seq.next = None
+                changed = self._advance(ctx, seq) or changed
+            for seq, _, end in fed:
+                if end == len(seq.prompt):
+                    seq.prompt_done = now
+                    changed = True
+                    self._advance(ctx, seq)
+            if changed:
+                self._report()
+        finally:
+            StepPost.flush()
+
+    def _place(self, ctx: GenerationContext, seq: Sequence) -> None:
+        own = ctx.reusable(seq.slot, seq.prompt)
+        seq.cached = ctx.place(seq.slot, seq.prompt)
+        seq.placed = True
+        ctx.last_prompt_evaluated = len(seq.prompt) - seq.cached
+        log.debug("%s: request %r in slot %d: %d of %d prompt tokens cached (%d copied from another slot)",
+                  self.name, seq.job.request_id, seq.slot.seq_id, seq.cached, len(seq.prompt), seq.cached - own)
+
+    def _advance(self, ctx: GenerationContext, seq: Sequence) -> bool:
+        """Sample this sequence's next token and send its text; True if it finished."""
+        job = seq.job
+        try:
+            if job.max_tokens <= 0:
+                self._finish(ctx, seq, FinishReason.LENGTH)
+                return True
+            token = seq.sampler.sample(ctx.ctx)
+            if L.llama_vocab_is_eog(ctx.vocab, token):
+                self._finish(ctx, seq, FinishReason.END)
+                return True
+            seq.completion += 1
+            text, hit = seq.stops.push(seq.utf8.push(ctx.piece(token)))
+            if text:
+                parser = seq.parser
+                emit = job.emit
+                for event in parser.push(text):
+                    emit(event)
+                if parser.last_was_thinking:
+                    seq.thinking += 1
+            if hit:
+                self._finish(ctx, seq, FinishReason.END)
+                return True
+            if seq.completion >= job.max_tokens or len(seq.slot.kv) >= ctx.n_ctx:
+                self._finish(ctx, seq, FinishReason.LENGTH)
+                return True
+        except BackendError as exc:
+            # The output could not be read (an unparseable tool call): the partial
+            # output stays sent, the request ends with this error. The cache is sound.
+            self._drop(seq)
+            job.abandon(exc)
+            return True
+        except Exception as exc:  # noqa: BLE001 - one request's fault must not end the others
+            log.exception("%s: generation failed", self.name)
+            self._drop(seq)
+            # Trust no cache nobody is using: a fault we cannot name may have left it wrong.
+            for slot in ctx.slots:
+                if not slot.busy:
+                    ctx.forget(slot)
+            job.abandon(exc)
+            return True
+        seq.next = token
+        return False
+
+    def _finish(self, ctx: GenerationContext, seq: Sequence, reason: FinishReason) -> None:
+        job, parser = seq.job, seq.parser
+        seq.utf8.finish()
+        tail = seq.stops.flush()  # empty after a stop string: the scanner dropped it
+        events = parser.push(tail) if tail else []
+        events += parser.finish()
+        for event in events:
+            job.emit(event)
+        if parser.saw_tool_call:
+            reason = FinishReason.TOOL_USE
+        self._drop(seq)
+        ended = time.perf_counter()
+        gen_s = ended - seq.prompt_done
+        prompt = len(seq.prompt)
+        job.emit(Done(
+            reason,
+            usage=Usage(prompt_tokens=prompt, completion_tokens=seq.completion, cached_tokens=seq.cached,
+                        thinking_tokens=seq.thinking),
+            # The turn's tokens: the last sampled one is evaluated when the next turn starts.
+            context=ContextUsage(used=min(prompt + seq.completion, ctx.n_ctx), max=ctx.n_ctx),
+            timings=Timings(
+                prompt_ms=(seq.prompt_done - seq.started) * 1000.0,
+                generate_ms=gen_s * 1000.0,
+                tokens_per_second=seq.completion / gen_s if gen_s > 0 else 0.0,
+            ),
+        ))
+
+    def _report(self) -> None:
+        observer = self._observer
+        if observer is None:
+            return
+        try:
+            observer([seq.report() for seq in self._running])
+        except Exception:  # noqa: BLE001 - reporting must never stop decoding
+            log.exception("%s: sequence observer failed", self.name)
+
+    def running(self) -> list[SequenceSlot]:
+        """The running sequences now (any thread; a snapshot)."""
+        with self._lock:
+            running = list(self._running)
+        return [seq.report() for seq in running]
+
