@@ -109,7 +109,7 @@ async def run_daemon_tools(sock: str, n: int) -> Run:
 
 def start_daemon(model: str, args: argparse.Namespace, d: Path) -> tuple[subprocess.Popen, str]:
     sock = str(d / "infer.sock")
-    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"))
+    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"), XDG_RUNTIME_DIR=str(d))
     proc = subprocess.Popen(
         [sys.executable, "-m", "inferd.cli.main", "serve", "--backend", "llamacpp", "--model-path", model,
          "--n-ctx", str(args.n_ctx), "--n-threads", str(args.threads), "--no-embed", "--uds", sock,

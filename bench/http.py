@@ -231,7 +231,7 @@ def _listening(port: int) -> bool:
 
 def start_inferd(model: str, args: argparse.Namespace, d: Path) -> tuple[subprocess.Popen, str, int]:
     sock, port = str(d / "infer.sock"), _free_port()
-    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"))
+    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"), XDG_RUNTIME_DIR=str(d))
     proc = subprocess.Popen(
         [sys.executable, "-m", "inferd.cli.main", "serve", "--backend", "llamacpp", "--model-path", model,
          "--n-ctx", str(args.n_ctx), "--n-threads", str(args.threads), "--no-embed", "--uds", sock,

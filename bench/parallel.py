@@ -220,7 +220,7 @@ class Servers:
         d = self.dir / name
         d.mkdir()
         sock = str(d / "infer.sock")
-        env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"), PYTHONPATH=str(src))
+        env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"), PYTHONPATH=str(src), XDG_RUNTIME_DIR=str(d))
         argv = [sys.executable, "-m", "inferd.cli.main", "serve", "--backend", "llamacpp", "--model-path", self.model,
                 "--n-ctx", str(self.n_ctx), "--n-threads", str(self.threads), "--no-embed", "--no-v2", "--uds", sock,
                 "--admin-addr", str(d / "admin.sock"), "--lock", str(d / "inferd.lock"), "--queue-depth", "64"]

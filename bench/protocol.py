@@ -41,7 +41,9 @@ async def stream_rate(path: str, n_tokens: int, rounds: int = 3) -> float:
     """Best-of-`rounds` token frames per second for one long reply."""
     best = 0.0
     reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
-    request = json.dumps({"id": "s", "messages": [{"role": "user", "content": "x"}]}).encode() + b"\n"
+    # The mock honours max_tokens like a model: ask for the whole tape.
+    request = json.dumps({"id": "s", "messages": [{"role": "user", "content": "x"}],
+                          "max_tokens": n_tokens}).encode() + b"\n"
     for _ in range(rounds):
         start = time.perf_counter()
         writer.write(request)
@@ -84,7 +86,9 @@ def start_inferd(d: Path, tape: list[str], name: str) -> tuple[subprocess.Popen,
     cfg = d / f"{name}.json"
     cfg.write_text(json.dumps({"backends": [{"kind": "mock", "name": "mock", "tokens": tape, "embed": False}]}))
     sock = str(d / f"{name}.sock")
-    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"))
+    runtime = d / f"{name}-run"  # every default endpoint (v2, embed) private to this daemon
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"), XDG_RUNTIME_DIR=str(runtime))
     proc = subprocess.Popen(
         [sys.executable, "-m", "inferd.cli.main", "serve", "--config", str(cfg), "--uds", sock,
          "--admin-addr", str(d / f"{name}-admin.sock"), "--lock", str(d / f"{name}.lock")],

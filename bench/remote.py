@@ -98,7 +98,7 @@ def start_inferd(url: str, d: Path) -> tuple[subprocess.Popen, str]:
     cfg.write_text(json.dumps({"backends": [{"kind": "openai", "name": "remote", "base_url": url,
                                              "model": ALIAS, "first_token_timeout_secs": 120}]}))
     sock = str(d / "infer.sock")
-    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"))
+    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"), XDG_RUNTIME_DIR=str(d))
     proc = subprocess.Popen(
         [sys.executable, "-m", "inferd.cli.main", "serve", "--config", str(cfg), "--no-embed", "--uds", sock,
          "--admin-addr", str(d / "admin.sock"), "--lock", str(d / "inferd.lock")],

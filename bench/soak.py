@@ -143,7 +143,7 @@ def start_inferd(d: Path, n_tokens: int, connections: int) -> tuple[subprocess.P
     cfg.write_text(json.dumps({"backends": [{"kind": "mock", "name": "mock", "tokens": ["tok "] * n_tokens,
                                              "token_delay_ms": 0, "embed": False}]}))
     sock = str(d / "infer.sock")
-    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"))
+    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"), XDG_RUNTIME_DIR=str(d))
     cmd = [sys.executable, "-m", "inferd.cli.main", "serve", "--config", str(cfg), "--uds", sock,
            "--admin-addr", str(d / "admin.sock"), "--lock", str(d / "inferd.lock"), "--no-embed",
            "--active-permits", "1", "--queue-depth", str(max(connections, 10))]

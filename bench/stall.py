@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> None:
     cfg = tmp / "config.json"
     cfg.write_text(json.dumps({"backends": [{"kind": "mock", "name": "mock", "tokens": ["t"]}]}))
     infer, v2 = str(tmp / "infer.sock"), str(tmp / "v2.sock")
-    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(tmp / "logs"))
+    env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(tmp / "logs"), XDG_RUNTIME_DIR=str(tmp))
     proc = subprocess.Popen([sys.executable, "-m", "inferd.cli.main", "serve", "--config", str(cfg),
                              "--uds", infer, "--v2", "--v2-addr", v2, "--no-embed",
                              "--admin-addr", str(tmp / "admin.sock"), "--lock", str(tmp / "inferd.lock")],

@@ -135,7 +135,10 @@ class MockBackend(Backend):
         delay = cfg.token_delay_ms / 1000
         completion = thinking = calls = 0
         reason = FinishReason.END
-        emitted = ""  # text so far, for stop strings that span steps
+        stops = request.stop
+        # The tail of the text so far that a stop string spanning two steps could start in.
+        keep = max(map(len, stops)) - 1 if stops else 0
+        emitted = ""
         answering = bool(request.messages) and request.messages[-1].role == "tool"
         for sent, step in enumerate(cfg.steps(answering)):
             if cfg.drop_after is not None and sent >= cfg.drop_after:
@@ -160,12 +163,13 @@ class MockBackend(Backend):
                 yield ThinkingDelta(step.thinking)
                 continue
             text = step.text or ""
-            cut = _stop_cut(emitted, text, request.stop)
-            if cut is not None:
-                if cut:
-                    yield TextDelta(text[:cut])
-                break
-            emitted += text
+            if stops:
+                cut = _stop_cut(emitted, text, stops)
+                if cut is not None:
+                    if cut:
+                        yield TextDelta(text[:cut])
+                    break
+                emitted = (emitted + text)[-keep:] if keep else ""
             yield TextDelta(text)
         if calls and reason is FinishReason.END:
             reason = FinishReason.TOOL_USE

@@ -202,30 +202,35 @@ async def generate(ctx: DaemonContext, req: GenerationRequest, sink: Sink, *,
 async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: BackendEntry,
                  stream: EventStream, attempt: Attempt, surface: str, peer: str, clock: RequestClock) -> None:
     done: Done | None = None
+    # The token loop: per event one type test, one add, one await. Counts by kind are
+    # kept in locals and only gathered for the log at the end.
     counts = {"text_frames": 0, "thinking_frames": 0, "tool_use_frames": 0}
+    texts = others = 0
     emit = sink.event
     try:
         async for event in stream:
             kind = type(event)
             if kind is TextDelta:
-                counts["text_frames"] += 1
-            elif kind is ThinkingDelta:
-                counts["thinking_frames"] += 1
-            elif kind is ToolCall:
-                counts["tool_use_frames"] += 1
+                texts += 1
+                if texts == 1 and not others:
+                    clock.first_event()
+            elif kind is ThinkingDelta or kind is ToolCall:
+                others += 1
+                counts["thinking_frames" if kind is ThinkingDelta else "tool_use_frames"] += 1
+                clock.first_event()
             elif kind is Done:
                 done = event  # type: ignore[assignment]
                 break
             else:
                 log.warning("backend %s yielded %s; treating it as a fault", entry.label, kind.__name__)
                 break
-            clock.first_event()
             await emit(event)  # type: ignore[arg-type]
     except (ConnectionError, OSError):
         raise
     except BackendError as exc:
         # A fault the backend could name (e.g. an unparseable tool call) after output began.
         log.warning("backend %s failed mid-stream: %s", entry.label, exc.message)
+        counts["text_frames"] = texts
         if exc.kind in BACKEND_FAULTS:
             attempt.failed(exc.message)
         clock.outcome = "error"
@@ -235,6 +240,7 @@ async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: 
         # A daemon or backend bug looks like this too: keep its traceback.
         log.warning("backend %s failed mid-stream: %r", entry.label, exc, exc_info=True)
     finally:
+        counts["text_frames"] = texts
         await stream.aclose()  # cancels the generation if we stopped early
     if done is None:
         # Not retried elsewhere: the client already has part of this answer.
