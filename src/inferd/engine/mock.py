@@ -70,7 +70,19 @@ class MockConfig:
     #: Reported as `done.context.max`; `used` is prompt + completion tokens.
     n_ctx: int | None = None
 
+    #: Built steps by what they were built from: a long tape is not rebuilt per request.
+    _built: dict[tuple[Any, ...], list[ScriptStep]] = field(default_factory=dict, repr=False, compare=False)
+
     def steps(self, answering_tools: bool = False) -> list[ScriptStep]:
+        key = (answering_tools, id(self.tokens), len(self.tokens), id(self.script), id(self.script_after_tools),
+               self.emit_tool_use)
+        built = self._built.get(key)
+        if built is None:
+            self._built.clear()
+            built = self._built[key] = self._build(answering_tools)
+        return built
+
+    def _build(self, answering_tools: bool) -> list[ScriptStep]:
         if answering_tools and self.script_after_tools is not None:
             return list(self.script_after_tools)
         steps = list(self.script) if self.script is not None else [ScriptStep(text=t) for t in self.tokens]
