@@ -101,6 +101,7 @@ class Metrics:
             ["route", "status"], registry=r)
         self._live = _Live()
         r.register(self._live)
+        self._per_surface: dict[str, tuple[Any, ...]] = {}
 
     # ---- wiring ----------------------------------------------------------------------
 
@@ -114,21 +115,28 @@ class Metrics:
     def generation(self, surface: str, clock: RequestClock) -> None:
         """One generation ended (served, failed, cancelled or refused)."""
         self.requests.labels(surface, "generate", clock.outcome).inc()
+        per = self._per_surface.get(surface)
+        if per is None:  # labels() costs a lock and a dict walk: look children up once
+            per = self._per_surface[surface] = (
+                self.queue_wait.labels(surface), self.ttft.labels(surface), self.prompt_tokens.labels(surface),
+                self.cached_tokens.labels(surface), self.completion_tokens.labels(surface),
+                self.reasoning_tokens.labels(surface), self.decode_rate.labels(surface))
+        queue_wait, ttft, prompt, cached, completion, reasoning, decode = per
         if clock.permitted:
-            self.queue_wait.labels(surface).observe(clock.permitted - clock.started)
+            queue_wait.observe(clock.permitted - clock.started)
         if clock.first:
-            self.ttft.labels(surface).observe(clock.first - clock.started)
+            ttft.observe(clock.first - clock.started)
         done = clock.done
         if done is None:
             return
         u = done.usage
-        self.prompt_tokens.labels(surface).inc(u.prompt_tokens)
-        self.cached_tokens.labels(surface).inc(u.cached_tokens)
-        self.completion_tokens.labels(surface).inc(u.completion_tokens)
-        self.reasoning_tokens.labels(surface).inc(u.thinking_tokens)
+        prompt.inc(u.prompt_tokens)
+        cached.inc(u.cached_tokens)
+        completion.inc(u.completion_tokens)
+        reasoning.inc(u.thinking_tokens)
         rate = decode_rate(done, clock)
         if rate is not None:
-            self.decode_rate.labels(surface).observe(rate)
+            decode.observe(rate)
 
     def embedding(self, surface: str, outcome: str, input_tokens: int = 0) -> None:
         self.requests.labels(surface, "embed", outcome).inc()
