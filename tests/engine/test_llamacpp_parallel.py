@@ -319,18 +319,6 @@ async def test_shared_system_prompt_is_copied_not_evaluated(pair, solo):
     assert text == want  # the copied cells are the cells evaluation wrote
 
 
-async def test_requests_sharing_a_prompt_at_once_evaluate_it_once(pair):
-    system = SYSTEM.replace("sailor", "pilot")
-    a = [{"role": "system", "content": system}, {"role": "user", "content": "What is a sloop?"}]
-    b = [{"role": "system", "content": system}, {"role": "user", "content": "What is a cutter?"}]
-    copies = await on_worker(pair, lambda ctx: ctx.copies)
-    (_, da), (_, db) = await asyncio.gather(run(pair, req(a, id="a")), run(pair, req(b, id="b")))
-    assert await on_worker(pair, lambda ctx: ctx.copies) == copies + 1
-    # One of them evaluated the system prompt; the other waited for it and copied it.
-    assert min(da.usage.cached_tokens, db.usage.cached_tokens) < 10 < 250 < max(
-        da.usage.cached_tokens, db.usage.cached_tokens)
-
-
 async def test_sequence_reports_name_slot_request_and_phase(par):
     reports = Reports(par)
     _, done = await run(par, req("Hello there.", id="seen", max_tokens=3))
