@@ -326,6 +326,9 @@ class Recorder:
     def __init__(self) -> None:
         self.records: list[tuple[str, str, dict]] = []
 
+    def enabled(self, level: str) -> bool:
+        return True
+
     def record(self, level: str, component: str, msg: str, **fields) -> None:
         self.records.append((level, msg, fields))
 

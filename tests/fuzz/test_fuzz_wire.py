@@ -74,7 +74,9 @@ from inferd.proto import v2
 from inferd.proto.embed import parse_embed_request
 from inferd.proto.errors import DecodeError, FrameTooLarge, InvalidRequest
 from inferd.proto.framing import STREAM_LIMIT, FrameReader
-from inferd.proto.v1 import TokenFrame, TokenLines, parse_request, parse_response
+from inferd.proto.v1 import (ContextInfo, DoneFrame, StopReason, Timings, TokenFrame, TokenLines, Usage, encode_done,
+                             parse_request, parse_response)
+from inferd.proto.framing import encode_frame
 
 # The caps the oracle holds the daemon to (spelled out here, not imported from src).
 EMBED_MAX_INPUTS = 2048  # proto/embed.py: more inputs -> InvalidRequest
@@ -764,6 +766,43 @@ def test_token_lines_match_token_frame(id: str, text: str) -> None:
     assert parse_response(line) == TokenFrame(id=id, content=text)
     # U+2028/2029 travel raw (valid JSON, and fine for NDJSON: only \n splits lines).
     count("token_lines_match_token_frame", "ok")
+
+
+counts = st.integers(0, 2**40)
+finite = st.floats(allow_nan=False, allow_infinity=False, min_value=0, max_value=1e12)
+
+
+@FAST
+@given(id=scalar_text, text=scalar_text, backend=scalar_text, prompt=counts, completion=counts,
+       cached=st.none() | counts, thinking=st.none() | counts, reason=st.sampled_from(list(StopReason)),
+       timings=st.none() | st.builds(Timings, prompt_ms=finite, generate_ms=finite, tokens_per_second=finite),
+       context=st.none() | st.builds(ContextInfo, used=counts, max=counts))
+def test_encode_done_writes_what_done_frame_writes(id: str, text: str, backend: str, prompt: int, completion: int,
+                                                   cached: int | None, thinking: int | None, reason: StopReason,
+                                                   timings: Timings | None, context: ContextInfo | None) -> None:
+    usage = Usage(prompt_tokens=prompt, completion_tokens=completion, cached_tokens=cached, thinking_tokens=thinking)
+    line = encode_done(id, text, usage, reason, backend, timings, context)
+    reference = encode_frame(DoneFrame(id=id, content=text, usage=usage, stop_reason=reason, backend=backend,
+                                       timings=timings, context=context))
+    # The same members in the same order with the same values (the bytes differ only
+    # where two JSON encoders may escape a character differently).
+    assert list(json.loads(line).items()) == list(json.loads(reference).items())
+    assert line.endswith(b"\n") and b"\n" not in line[:-1]
+    assert parse_response(line) == parse_response(reference)
+    count("encode_done_matches_done_frame", "ok")
+
+
+def test_encode_done_refuses_what_the_frame_cap_refuses() -> None:
+    from inferd.proto.framing import MAX_FRAME_BYTES
+
+    usage = Usage(prompt_tokens=1, completion_tokens=1)
+    head = len(encode_done("x", "", usage, StopReason.END, "b"))  # the line around an empty content
+    fits = "a" * (MAX_FRAME_BYTES - head)  # payload MAX_FRAME_BYTES - 1 bytes: the largest allowed
+    assert len(encode_done("x", fits, usage, StopReason.END, "b")) == MAX_FRAME_BYTES
+    with pytest.raises(FrameTooLarge):
+        encode_done("x", fits + "a", usage, StopReason.END, "b")
+    with pytest.raises(FrameTooLarge):
+        encode_frame(DoneFrame(id="x", content=fits + "a", usage=usage, stop_reason=StopReason.END, backend="b"))
 
 
 @FAST

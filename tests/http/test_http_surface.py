@@ -39,6 +39,9 @@ class Recorder:
     def __init__(self) -> None:
         self.records: list[tuple[str, dict[str, Any]]] = []
 
+    def enabled(self, level: str) -> bool:
+        return True
+
     def record(self, level: str, component: str, msg: str, **fields: Any) -> None:
         self.records.append((msg, fields))
 

@@ -15,6 +15,7 @@ inference sockets closed once in-flight work is done, new backends, `capabilitie
 from __future__ import annotations
 
 import asyncio
+import gc
 import contextlib
 import logging
 import os
@@ -179,6 +180,11 @@ class Server:
         self.broadcaster.publish(Ready())
         self.activity.record("info", "lifecycle", "ready", backends=[e.label for e in entries])
         await self._bind_surfaces()
+        # Everything built so far (modules, schemas, the model's objects) lives as long
+        # as the process: keep it out of the collector's full passes, which would
+        # otherwise walk it again and again while requests allocate (CPython's gc.freeze).
+        gc.collect()
+        gc.freeze()
         self.is_ready.set()
 
     def _make_security(self) -> ListenerSecurity:

@@ -15,11 +15,13 @@ not mirrored.
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
@@ -68,30 +70,11 @@ class RequestClock:
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=False)
-        self.requests = Counter(
-            "inferd_requests", "Requests that reached the pipeline, by surface, kind and outcome",
-            ["surface", "kind", "outcome"], registry=r)
-        self.prompt_tokens = Counter(
-            "inferd_prompt_tokens", "Prompt tokens of served generations", ["surface"], registry=r)
-        self.cached_tokens = Counter(
-            "inferd_prompt_cached_tokens", "Prompt tokens served from the KV prefix cache (not evaluated again)",
-            ["surface"], registry=r)
-        self.completion_tokens = Counter(
-            "inferd_completion_tokens", "Completion tokens generated", ["surface"], registry=r)
-        self.reasoning_tokens = Counter(
-            "inferd_reasoning_tokens", "Completion tokens that were reasoning", ["surface"], registry=r)
-        self.embed_tokens = Counter(
-            "inferd_embed_input_tokens", "Input tokens of served embed requests", ["surface"], registry=r)
-        self.ttft = Histogram(
-            "inferd_time_to_first_token_seconds",
-            "From the request reaching the pipeline (queue wait included) to its first output",
-            ["surface"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.decode_rate = Histogram(
-            "inferd_decode_tokens_per_second", "Decode rate of each served generation",
-            ["surface"], buckets=_RATE_BUCKETS, registry=r)
-        self.queue_wait = Histogram(
-            "inferd_queue_wait_seconds", "From the request reaching the pipeline to its run permit",
-            ["surface"], buckets=_LATENCY_BUCKETS, registry=r)
+        # What the pipeline counts per request lives in plain numbers read at scrape
+        # time (_Served): a prometheus_client Counter or Histogram takes a lock on
+        # every update, nine of them per request, a tenth of a 1-token request's cost.
+        self._served = _Served()
+        r.register(self._served)
         self.model_load = Gauge(
             "inferd_model_load_seconds", "Duration of the last model load, from reading the config to ready",
             registry=r)
@@ -101,7 +84,6 @@ class Metrics:
             ["route", "status"], registry=r)
         self._live = _Live()
         r.register(self._live)
-        self._per_surface: dict[str, tuple[Any, ...]] = {}
 
     # ---- wiring ----------------------------------------------------------------------
 
@@ -114,34 +96,34 @@ class Metrics:
 
     def generation(self, surface: str, clock: RequestClock) -> None:
         """One generation ended (served, failed, cancelled or refused)."""
-        self.requests.labels(surface, "generate", clock.outcome).inc()
-        per = self._per_surface.get(surface)
-        if per is None:  # labels() costs a lock and a dict walk: look children up once
-            per = self._per_surface[surface] = (
-                self.queue_wait.labels(surface), self.ttft.labels(surface), self.prompt_tokens.labels(surface),
-                self.cached_tokens.labels(surface), self.completion_tokens.labels(surface),
-                self.reasoning_tokens.labels(surface), self.decode_rate.labels(surface))
-        queue_wait, ttft, prompt, cached, completion, reasoning, decode = per
+        served = self._served
+        key = (surface, "generate", clock.outcome)
+        served.requests[key] = served.requests.get(key, 0) + 1
+        tally = served.surfaces.get(surface)
+        if tally is None:
+            tally = served.surfaces[surface] = _Tally()
         if clock.permitted:
-            queue_wait.observe(clock.permitted - clock.started)
+            tally.queue_wait.observe(clock.permitted - clock.started)
         if clock.first:
-            ttft.observe(clock.first - clock.started)
+            tally.ttft.observe(clock.first - clock.started)
         done = clock.done
         if done is None:
             return
         u = done.usage
-        prompt.inc(u.prompt_tokens)
-        cached.inc(u.cached_tokens)
-        completion.inc(u.completion_tokens)
-        reasoning.inc(u.thinking_tokens)
+        tally.prompt += u.prompt_tokens
+        tally.cached += u.cached_tokens
+        tally.completion += u.completion_tokens
+        tally.reasoning += u.thinking_tokens
         rate = decode_rate(done, clock)
         if rate is not None:
-            decode.observe(rate)
+            tally.decode.observe(rate)
 
     def embedding(self, surface: str, outcome: str, input_tokens: int = 0) -> None:
-        self.requests.labels(surface, "embed", outcome).inc()
+        served = self._served
+        key = (surface, "embed", outcome)
+        served.requests[key] = served.requests.get(key, 0) + 1
         if input_tokens:
-            self.embed_tokens.labels(surface).inc(input_tokens)
+            served.embed_tokens[surface] = served.embed_tokens.get(surface, 0) + input_tokens
 
     def http_response(self, route: str, status: int) -> None:
         """The HTTP surface's own answers (401, 404, 413 ... never reach the pipeline)."""
@@ -176,6 +158,92 @@ def decode_rate(done: Done, clock: RequestClock) -> float | None:
         return None
     elapsed = time.perf_counter() - clock.first
     return (n - 1) / elapsed if elapsed > 0 else None
+
+
+class _Histogram:
+    """Bucket counts and sum of one labelled histogram (Prometheus semantics: a value
+    lands in the first bucket whose upper bound is at least the value)."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts):
+            running += n
+            out.append((floatToGoString(bound), running))
+        return out
+
+
+class _Tally:
+    """Everything counted for the generations of one surface."""
+
+    __slots__ = ("prompt", "cached", "completion", "reasoning", "queue_wait", "ttft", "decode")
+
+    def __init__(self) -> None:
+        self.prompt = self.cached = self.completion = self.reasoning = 0
+        self.queue_wait = _Histogram(_LATENCY_BUCKETS)
+        self.ttft = _Histogram(_LATENCY_BUCKETS)
+        self.decode = _Histogram(_RATE_BUCKETS)
+
+
+class _Served:
+    """The pipeline's per-request numbers, written on the event loop without locks and
+    turned into metric families when scraped."""
+
+    def __init__(self) -> None:
+        #: (surface, kind, outcome) -> requests.
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.surfaces: dict[str, _Tally] = {}
+        #: surface -> input tokens of served embed requests.
+        self.embed_tokens: dict[str, int] = {}
+
+    def collect(self) -> Iterator[Any]:
+        requests = CounterMetricFamily(
+            "inferd_requests", "Requests that reached the pipeline, by surface, kind and outcome",
+            labels=["surface", "kind", "outcome"])
+        for labels, n in list(self.requests.items()):
+            requests.add_metric(list(labels), n)
+        yield requests
+        tallies = list(self.surfaces.items())
+        for name, help_text, attr in _COUNTERS:
+            family = CounterMetricFamily(name, help_text, labels=["surface"])
+            for surface, tally in tallies:
+                family.add_metric([surface], getattr(tally, attr))
+            yield family
+        family = CounterMetricFamily("inferd_embed_input_tokens", "Input tokens of served embed requests",
+                                     labels=["surface"])
+        for surface, n in list(self.embed_tokens.items()):
+            family.add_metric([surface], n)
+        yield family
+        for name, help_text, attr in _HISTOGRAMS:
+            family = HistogramMetricFamily(name, help_text, labels=["surface"])
+            for surface, tally in tallies:
+                hist = getattr(tally, attr)
+                family.add_metric([surface], hist.buckets(), hist.total)
+            yield family
+
+
+_COUNTERS = (
+    ("inferd_prompt_tokens", "Prompt tokens of served generations", "prompt"),
+    ("inferd_prompt_cached_tokens", "Prompt tokens served from the KV prefix cache (not evaluated again)", "cached"),
+    ("inferd_completion_tokens", "Completion tokens generated", "completion"),
+    ("inferd_reasoning_tokens", "Completion tokens that were reasoning", "reasoning"),
+)
+_HISTOGRAMS = (
+    ("inferd_time_to_first_token_seconds",
+     "From the request reaching the pipeline (queue wait included) to its first output", "ttft"),
+    ("inferd_decode_tokens_per_second", "Decode rate of each served generation", "decode"),
+    ("inferd_queue_wait_seconds", "From the request reaching the pipeline to its run permit", "queue_wait"),
+)
 
 
 class _Live:

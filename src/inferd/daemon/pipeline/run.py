@@ -15,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Protocol, TypeVar
 
@@ -72,40 +71,55 @@ def _route(ctx: DaemonContext, needs: Needs) -> list[BackendEntry]:
     raise Refused(Fault.UNAVAILABLE, "no embed-capable backend available")
 
 
-@asynccontextmanager
-async def _serving(ctx: DaemonContext, needs: Needs, call: Callable[[BackendEntry], Awaitable[T]]
-                   ) -> AsyncIterator[tuple[BackendEntry, T, Attempt]]:
-    """`call` started on the first backend that accepts it, inside that backend's admission.
+class _Serving:
+    """`async with _Serving(ctx, needs, call) as (entry, result, attempt)`: `call`
+    started on the first backend that accepts it, inside that backend's admission.
 
     A backend whose circuit is open is skipped; one refusing before its stream (or
     its admission being full) hands the request to the next candidate; the last
     refusal is what the client hears. The admission ticket is held until the
     `async with` body - the whole reply - ends. The body settles the Attempt
     (succeeded/failed) once it knows how the reply went; one it leaves unsettled
-    (the client went away) tells the breaker nothing.
+    (the client went away) tells the breaker nothing. A request evicted by a reload
+    (its task cancelled with a reason) becomes a Refused with that reason.
+
+    A class rather than an @asynccontextmanager: every request passes here, and the
+    generator machinery cost more than the routing it wraps.
     """
-    try:
-        await ctx.router.wait_open()  # a reload in progress: wait for the new backends
-    except QueueFull:
-        raise Refused(Fault.QUEUE_FULL, "queue full") from None
-    last: Refused | None = None
-    for entry in _route(ctx, needs):
-        attempt = entry.breaker.admit()
-        if attempt is None:
-            last = Refused(Fault.UNAVAILABLE, entry.breaker.refusal())
-            continue
-        live = _InFlight.track(entry)
+
+    __slots__ = ("ctx", "needs", "call", "ticket", "live", "attempt")
+
+    def __init__(self, ctx: DaemonContext, needs: Needs, call: Callable[[BackendEntry], Awaitable[T]]) -> None:
+        self.ctx = ctx
+        self.needs = needs
+        self.call = call
+
+    async def __aenter__(self) -> tuple[BackendEntry, T, Attempt]:  # type: ignore[type-var]
+        ctx = self.ctx
         try:
-            try:
-                ticket = entry.admission.try_admit()
-            except QueueFull:
-                last = Refused(Fault.QUEUE_FULL, "queue full")
+            await ctx.router.wait_open()  # a reload in progress: wait for the new backends
+        except QueueFull:
+            raise Refused(Fault.QUEUE_FULL, "queue full") from None
+        last: Refused | None = None
+        for entry in _route(ctx, self.needs):
+            attempt = entry.breaker.admit()
+            if attempt is None:
+                last = Refused(Fault.UNAVAILABLE, entry.breaker.refusal())
                 continue
-            except AdmissionClosed:
-                raise Refused(Fault.CLOSED, "admission closed") from None
-            async with ticket:  # waits FIFO for a permit of this backend
+            live = _InFlight.track(entry)
+            ticket = None
+            handed = False
+            try:
                 try:
-                    result = await call(entry)
+                    ticket = entry.admission.try_admit()
+                except QueueFull:
+                    last = Refused(Fault.QUEUE_FULL, "queue full")
+                    continue
+                except AdmissionClosed:
+                    raise Refused(Fault.CLOSED, "admission closed") from None
+                await ticket.__aenter__()  # waits FIFO for a permit of this backend
+                try:
+                    result = await self.call(entry)
                 except BackendError as exc:
                     last = Refused(exc.kind, exc.message)
                     if exc.kind in BACKEND_FAULTS:
@@ -117,24 +131,44 @@ async def _serving(ctx: DaemonContext, needs: Needs, call: Callable[[BackendEntr
                     log.exception("backend %s failed before streaming", entry.label)
                     attempt.failed(f"backend failed: {type(exc).__name__}")
                     raise Refused(Fault.INTERNAL, f"backend failed: {type(exc).__name__}") from None
-                yield entry, result, attempt
-                return
-        except asyncio.CancelledError:
-            if live.reason is None:
+                self.ticket, self.live, self.attempt = ticket, live, attempt
+                handed = True  # the body's now: __aexit__ releases them
+                return entry, result, attempt
+            except asyncio.CancelledError:
+                _evicted(live)
                 raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            raise Refused(Fault.UNAVAILABLE, live.reason) from None
+            finally:
+                if not handed:
+                    if ticket is not None:
+                        ticket.release()
+                    live.untrack()
+                    attempt.release()  # no-op once settled
+        assert last is not None
+        raise last
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            if exc_type is asyncio.CancelledError:
+                _evicted(self.live)
         finally:
-            live.untrack()
-            attempt.release()  # no-op once settled
-    assert last is not None
-    raise last
+            self.ticket.release()
+            self.live.untrack()
+            self.attempt.release()  # no-op once settled
+
+
+def _evicted(live: "_InFlight") -> None:
+    """A cancellation that is a reload's eviction becomes a Refused (and the task is
+    no longer cancelled); any other cancellation goes on."""
+    if live.reason is None:
+        return
+    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+    raise Refused(Fault.UNAVAILABLE, live.reason) from None
 
 
 class _InFlight:
     """A request admitted to one backend (waiting for its permit, starting, or streaming),
     so that a reload whose drain deadline has passed can end it and free the old model
-    (issue 8 item 7, THREAT_MODEL F-13). Eviction cancels the request's task; `_serving` turns that one
+    (issue 8 item 7, THREAT_MODEL F-13). Eviction cancels the request's task; `_Serving` turns that one
     cancellation into a terminal error for the client, whose connection stays open."""
 
     __slots__ = ("entry_id", "task", "reason")
@@ -188,7 +222,7 @@ async def generate(ctx: DaemonContext, req: GenerationRequest, sink: Sink, *,
         return entry.backend.generate(req)
 
     try:
-        async with _serving(ctx, needs, start) as (entry, stream, attempt):
+        async with _Serving(ctx, needs, start) as (entry, stream, attempt):
             await _relay(ctx, req, sink, entry, stream, attempt, surface, peer, clock)
     except Refused as exc:
         clock.outcome = exc.kind.value
@@ -253,14 +287,16 @@ async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: 
         done = replace(done, tool_choice_unsatisfied=True)
     clock.outcome, clock.done = "ok", done
     await sink.done(done, entry.label)
-    usage = done.usage
-    ctx.activity.record(
-        "info", surface, _event_name(surface, "request_done"),
-        req_id=req.id, backend=entry.label, stop_reason=str(done.reason),
-        prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
-        cached_tokens=usage.cached_tokens, **counts,
-        ms=round((time.perf_counter() - clock.started) * 1000, 1), peer=peer,
-    )
+    activity = ctx.activity
+    if activity.enabled("info"):
+        usage = done.usage
+        activity.record(
+            "info", surface, _event_name(surface, "request_done"),
+            req_id=req.id, backend=entry.label, stop_reason=str(done.reason),
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens, **counts,
+            ms=round((time.perf_counter() - clock.started) * 1000, 1), peer=peer,
+        )
 
 
 async def _mid_stream(ctx: DaemonContext, sink: Sink, entry: BackendEntry, surface: str, rid: str,
@@ -305,7 +341,7 @@ async def embed(ctx: DaemonContext, req: EmbedResolved, *, surface: str = "embed
     """Serve one embed request: (the serving backend's config name, the result). Raises Refused."""
     outcome, tokens = "cancelled", 0
     try:
-        async with _serving(ctx, Needs(embed=True), lambda e: e.backend.embed(req)) as (entry, result, attempt):
+        async with _Serving(ctx, Needs(embed=True), lambda e: e.backend.embed(req)) as (entry, result, attempt):
             attempt.succeeded()
             outcome, tokens = "ok", result.input_tokens
             ctx.activity.record(

@@ -13,7 +13,7 @@ from ...engine.events import Done, TextDelta, ThinkingDelta, ToolCall
 from ...engine.request import ChatMessage, GenerationRequest, ResponseFormat
 from ...proto.errors import ErrorCode, InvalidRequest, encode_error
 from ...proto.framing import encode_frame
-from ...proto.v1 import ContextInfo, CountFrame, DoneFrame, Request, Resolved, StopReason, TokenLines, Usage, parse_request
+from ...proto.v1 import ContextInfo, CountFrame, Request, Resolved, StopReason, TokenLines, encode_done, parse_request
 from ..context import DaemonContext
 from ..net.conn import PeerConnection
 from ..pipeline import run
@@ -64,16 +64,8 @@ class _Sink:
 
     async def done(self, done: Done, backend: str) -> None:
         u = done.usage
-        await self.conn.send(encode_frame(DoneFrame(
-            id=self.rid,
-            content="".join(self.parts),
-            usage=Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
-                        cached_tokens=u.cached_tokens, thinking_tokens=u.thinking_tokens),
-            stop_reason=_STOP[done.reason],
-            backend=backend,
-            timings=done.timings,
-            context=context_info(done),
-        )))
+        await self.conn.send(encode_done(self.rid, "".join(self.parts), u, _STOP[done.reason], backend,
+                                         done.timings, context_info(done)))
 
     async def fail(self, kind: Fault, message: str) -> None:
         await self.conn.send(encode_error(self.rid, V1_CODES[kind], message))
