@@ -10,7 +10,11 @@ hits each alike (medians reported):
              socket to a client in this process (what an app sees)
   tools      the same daemon over its v2 socket, two tools declared but not called:
              the output parser (reasoning split, tool-call scan) runs on every token
-             (its prompt is longer: the tools are declared in it)
+  raw        the same daemon over v1 with `prompt` set to exactly the text the tools
+             leg renders (tools declared in it) and no tools: the same tokens in, the
+             same tokens out, no tool parsing. tools/raw is what declaring tools costs
+             per token; tools/daemon also holds the longer prompt's attention cost
+             (304 prompt tokens instead of 17 on Gemma 3 270M).
 Time to first token counts from writing the request; decode tok/s counts the tokens
 after the first. Before every round each leg's KV cache is emptied, so every leg
 prefills the whole prompt.
@@ -102,6 +106,11 @@ TOOLS = [
 ]
 
 
+async def run_daemon_raw(sock: str, prompt: str, n: int) -> Run:
+    request = {"id": "bench", "prompt": prompt, "temperature": 0, "max_tokens": n}
+    return await _stream(sock, _v1("hi", 1), request, _v1_text, "completion_tokens")
+
+
 async def run_daemon_tools(sock: str, n: int) -> Run:
     request = _v2(PROMPT[0]["content"], n, tools=TOOLS, tool_choice="auto")
     return await _stream(sock, _v2("hi", 1), request, _v2_text, "output_tokens")
@@ -136,6 +145,7 @@ def main() -> int:
     from llama_cpp import Llama
 
     from inferd.engine.llamacpp import LlamaCppBackend, LlamaCppSettings
+    from inferd.engine.request import ChatMessage, GenerationRequest, ToolSpec
 
     path = _model_path(args.model)
     d = Path(tempfile.mkdtemp(prefix="ifd-decode-", dir="/tmp"))
@@ -146,18 +156,23 @@ def main() -> int:
     llm = Llama(path, n_ctx=args.n_ctx, n_batch=512, n_threads=args.threads, n_threads_batch=args.threads,
                 flash_attn=True, verbose=False)
     tokens = backend.tokenize_prompt(backend.render(PROMPT))
-    legs: dict[str, list[Run]] = {"reference": [], "backend": [], "daemon": [], "tools": []}
+    legs: dict[str, list[Run]] = {"reference": [], "backend": [], "daemon": [], "tools": [], "raw": []}
+    tool_specs = [ToolSpec(t["name"], t["description"], t["input_schema"]) for t in TOOLS]
+    tools_prompt = backend._prepare(GenerationRequest(id="p", messages=[ChatMessage("user", PROMPT[0]["content"])],
+                                                      tools=tool_specs, tool_choice="auto"))[1].prompt
     v2_sock = str(d / "v2.sock")
     try:
         run_reference(llm, tokens, 8)  # warm-up: first-call allocations everywhere
         asyncio.run(run_backend(backend, 8))
         asyncio.run(run_daemon(sock, 8))
         asyncio.run(run_daemon_tools(v2_sock, 8))
+        asyncio.run(run_daemon_raw(sock, tools_prompt, 8))
         for _ in range(args.rounds):
             legs["reference"].append(run_reference(llm, tokens, args.tokens))
             legs["backend"].append(asyncio.run(run_backend(backend, args.tokens)))
             legs["daemon"].append(asyncio.run(run_daemon(sock, args.tokens)))
             legs["tools"].append(asyncio.run(run_daemon_tools(v2_sock, args.tokens)))
+            legs["raw"].append(asyncio.run(run_daemon_raw(sock, tools_prompt, args.tokens)))
     finally:
         proc.terminate()
         proc.wait(30)
@@ -171,11 +186,13 @@ def main() -> int:
     print(f"{'':12}{'ttft ms':>10}{'decode tok/s':>15}{'tokens':>8}")
     for name in legs:
         print(f"{name:12}{med(name, 'ttft_ms'):10.1f}{med(name, 'decode_tps'):15.2f}{legs[name][-1].tokens:8d}")
-    for a, b in (("daemon", "reference"), ("daemon", "backend"), ("backend", "reference"), ("tools", "daemon")):
+    for a, b in (("daemon", "reference"), ("daemon", "backend"), ("backend", "reference"), ("tools", "daemon"),
+                 ("tools", "raw")):
         print(f"{a}/{b}: decode {med(a, 'decode_tps') / med(b, 'decode_tps'):.3f}   "
               f"ttft {med(a, 'ttft_ms') / med(b, 'ttft_ms'):.3f}")
-    texts = {name: runs[-1].text for name, runs in legs.items() if name != "tools"}
-    print("same text on the three plain legs:", len(set(texts.values())) == 1)
+    texts = {name: runs[-1].text for name, runs in legs.items() if name not in ("tools", "raw")}
+    print("same text on the three plain legs:", len(set(texts.values())) == 1,
+          "  tools and raw:", legs["tools"][-1].text == legs["raw"][-1].text)
     return 0
 
 
