@@ -2,7 +2,7 @@
 
     LLAMA_SERVER=... LLAMA_BATCHED_BENCH=... LLAMA_BENCH=... \\
     python bench/parallel.py [--model PATH] [--tiny PATH] [--clients 1,2,4,8] [--rounds 3]
-                             [--baseline-src DIR] [--skip-long] [--skip-evidence]
+                             [--baseline-src DIR] [--sections throughput,long,stall,baseline,evidence]
 
 For each model (the real Gemma 3 270M, and the tiny random model that
 ../shared/tools/make_tiny_gguf.py writes, where everything around llama.cpp shows):
@@ -37,7 +37,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -221,8 +220,12 @@ class Servers:
         d.mkdir()
         sock = str(d / "infer.sock")
         env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"), PYTHONPATH=str(src), XDG_RUNTIME_DIR=str(d))
+        # v2 is off by default in older checkouts (no --no-v2 flag there).
+        usage = subprocess.run([sys.executable, "-m", "inferd.cli.main", "serve", "--help"], env=env,
+                               capture_output=True, text=True).stdout
+        no_v2 = ["--no-v2"] if "--no-v2" in usage else []
         argv = [sys.executable, "-m", "inferd.cli.main", "serve", "--backend", "llamacpp", "--model-path", self.model,
-                "--n-ctx", str(self.n_ctx), "--n-threads", str(self.threads), "--no-embed", "--no-v2", "--uds", sock,
+                "--n-ctx", str(self.n_ctx), "--n-threads", str(self.threads), "--no-embed", *no_v2, "--uds", sock,
                 "--admin-addr", str(d / "admin.sock"), "--lock", str(d / "inferd.lock"), "--queue-depth", "64"]
         if parallel is not None:
             argv += ["--parallel", str(parallel)]
@@ -376,15 +379,18 @@ async def long_prompts(servers: Servers, prompts: Prompts, sizes: list[int], rou
         ours, theirs = [], []
         actual = 0
         for r in range(rounds):
-            m = prompts.sized(size, f"i{size}-{r}")
-            actual = len(prompts.tokens(m))
-            s = await inferd_stream(servers.sock, m, 1, f"long{size}-{r}")
-            ours.append((s.first - s.sent) * 1000)
-            if servers.port:
-                m = prompts.sized(size, f"s{size}-{r}")
-                s = await http_stream(servers.port, {"prompt": prompts.tokens(m), "n_predict": 1, "temperature": 0,
-                                                     "stream": True, "cache_prompt": True})
-                theirs.append((s.first - s.sent) * 1000)
+            # Alternate who goes first: a noisy neighbour then hits both alike.
+            for who in (("inferd", "server") if r % 2 == 0 else ("server", "inferd")):
+                if who == "inferd":
+                    m = prompts.sized(size, f"i{size}-{r}")
+                    actual = len(prompts.tokens(m))
+                    s = await inferd_stream(servers.sock, m, 1, f"long{size}-{r}")
+                    ours.append((s.first - s.sent) * 1000)
+                elif servers.port:
+                    m = prompts.sized(size, f"s{size}-{r}")
+                    s = await http_stream(servers.port, {"prompt": prompts.tokens(m), "n_predict": 1, "temperature": 0,
+                                                         "stream": True, "cache_prompt": True})
+                    theirs.append((s.first - s.sent) * 1000)
         a = statistics.median(ours)
         b = statistics.median(theirs) if theirs else float("nan")
         print(f"{actual:>14}{a:>10.0f}{b:>14.0f}{a / b:>8.2f}", flush=True)
@@ -456,7 +462,7 @@ def evidence(model: str, threads: int, n_tokens: int) -> None:
     async def text(b, i: int) -> str:
         req = GenerationRequest(id=str(i), messages=[ChatMessage("user", f"Write a long story about {TOPICS[i]}.")],
                                 temperature=0, max_tokens=n_tokens)
-        return "".join(e.text async for e in await b.generate(req) if isinstance(e, TextDelta))
+        return "".join([e.text async for e in await b.generate(req) if isinstance(e, TextDelta)])
 
     for invariant in (False, True):
         b = LlamaCppBackend(LlamaCppSettings(model_path=model, n_ctx=1024, n_threads=threads, n_threads_batch=threads,
@@ -485,22 +491,24 @@ def run_model(label: str, model: str, args: argparse.Namespace, n_tokens: int, f
     prompts = Prompts(model)
     pp = len(prompts.tokens(prompts.story(0)))
     ceilings: list[dict[int, float]] = []
-    if batched_bin:
+    throughput = "throughput" in args.sections
+    if batched_bin and throughput:
         ceilings.append(batched_bench(batched_bin, model, args.threads, pp, n_tokens, clients))
     work = Path(tempfile.mkdtemp(prefix="ifd-par-", dir="/tmp"))
     n_ctx = 8192 if full and not args.skip_long else 1024
     servers = Servers(model, n_ctx, max(clients), args.threads, work, server_bin,
-                      args.baseline_src if full else None)
+                      args.baseline_src if full and "baseline" in args.sections else None)
     try:
         legs = {c: {"inferd": Leg(), "llama-server": Leg()} for c in clients}
 
         async def all_rounds() -> None:
             await inferd_stream(servers.sock, prompts.story(999), 4, "warm")
-            for r in range(args.rounds):
+            for r in range(args.rounds if throughput else 0):
                 for c in clients:
                     await one_round(servers, prompts, c, n_tokens, r, legs[c])
-            if full and not args.skip_long:
-                await long_prompts(servers, prompts, [459, 1792, 6680], max(2, args.rounds - 1))
+            if full and "long" in args.sections:
+                await long_prompts(servers, prompts, [459, 1792, 6680], max(2, args.rounds))
+            if full and "stall" in args.sections:
                 await stall(servers, prompts, 6680)
             if full and servers.baseline:
                 await baseline(servers, prompts, max(3, args.rounds), 128)
@@ -509,15 +517,19 @@ def run_model(label: str, model: str, args: argparse.Namespace, n_tokens: int, f
     finally:
         servers.close()
         shutil.rmtree(work, ignore_errors=True)
-    if batched_bin:
+    if batched_bin and throughput:
         ceilings.append(batched_bench(batched_bin, model, args.threads, pp, n_tokens, clients))
-    tg = llama_bench_tg(bench_bin, model, args.threads, n_tokens) if bench_bin else None
+    tg = llama_bench_tg(bench_bin, model, args.threads, n_tokens) if bench_bin and throughput else None
 
     def ceiling(c: int) -> float:
         vals = [d[c] for d in ceilings if c in d]
         return statistics.mean(vals) if vals else float("nan")
 
     med = statistics.median
+    if not throughput:
+        if full and not args.skip_evidence:
+            evidence(model, args.threads, n_tokens)
+        return
     print(f"\n-- throughput ({label}, prompt {pp} tokens, medians of {args.rounds} rounds) --")
     print(f"{'clients':>7} | {'inferd agg':>10} {'decode':>7} {'ttft p50':>8} {'p95':>6} | "
           f"{'server agg':>10} {'decode':>7} {'ttft p50':>8} {'p95':>6} | {'batched':>7} | "
@@ -551,9 +563,12 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--baseline-src", help="a checkout of the code before parallel sequences (has src/inferd)")
-    ap.add_argument("--skip-long", action="store_true")
-    ap.add_argument("--skip-evidence", action="store_true")
+    ap.add_argument("--sections", default="throughput,long,stall,baseline,evidence",
+                    help="which legs to run (comma-separated); ceilings run with throughput")
     args = ap.parse_args()
+    args.sections = set(args.sections.split(","))
+    args.skip_long = "long" not in args.sections and "stall" not in args.sections
+    args.skip_evidence = "evidence" not in args.sections
     if not args.no_real:
         if args.model:
             model = args.model

@@ -196,3 +196,79 @@ async def test_parallel_flag_reaches_the_backend(model_path):
     finally:
         assert await daemon.stop(60) == 0
         cleanup(d)
+
+
+# ---- the broadcaster's side (no model) -------------------------------------------------
+
+def _slot(n: int, request: str) -> Any:
+    from inferd.proto.admin import SequenceSlot
+
+    return SequenceSlot(slot=n, request=request, state="decode", prompt_tokens=10, cached_tokens=4)
+
+
+async def _frames(sub: Any) -> list[dict[str, Any]]:
+    out = []
+    while sub.pending:
+        out.append(json.loads(await asyncio.wait_for(sub.next(), 1)))
+    return out
+
+
+async def test_sequence_lists_collapse_to_the_newest_and_ride_on_the_replay():
+    from inferd.daemon.status import StatusBroadcaster
+    from inferd.proto.admin import Capabilities, Ready
+
+    b = StatusBroadcaster()
+    b.publish(Capabilities(backend="local", parallel=4))
+    b.publish(Ready())
+    live = b.subscribe()
+    await _frames(live)
+    sink = b.sequence_sink(asyncio.get_running_loop(), "local")
+    # Three lists before the loop turns (a busy decode thread): one frame, the newest.
+    sink([_slot(0, "a")])
+    sink([_slot(0, "a"), _slot(1, "b")])
+    sink([_slot(1, "b")])
+    assert await _frames(live) == []
+    await asyncio.sleep(0)
+    frames = await _frames(live)
+    assert [f["status"] for f in frames] == ["sequences"]
+    assert frames[0]["backend"] == "local" and [s["request"] for s in frames[0]["sequences"]] == ["b"]
+    late = await _frames(b.subscribe())
+    assert late[0]["status"] == "capabilities" and late[0]["sequences"][0]["slot"] == 1
+    assert late[1]["status"] == "ready"
+    sink([])
+    await asyncio.sleep(0)
+    assert "sequences" not in (await _frames(b.subscribe()))[0]
+
+
+async def test_a_replaced_backend_reports_nothing_more():
+    from inferd.daemon.status import StatusBroadcaster
+    from inferd.proto.admin import Capabilities
+
+    b = StatusBroadcaster()
+    b.publish(Capabilities(backend="local", parallel=2))
+    old = b.sequence_sink(asyncio.get_running_loop(), "local")
+    b.clear_capabilities()  # a reload installs new backends
+    b.publish(Capabilities(backend="local", parallel=2))
+    sub = b.subscribe()
+    await _frames(sub)
+    old([_slot(0, "stale")])
+    await asyncio.sleep(0)
+    assert await _frames(sub) == []
+    assert "sequences" not in (await _frames(b.subscribe()))[0]
+
+
+async def test_parallel_is_bounded_where_it_is_configured():
+    from pydantic import ValidationError
+
+    from inferd.daemon.config import LlamaCppEntry
+    from inferd.engine.llamacpp.settings import LlamaCppSettings
+
+    assert LlamaCppEntry(kind="llamacpp", model_path="/m.gguf").parallel is None  # the backend's default
+    assert LlamaCppEntry(kind="llamacpp", model_path="/m.gguf", parallel=8).parallel == 8
+    for bad in (0, 257):
+        with pytest.raises(ValidationError):
+            LlamaCppEntry(kind="llamacpp", model_path="/m.gguf", parallel=bad)
+        with pytest.raises(ValueError, match="parallel must be between 1 and 256"):
+            LlamaCppSettings(model_path="/m.gguf", parallel=bad)
+    with pytest.raises(ValueError, match="prefill_chunk must be at least 1"):
+        LlamaCppSettings(model_path="/m.gguf", prefill_chunk=0)

@@ -207,6 +207,29 @@ def test_automatic_parallel_halves_until_the_context_fits(model_path, monkeypatc
         _backend(model_path, n_ctx=256, parallel=4)  # asked for explicitly: no fallback
 
 
+def test_a_new_request_keeps_the_running_sequences_consecutive():
+    """llama.cpp batches sequences of separate KV streams in one pass over the weights
+    only while their ids are consecutive: the slot choice keeps them so."""
+    from types import SimpleNamespace
+
+    from inferd.engine.llamacpp.scheduler import BatchScheduler
+    from inferd.engine.llamacpp.worker import Slot, common_prefix
+
+    def ctx(busy: set[int], kv: dict[int, list[int]]) -> Any:
+        slots = [Slot(i, kv=list(kv.get(i, [])), busy=i in busy) for i in range(8)]
+        return SimpleNamespace(slots=slots, reusable=lambda s, t: common_prefix(s.kv, t, len(t) - 1))
+
+    pick = BatchScheduler._pick_slot
+    prompt = list(range(100))
+    # Slots 0, 1 and 3 decode: 2 closes the gap, though 5 holds nothing to lose.
+    assert pick(None, ctx({0, 1, 3}, {2: [7] * 50}), prompt).seq_id == 2  # type: ignore[arg-type]
+    # Equally compact choices: the one that keeps its cache (a chat's next turn).
+    assert pick(None, ctx({2}, {1: prompt[:90], 3: [9] * 40}), prompt).seq_id == 1  # type: ignore[arg-type]
+    # Nothing runs: an empty slot rather than another chat's cache.
+    assert pick(None, ctx(set(), {0: [5] * 30}), prompt).seq_id == 1  # type: ignore[arg-type]
+    assert pick(None, ctx(set(range(8)), {}), prompt) is None  # type: ignore[arg-type]
+
+
 # ---- concurrent streams --------------------------------------------------------------
 
 async def test_concurrent_greedy_streams_equal_their_single_client_text(par, solo):
@@ -317,6 +340,33 @@ async def test_shared_system_prompt_is_copied_not_evaluated(pair, solo):
     assert await on_worker(pair, lambda ctx: ctx.copies) == 1
     assert done.usage.cached_tokens == want_done.usage.cached_tokens > 250
     assert text == want  # the copied cells are the cells evaluation wrote
+
+
+async def test_requests_sharing_a_prompt_at_once_evaluate_it_once(pair, solo):
+    """Two clients send the same long system prompt at the same moment: the second
+    waits for the first to evaluate it and copies those cells."""
+    from inferd.engine.llamacpp.worker import common_prefix
+
+    system = SYSTEM.replace("sailor", "ferry captain")  # in no slot's cache yet
+    chats = [[{"role": "system", "content": system}, {"role": "user", "content": q}]
+             for q in ("What is a ketch?", "What is a yawl?")]
+    alone = [await run(solo, req(m)) for m in chats]
+    prompts = [pair.tokenize_prompt(pair.render(m)) for m in chats]
+    shared = common_prefix(prompts[0], prompts[1], len(prompts[1]) - 1)
+    assert shared > 250
+    copies = await on_worker(pair, lambda ctx: ctx.copies)
+    pair._gen.prefill_steps.clear()
+    reports = Reports(pair)
+    async with held(pair):  # both are admitted in the same step
+        streams = [await pair.generate(req(m, id=f"t{i}")) for i, m in enumerate(chats)]
+    (t1, d1), (t2, d2) = await asyncio.gather(*(collect(s) for s in streams))
+    assert reports.together("t0", "t1")
+    assert await on_worker(pair, lambda ctx: ctx.copies) == copies + 1
+    assert d1.usage.cached_tokens < 64 <= shared <= d2.usage.cached_tokens
+    # What was evaluated: the first prompt whole, of the second only what follows the copy.
+    evaluated = sum(tokens for tokens, _ in pair._gen.prefill_steps)
+    assert evaluated == (len(prompts[0]) - d1.usage.cached_tokens) + (len(prompts[1]) - d2.usage.cached_tokens)
+    assert [t1, t2] == [text for text, _ in alone]
 
 
 async def test_sequence_reports_name_slot_request_and_phase(par):

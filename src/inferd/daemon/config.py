@@ -93,6 +93,9 @@ class LlamaCppEntry(_Entry):
     parallel: int | None = Field(default=None, ge=1, le=256)
     #: Greedy text independent of what else is decoding (ADR 0018); off = llama.cpp's kernels.
     batch_invariant: bool = False
+    #: Sliding-window layers keep every position (llama-server's --swa-full); omitted =
+    #: only when parallel is 1 (ADR 0018).
+    swa_full: bool | None = None
 
     @model_validator(mode="after")
     def _one_model(self) -> "LlamaCppEntry":

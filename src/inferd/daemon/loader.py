@@ -300,6 +300,7 @@ async def construct(plan: Planned, phase: PhaseSink) -> Backend:
         chat_template=entry.chat_template,
         parallel=entry.parallel,
         batch_invariant=entry.batch_invariant,
+        swa_full=entry.swa_full,
     )
     phase(Mmap(path=str(model.path)))
     # llama.cpp pads the context to a multiple of 256; say what it will allocate

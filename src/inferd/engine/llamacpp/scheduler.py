@@ -4,28 +4,28 @@
 owns it). Instead of one job at a time, each iteration of its loop is one decode step
 (ADR 0018):
 
-1. Take what arrived (non-blocking while anything runs), reap cancelled requests
-   (their slot and cells are freed at once), admit waiting requests into free slots in
-   arrival order - each to the slot whose cache shares the most with its prompt.
+1. Take what arrived (without blocking while anything runs), reap cancelled requests
+   (their slot is free at once), admit waiting requests into free slots in arrival
+   order - each to the slot whose cache it can use best.
 2. Build one batch: the next token of every decoding sequence, then prompt chunks of
-   the sequences still prefilling, oldest first. While anybody decodes, the chunk is
-   bounded (`prefill_chunk`, or sized from the measured prompt speed so a step takes
-   about PREFILL_STEP_MS), so a long prompt never freezes the others' streams; with
-   nobody decoding it takes the whole batch.
+   the sequences still prefilling, oldest first. While anybody decodes, the prompt
+   tokens a step carries are bounded (`prefill_chunk`, or sized from the measured
+   prompt speed so a step takes about PREFILL_STEP_MS), so a long prompt never freezes
+   the others' streams; with nobody decoding it takes the whole batch.
 3. One `llama_decode`. Then each sequence with logits in the batch samples its token
    with its own sampler (seed, grammar), and its text goes through its own UTF-8
-   stream, stop strings and output parser, to its own stream.
+   stream, stop strings and output parser to its own stream. The step's events reach
+   the event loop in one wake-up.
 
-A sequence that reaches the first token of a prompt another running sequence is
-still evaluating waits for it and then copies those cells (a shared system prompt is
-evaluated once). A job that is not a generation (a test's marker) is a barrier: it
-runs when everything submitted before it has finished.
+A request whose prompt starts with what another running sequence is still evaluating
+(a shared system prompt sent by several clients at once) waits for it and copies
+those cells instead of evaluating them twice. A job that is not a generation (a
+test's marker) is a barrier: it runs once everything submitted before it has ended.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,14 +38,19 @@ from ..events import ContextUsage, Done, FinishReason, Timings, Usage
 from .sampling import Sampler, StopScanner, Utf8Stream, parse_grammar
 from .settings import PREFILL_STEP_MS
 from .threads import ContextThread, Job, WorkerStopped
-from .worker import GenerationContext, GenerationJob, Slot, StepPost, common_prefix
+from .worker import COPY_MIN_TOKENS, GenerationContext, GenerationJob, Slot, StepPost, common_prefix
 
 log = logging.getLogger("inferd.engine.llamacpp")
 
-#: Bounds of the measured prompt chunk while others decode.
-MIN_CHUNK = 16
-#: Prompt chunk used before any prompt speed has been measured.
-FIRST_CHUNK = 64
+#: The smallest prompt chunk a step carries while others decode: below it a chunk
+#: costs much more per token (measured on a 2-core CPU with 3 others decoding, 2,048
+#: prompt tokens: chunks of 32 / 64 / 128 / 256 ran at 0.54 / 0.66 / 0.80 / 0.85 of
+#: the speed of 512-token chunks with nobody else decoding; ADR 0018).
+MIN_CHUNK = 64
+#: The chunk used until a step's costs have been measured.
+FIRST_CHUNK = 128
+#: Weight of the newest measurement in the running estimates of a step's costs.
+EMA = 0.3
 
 SequenceObserver = Callable[[list[SequenceSlot]], None]
 
@@ -54,9 +59,9 @@ class Sequence:
     """One request running in a slot: its sampler and everything its text goes through."""
 
     __slots__ = ("job", "slot", "prompt", "sampler", "utf8", "stops", "parser", "started", "prompt_done",
-                 "cached", "placed", "next", "completion", "thinking", "wait_for", "wait_len", "admitted")
+                 "cached", "placed", "next", "completion", "thinking", "wait_for", "wait_len")
 
-    def __init__(self, job: GenerationJob, slot: Slot, ctx: GenerationContext, admitted: int) -> None:
+    def __init__(self, job: GenerationJob, slot: Slot, ctx: GenerationContext) -> None:
         self.job = job
         self.slot = slot
         self.prompt = job.tokens
@@ -77,7 +82,6 @@ class Sequence:
         #: A sequence still evaluating a prefix of this prompt, and how long that prefix is.
         self.wait_for: Sequence | None = None
         self.wait_len = 0
-        self.admitted = admitted
 
     def close(self) -> None:
         self.sampler.close()
@@ -94,6 +98,12 @@ class Sequence:
             prompt_tokens=len(self.prompt), cached_tokens=self.cached)
 
 
+def _runs(busy: list[int], extra: int) -> int:
+    """How many runs of consecutive ids `busy` plus `extra` make."""
+    ids = sorted((*busy, extra))
+    return 1 + sum(1 for a, b in zip(ids, ids[1:]) if b != a + 1)
+
+
 class BatchScheduler(ContextThread[GenerationContext]):
     def __init__(self, name: str, open_state: Callable[[], GenerationContext],
                  close_state: Callable[[GenerationContext], None], *, prefill_chunk: int | None = None,
@@ -101,11 +111,11 @@ class BatchScheduler(ContextThread[GenerationContext]):
         super().__init__(name, open_state, close_state)
         self._fixed_chunk = prefill_chunk
         self._step_s = step_ms / 1000.0
-        #: Measured prompt speed (tokens/s) on steps that carried a prompt chunk.
-        self._prompt_rate: float | None = None
+        #: Measured costs of a step: seconds for the decode rows alone, seconds per prompt token.
+        self._decode_s: float | None = None
+        self._token_s: float | None = None
         self._waiting: deque[Job[GenerationContext]] = deque()
         self._running: list[Sequence] = []
-        self._admissions = 0
         self._observer: SequenceObserver | None = None
         #: (prompt tokens, decode tokens) of recent steps that carried a prompt chunk; tests read it.
         self.prefill_steps: deque[tuple[int, int]] = deque(maxlen=4096)
@@ -220,43 +230,54 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 break
             self._waiting.popleft()
             try:
-                seq = Sequence(job, slot, ctx, self._admissions)
+                seq = Sequence(job, slot, ctx)
             except Exception as exc:  # noqa: BLE001 - e.g. a grammar libllama refuses after all
                 job.abandon(exc)
                 continue
-            self._admissions += 1
             slot.busy = True
             slot.used_at = ctx.steps
-            self._wait_for_shared_prefix(seq)
+            self._wait_for_shared_prefix(ctx, seq)
             with self._lock:
                 self._running.append(seq)
             admitted = True
         return admitted
 
     def _pick_slot(self, ctx: GenerationContext, tokens: list[int]) -> Slot | None:
-        """The free slot that loses the fewest cached tokens, then reuses the most, then
-        was used longest ago: a chat's next turn returns to its slot, an unrelated
-        request takes an empty slot rather than destroying another chat's cache."""
+        """The free slot that keeps the running sequences in the fewest runs of
+        consecutive ids, then loses the fewest cached tokens, then reuses the most,
+        then was used longest ago.
+
+        llama.cpp puts sequences with their own KV streams into one micro-batch (one
+        pass over the weights) only while their ids are consecutive (`split_equal`):
+        four requests decoding in slots 0, 2, 5 and 7 cost four passes a step, in 0-3
+        one (measured: 4 clients at 0.71x llama-server's aggregate before this rule).
+        A prompt another slot has cached is not lost by taking a different slot: it
+        is copied from there (`GenerationContext.place`). Among the rest, a chat's
+        next turn returns to its slot and an unrelated request takes an empty slot
+        rather than destroying another chat's cache."""
+        busy = [s.seq_id for s in ctx.slots if s.busy]
         best: Slot | None = None
-        best_key: tuple[int, int, int] | None = None
+        best_key: tuple[int, int, int, int] | None = None
         for slot in ctx.slots:
             if slot.busy:
                 continue
             reuse = ctx.reusable(slot, tokens)
-            key = (len(slot.kv) - reuse, -reuse, slot.used_at)
+            key = (_runs(busy, slot.seq_id), len(slot.kv) - reuse, -reuse, slot.used_at)
             if best_key is None or key < best_key:
                 best, best_key = slot, key
         return best
 
-    def _wait_for_shared_prefix(self, seq: Sequence) -> None:
+    def _wait_for_shared_prefix(self, ctx: GenerationContext, seq: Sequence) -> None:
         """If a sequence still prefilling shares more of this prompt than any cache
-        holds, wait for it and copy its cells instead of evaluating them twice."""
-        have = len(seq.slot.kv)
+        holds (by enough to be worth a copy), wait for it and copy its cells instead of
+        evaluating them twice."""
+        cached = ctx.reusable(seq.slot, seq.prompt)
+        _, cached = ctx.best_donor(seq.slot, seq.prompt, cached)
         for other in self._running:
             if not other.prefilling:
                 continue
             shared = common_prefix(other.prompt, seq.prompt, len(seq.prompt) - 1)
-            if shared > max(have, len(other.slot.kv), seq.wait_len):
+            if shared >= cached + COPY_MIN_TOKENS and shared > seq.wait_len:
                 seq.wait_for, seq.wait_len = other, shared
 
     def _chunk(self, ctx: GenerationContext, decoding: int) -> int:
@@ -266,9 +287,23 @@ class BatchScheduler(ContextThread[GenerationContext]):
             return room
         if self._fixed_chunk is not None:
             return max(1, min(self._fixed_chunk, room))
-        rate = self._prompt_rate
-        chunk = FIRST_CHUNK if rate is None else int(rate * self._step_s)
+        if self._token_s is None:
+            chunk = FIRST_CHUNK
+        else:
+            # A step costs about decode_s + chunk * token_s: fill it up to the target.
+            chunk = int((self._step_s - (self._decode_s or 0.0)) / self._token_s)
         return max(1, min(max(chunk, MIN_CHUNK), room))
+
+    def _measure(self, prompt_tokens: int, decoding: int, seconds: float) -> None:
+        """Update the estimates of what a step costs from one that just ran."""
+        if not prompt_tokens:
+            old = self._decode_s
+            self._decode_s = seconds if old is None else (1 - EMA) * old + EMA * seconds
+        elif prompt_tokens >= MIN_CHUNK // 2:
+            fixed = (self._decode_s or 0.0) if decoding else 0.0
+            per = max(seconds - fixed, 0.0) / prompt_tokens
+            old = self._token_s
+            self._token_s = per if old is None else (1 - EMA) * old + EMA * per
 
     def _step(self, ctx: GenerationContext) -> None:
         running = self._running
@@ -332,12 +367,9 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 self._report()
                 return
             now = time.perf_counter()
+            self._measure(prompt_tokens, len(decoding), now - t0)
             if prompt_tokens:
                 self.prefill_steps.append((prompt_tokens, len(decoding)))
-                if prompt_tokens >= MIN_CHUNK:
-                    rate = prompt_tokens / max(now - t0, 1e-6)
-                    old = self._prompt_rate
-                    self._prompt_rate = rate if old is None else 0.7 * old + 0.3 * rate
             for seq, start, end in fed:
                 seq.slot.kv.extend(seq.prompt[start:end])
             changed = False

@@ -19,9 +19,9 @@ DEFAULT_PARALLEL = 4
 #: llama.cpp's ceiling on sequences in one context (LLAMA_MAX_SEQ).
 MAX_PARALLEL = 256
 #: While other sequences are decoding, a prompt is fed in chunks sized so that one
-#: decode step takes about this long (ADR 0018): the others' streams pause at most
-#: about this much between two tokens.
-PREFILL_STEP_MS = 100.0
+#: decode step takes about this long (ADR 0018): the others' streams pause about this
+#: much between two tokens while it is read, instead of for the whole prompt.
+PREFILL_STEP_MS = 250.0
 
 
 @dataclass
@@ -65,6 +65,12 @@ class LlamaCppSettings:
     #: Largest prompt chunk fed into a step while other sequences decode; None =
     #: sized from the measured prompt speed so a step takes about PREFILL_STEP_MS.
     prefill_chunk: int | None = None
+    #: Sliding-window layers (Gemma 3, gpt-oss...) keep every position of every
+    #: sequence, like full-attention ones (llama-server's --swa-full). None = only
+    #: with one sequence: with several, each keeps its window (ADR 0018), which costs
+    #: far less memory and long-prompt time, and a later turn reuses the cache only if
+    #: it continues the cached text up to the window.
+    swa_full: bool | None = None
 
     def __post_init__(self) -> None:
         if self.parallel is not None and not 1 <= self.parallel <= MAX_PARALLEL:

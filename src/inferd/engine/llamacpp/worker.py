@@ -85,6 +85,10 @@ class GenerationContext:
         # on how earlier requests left the cells. In its own stream a sequence is laid
         # out exactly as in a context of its own (ADR 0018).
         params.kv_unified = False
+        # With several sequences, sliding-window layers keep only their window (as
+        # llama-server does): n_ctx for every sequence would otherwise cost the full
+        # cache in every layer. One sequence keeps today's full-size cache (ADR 0018).
+        params.swa_full = n_seq == 1 if settings.swa_full is None else settings.swa_full
         params.n_threads = settings.threads()
         params.n_threads_batch = settings.threads_batch()
         params.no_perf = True
