@@ -17,10 +17,11 @@ import numpy as np
 
 import llama_cpp.llama_cpp as L
 
+from ...proto.limits import MAX_GRAMMAR_BYTES
 from .native import capture_native_log
 
-# THREAT_MODEL F-11: bound the grammar before libllama parses it.
-MAX_GRAMMAR_BYTES = 65536
+# THREAT_MODEL F-11: bound the grammar before libllama parses it. The size limit is the
+# wire's (proto/limits.py); the alternation count only libllama's parser cares about.
 MAX_GRAMMAR_ALTERNATIONS = 4096
 
 # llama.cpp reads this seed value as "pick a random one".
