@@ -7,6 +7,7 @@ request `stop` and `seed`, `done.timings`; `stream: false` is honoured by the da
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 import math
 from enum import StrEnum
@@ -154,8 +155,12 @@ class Request(_Wire):
         )
 
 
-class Resolved(BaseModel):
-    """A validated request with every default applied; what a backend receives."""
+@dataclass(slots=True)
+class Resolved:
+    """A validated request with every default applied, from which a surface builds the
+    engine's request. A plain dataclass: `Request.resolve` fills it from fields the
+    model already validated, on every request (validating again cost more than the
+    rest of resolve)."""
 
     id: str
     messages: list[Message]
@@ -167,7 +172,7 @@ class Resolved(BaseModel):
     stream: bool = True
     image_token_budget: int | None = None
     grammar: str = ""
-    stop: list[str] = Field(default_factory=list)
+    stop: list[str] = field(default_factory=list)
     seed: int | None = None
     response_format: ResponseFormat | None = None
     count_only: bool = False
