@@ -223,6 +223,8 @@ def test_a_new_request_keeps_the_running_sequences_consecutive():
     prompt = list(range(100))
     # Slots 0, 1 and 3 decode: 2 closes the gap, though 5 holds nothing to lose.
     assert pick(None, ctx({0, 1, 3}, {2: [7] * 50}), prompt).seq_id == 2  # type: ignore[arg-type]
+    # Slot 1 joins two runs into one: better than extending one run with empty slot 3.
+    assert pick(None, ctx({0, 2}, {1: [8] * 30}), prompt).seq_id == 1  # type: ignore[arg-type]
     # Equally compact choices: the one that keeps its cache (a chat's next turn).
     assert pick(None, ctx({2}, {1: prompt[:90], 3: [9] * 40}), prompt).seq_id == 1  # type: ignore[arg-type]
     # Nothing runs: an empty slot rather than another chat's cache.

@@ -98,12 +98,6 @@ class Sequence:
             prompt_tokens=len(self.prompt), cached_tokens=self.cached)
 
 
-def _runs(busy: list[int], extra: int) -> int:
-    """How many runs of consecutive ids `busy` plus `extra` make."""
-    ids = sorted((*busy, extra))
-    return 1 + sum(1 for a, b in zip(ids, ids[1:]) if b != a + 1)
-
-
 class BatchScheduler(ContextThread[GenerationContext]):
     def __init__(self, name: str, open_state: Callable[[], GenerationContext],
                  close_state: Callable[[GenerationContext], None], *, prefill_chunk: int | None = None,
@@ -255,14 +249,17 @@ class BatchScheduler(ContextThread[GenerationContext]):
         is copied from there (`GenerationContext.place`). Among the rest, a chat's
         next turn returns to its slot and an unrelated request takes an empty slot
         rather than destroying another chat's cache."""
-        busy = [s.seq_id for s in ctx.slots if s.busy]
+        busy = {s.seq_id for s in ctx.slots if s.busy}
         best: Slot | None = None
         best_key: tuple[int, int, int, int] | None = None
         for slot in ctx.slots:
             if slot.busy:
                 continue
             reuse = ctx.reusable(slot, tokens)
-            key = (_runs(busy, slot.seq_id), len(slot.kv) - reuse, -reuse, slot.used_at)
+            # Taking this slot makes one run more, the same, or one fewer (it joins
+            # two runs): by how many of its neighbours are busy.
+            joins = (slot.seq_id - 1 in busy) + (slot.seq_id + 1 in busy)
+            key = (-joins, len(slot.kv) - reuse, -reuse, slot.used_at)
             if best_key is None or key < best_key:
                 best, best_key = slot, key
         return best
