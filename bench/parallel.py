@@ -51,6 +51,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(SRC))
+sys.path.insert(0, str(HERE))
+from benchkit import free_port  # noqa: E402
 
 TOPICS = ["the sea", "a lighthouse", "the moon", "a city at night", "a forest", "a desert caravan", "an old ship",
           "a mountain village", "a robot", "a dragon", "a library", "a storm", "a garden", "a train journey",
@@ -197,12 +199,6 @@ async def http_stream(port: int, body: dict, keep_times: bool = False, stop: asy
 
 
 # ---- servers -------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 class Servers:
     def __init__(self, model: str, n_ctx: int, parallel: int, threads: int, workdir: Path,

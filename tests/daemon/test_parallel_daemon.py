@@ -11,14 +11,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import pytest_asyncio
 
-from daemon_harness import cleanup, dial, line, read_json, read_until_terminal, roundtrip, short_tmpdir, start_daemon, wait_until
+from daemon_harness import (cleanup, dial, hold_generation, line, read_json, read_until_terminal, roundtrip, short_tmpdir,
+                            start_daemon, wait_until)
 
 from inferd.cli.admin_cmds import status as status_command
 
@@ -61,26 +61,9 @@ def backend_of(daemon: Any) -> Any:
 async def held(daemon: Any, expect: int) -> AsyncIterator[None]:
     """Hold the generation thread until `expect` generations are queued behind it."""
     gen = backend_of(daemon)._gen
-    started, release = threading.Event(), threading.Event()
-
-    class Gate:
-        def run(self, state: Any) -> None:
-            started.set()
-            release.wait(120)
-
-        def abandon(self, exc: BaseException) -> None:
-            started.set()
-
-        def interrupt(self) -> None:
-            release.set()
-
-    gen.submit(Gate())
-    await asyncio.to_thread(started.wait, 120)
-    try:
+    async with hold_generation(gen):
         yield
         await wait_until(lambda: gen._jobs.qsize() >= expect, 120, f"{expect} queued generations")
-    finally:
-        release.set()
 
 
 async def send(path: str, body: dict[str, Any]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:

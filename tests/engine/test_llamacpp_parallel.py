@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import llama_cpp.llama_cpp as L
@@ -26,7 +23,7 @@ from inferd.engine.request import ChatMessage, GenerationRequest
 from inferd.proto.admin import SequenceSlot
 from inferd.proto.embed import EmbedResolved
 
-from daemon_harness import wait_until
+from daemon_harness import hold_generation, wait_until
 
 N_CTX = 1024
 THREADS = 2
@@ -97,29 +94,9 @@ async def on_worker(backend: LlamaCppBackend, fn: Any) -> Any:
     return await asyncio.wait_for(asyncio.wrap_future(result), 120)
 
 
-@contextlib.asynccontextmanager
-async def held(backend: LlamaCppBackend) -> AsyncIterator[None]:
-    """Hold the generation thread (once idle) until the block ends: whatever is
-    submitted meanwhile is admitted at once, so those requests certainly overlap."""
-    started, release = threading.Event(), threading.Event()
-
-    class Gate:
-        def run(self, state: Any) -> None:
-            started.set()
-            release.wait(120)
-
-        def abandon(self, exc: BaseException) -> None:
-            started.set()
-
-        def interrupt(self) -> None:
-            release.set()
-
-    backend._gen.submit(Gate())
-    await asyncio.to_thread(started.wait, 120)
-    try:
-        yield
-    finally:
-        release.set()
+def held(backend: LlamaCppBackend) -> Any:
+    """Whatever is submitted inside the block is admitted in one step."""
+    return hold_generation(backend._gen)
 
 
 class Reports:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from daemon_harness import Daemon
@@ -24,15 +24,6 @@ def base_url(d: Daemon) -> str:
 def host_port(d: Daemon) -> tuple[str, int]:
     host, _, port = http_address(d).rpartition(":")
     return host.strip("[]"), int(port)
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not pred():
-        if loop.time() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def raw_request(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,

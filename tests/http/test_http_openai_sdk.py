@@ -22,7 +22,8 @@ import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
-from http_helpers import GenerationSpy, host_port, http_address, raw_request, read_head, wait_until
+from daemon_harness import wait_until
+from http_helpers import GenerationSpy, host_port, http_address, raw_request, read_head
 from daemon_harness import cleanup, short_tmpdir, start_daemon
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")

