@@ -51,7 +51,8 @@ def start_llama_server(model_path: str, log: Path, *extra: str, key: str | None 
             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", "2",
             "--n_threads_batch", "2", "--verbose", "false", *extra]
     if key is not None:
-        args += ["--api_key", key]
+        # One argv item: a random key may begin with "-", which argparse would take for an option.
+        args.append(f"--api_key={key}")
     out = log.open("wb")
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     out.close()
