@@ -30,6 +30,7 @@ CAPS_A = {
     "gpu_layers": 0,
     "model": "gemma-3-270m",
     "n_ctx": 4096,
+    "flash_attn": True,
 }
 CAPS_B = {
     "id": "admin",
@@ -187,7 +188,7 @@ def test_doctor_all_ok_exits_0(fake_server, fake_config):
         "[ ok ] config: loaded /etc/inferd.json (backends: [llamacpp:alpha], auto_pull=true)",
         f"[ ok ] admin: connected at {server.path}; daemon status=ready phase=-",
         "[ ok ] backend: alpha accelerator=cpu gpu_layers=0 v2=true vision=false audio=false"
-        " tools=true thinking=true embed=false model=gemma-3-270m n_ctx=4096",
+        " tools=true thinking=true embed=false model=gemma-3-270m n_ctx=4096 flash_attn=true",
         "[ ok ] device: cpu",
         "[ ok ] backend: beta accelerator=cuda gpu_layers=43 v2=false vision=true audio=false"
         " tools=false thinking=false embed=true",
@@ -281,3 +282,9 @@ def test_status_as_a_process(fake_server, sock_dir):
     down = run_cli("status", "--admin-addr", str(sock_dir / "none.sock"))
     assert down.returncode == 2
     assert down.stderr.startswith("error: ")
+
+
+def test_serve_refuses_a_flash_attn_that_is_not_on_or_off():
+    result = runner.invoke(app, ["serve", "--backend", "llamacpp", "--model-path", "/m.gguf", "--flash-attn", "auto"])
+    assert result.exit_code == 2
+    assert "must be on or off" in result.output

@@ -53,23 +53,45 @@ async def daemon(model_path):
     cleanup(d)
 
 
+def reference_completion(model_path: str, *, flash_attn: bool, max_tokens: int = 24) -> tuple[list[int], dict]:
+    """PROMPT's prompt tokens and llama-cpp-python's greedy completion of them, in this process."""
+    prompt = GemmaRenderer().render([{"role": "user", "content": PROMPT}])
+    ref = Llama(model_path, n_ctx=N_CTX, n_batch=512, n_threads=2, n_threads_batch=2, flash_attn=flash_attn,
+                verbose=False)
+    try:
+        tokens = ref.tokenize(prompt.encode(), add_bos=False, special=True)
+        return tokens, ref.create_completion(tokens, max_tokens=max_tokens, temperature=0.0)
+    finally:
+        ref.close()
+
+
 async def test_greedy_equals_llama_cpp_python_in_process(daemon, model_path):
     frames = await roundtrip(daemon.infer, chat("g1", max_tokens=24, temperature=0), timeout=120)
     done = frames[-1]
     assert done["type"] == "done" and done["backend"] == "llamacpp"
     assert done["content"] == "".join(f["content"] for f in frames[:-1])
-    prompt = GemmaRenderer().render([{"role": "user", "content": PROMPT}])
     # Configured like the daemon's context: llama.cpp's "auto" turns flash attention on for CPU.
-    ref = Llama(model_path, n_ctx=N_CTX, n_batch=512, n_threads=2, n_threads_batch=2, flash_attn=True, verbose=False)
-    try:
-        tokens = ref.tokenize(prompt.encode(), add_bos=False, special=True)
-        out = ref.create_completion(tokens, max_tokens=24, temperature=0.0)
-    finally:
-        ref.close()
+    tokens, out = reference_completion(model_path, flash_attn=True)
     assert done["content"] == out["choices"][0]["text"]
     assert done["usage"]["prompt_tokens"] == len(tokens)
     assert done["usage"]["completion_tokens"] == out["usage"]["completion_tokens"]
     assert set(done["timings"]) == {"prompt_ms", "generate_ms", "tokens_per_second"}
+
+
+async def test_flash_attn_off_reaches_llama_cpp(model_path):
+    # `--flash-attn off` (config `flash_attn: false`): the backend says so, and its greedy
+    # text is llama-cpp-python's with flash attention off.
+    d = short_tmpdir()
+    other = await start_daemon(d, backend="llamacpp", model_path=model_path, n_ctx=N_CTX, n_threads=2,
+                               parallel=1, flash_attn=False)
+    try:
+        assert other.server.router.entries[0].caps.flash_attn is False
+        done = (await roundtrip(other.infer, chat("fa0", max_tokens=24, temperature=0), timeout=120))[-1]
+    finally:
+        assert await other.stop(60) == 0
+        cleanup(d)
+    _, out = reference_completion(model_path, flash_attn=False)
+    assert done["type"] == "done" and done["content"] == out["choices"][0]["text"]
 
 
 async def test_max_tokens_gives_length(daemon):
@@ -199,3 +221,6 @@ async def test_admin_capabilities_describe_the_model(daemon):
     assert caps["model"] == "Gemma 3 270m" and caps["n_ctx"] == N_CTX and caps["embed"] is True
     # model_path holds llama.cpp to the CPU, GPU build or not.
     assert caps["v2"] is True and caps["accelerator"] == "cpu" and caps["gpu_layers"] == 0
+    # Left to llama.cpp's "auto", which turns flash attention on for the CPU: the frame
+    # says what llama.cpp chose, not what was asked.
+    assert caps["flash_attn"] is True

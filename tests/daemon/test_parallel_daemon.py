@@ -255,3 +255,15 @@ async def test_parallel_is_bounded_where_it_is_configured():
             LlamaCppSettings(model_path="/m.gguf", parallel=bad)
     with pytest.raises(ValueError, match="prefill_chunk must be at least 1"):
         LlamaCppSettings(model_path="/m.gguf", prefill_chunk=0)
+
+
+async def test_flash_attn_key_is_a_switch_and_the_flag_overrides_it():
+    from pydantic import ValidationError
+
+    from inferd.daemon.config import ConfigFile, LlamaCppEntry, ServeOptions, effective_config
+
+    assert LlamaCppEntry(kind="llamacpp", model_path="/m.gguf").flash_attn is None  # llama.cpp's auto
+    with pytest.raises(ValidationError, match="flash_attn"):
+        LlamaCppEntry(kind="llamacpp", model_path="/m.gguf", flash_attn="sometimes")
+    cfg, _ = effective_config(ServeOptions(backend="llamacpp", model_path="/m.gguf", flash_attn=False))
+    assert isinstance(cfg, ConfigFile) and cfg.backends[0].flash_attn is False

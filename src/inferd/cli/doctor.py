@@ -141,6 +141,8 @@ def backend_line(cap: AdminEvent) -> Line:
         detail += f" model={cap.model}"
     if cap.n_ctx is not None:
         detail += f" n_ctx={cap.n_ctx}"
+    if cap.flash_attn is not None:
+        detail += f" flash_attn={_flag(cap.flash_attn)}"
     if cap.state is not None and cap.state != "closed":
         detail += f" circuit={cap.state}"
         if cap.reason:

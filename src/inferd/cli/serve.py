@@ -70,6 +70,8 @@ def serve(
     chat_template: Annotated[Optional[str], typer.Option("--chat-template", envvar="INFERD_CHAT_TEMPLATE")] = None,
     parallel: Annotated[Optional[int], typer.Option("--parallel", envvar="INFERD_PARALLEL", min=1, max=256,
                                                     help="llama.cpp requests decoded together, each with --n-ctx (default 4)")] = None,
+    flash_attn: Annotated[Optional[str], typer.Option("--flash-attn", envvar="INFERD_FLASH_ATTN", metavar="on|off",
+                                                      help="llama.cpp flash attention (default: llama.cpp's auto)")] = None,
 ) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT (SIGHUP reloads)."""
     from ..daemon.server import run
@@ -81,6 +83,8 @@ def serve(
         raise typer.BadParameter("must be 64 hex characters", param_hint="--model-sha256")
     if uds and pipe:
         raise typer.BadParameter("give --uds or --pipe, not both", param_hint="--pipe")
+    if flash_attn is not None and flash_attn not in ("on", "off"):
+        raise typer.BadParameter("must be on or off", param_hint="--flash-attn")
     _setup_logging()
     opts = ServeOptions(
         config=config, backend=backend, uds=uds, tcp=tcp, pipe=pipe, admin_addr=admin_addr, lock=lock,
@@ -91,6 +95,7 @@ def serve(
         group=group, allow_uids=list(allow_uid or []), model_path=model_path, model_sha256=model_sha256,
         n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, llamacpp_embed=llamacpp_embed,
         chat_template=chat_template, parallel=parallel,
+        flash_attn=None if flash_attn is None else flash_attn == "on",
     )
     raise typer.Exit(run(opts))
 

@@ -96,6 +96,9 @@ class LlamaCppEntry(_Entry):
     #: Sliding-window layers keep every position (llama-server's --swa-full); omitted =
     #: only when parallel is 1 (ADR 0018).
     swa_full: bool | None = None
+    #: Flash attention on/off (llama-server's --flash-attn); omitted = llama.cpp's
+    #: "auto", which turns it on wherever the device supports it.
+    flash_attn: bool | None = None
 
     @model_validator(mode="after")
     def _one_model(self) -> "LlamaCppEntry":
@@ -327,6 +330,7 @@ class ServeOptions:
     llamacpp_embed: bool = False
     chat_template: str | None = None
     parallel: int | None = None
+    flash_attn: bool | None = None
 
     def admin_address(self) -> str:
         return self.admin_addr or endpoints.default_admin_addr()
@@ -384,6 +388,8 @@ def _apply_overrides(entry: LlamaCppEntry, opts: ServeOptions) -> LlamaCppEntry:
         updates["chat_template"] = opts.chat_template
     if opts.parallel is not None:
         updates["parallel"] = opts.parallel
+    if opts.flash_attn is not None:
+        updates["flash_attn"] = opts.flash_attn
     if opts.llamacpp_embed:
         updates["embed"] = True
     if opts.model_sha256 and entry.model_path and not entry.model_sha256:

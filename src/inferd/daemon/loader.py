@@ -301,6 +301,7 @@ async def construct(plan: Planned, phase: PhaseSink) -> Backend:
         parallel=entry.parallel,
         batch_invariant=entry.batch_invariant,
         swa_full=entry.swa_full,
+        flash_attn=entry.flash_attn,
     )
     phase(Mmap(path=str(model.path)))
     # llama.cpp pads the context to a multiple of 256; say what it will allocate

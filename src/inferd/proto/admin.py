@@ -103,6 +103,8 @@ class BackendCapabilities(BaseModel):
     n_ctx: int | None = None
     #: Sequences decoded together (parallel slots); None for backends without slots.
     parallel: int | None = None
+    #: Whether llama.cpp runs flash attention (ADR 0019); None when unknown or not llama.cpp.
+    flash_attn: bool | None = None
 
 
 class Capabilities(BackendCapabilities):
@@ -239,6 +241,7 @@ class AdminEvent(BaseModel):
     vram_total_bytes: int | None = None
     model: str | None = None
     parallel: int | None = None
+    flash_attn: bool | None = None
     version: str | None = None
     reload_error: str | None = None
     # backend_state (and a replayed capabilities frame of a backend that is not closed)

@@ -109,6 +109,8 @@ class LlamaCppBackend(Backend):
         #: Requests decoded together; the daemon gives the backend this many permits.
         self.concurrency = self.parallel = gen.n_seq
         self._gen_state = gen
+        #: Whether the generation context runs flash attention (None: llama.cpp did not say).
+        self.flash_attn = gen.flash_attn
         if settings.embed:
             label = self.label
             self._embed = ContextThread(
@@ -165,6 +167,7 @@ class LlamaCppBackend(Backend):
             model=self.label,
             n_ctx=self.n_ctx,
             parallel=self.parallel,
+            flash_attn=self.flash_attn,
         )
 
     def observe_sequences(self, sink: Callable[[list[SequenceSlot]], None] | None) -> None:

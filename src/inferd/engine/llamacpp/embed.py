@@ -21,7 +21,7 @@ import llama_cpp.llama_cpp as L
 
 from ...proto.embed import EmbedResolved, EmbedTask
 from ..backend import BackendInvalidRequest, EmbedResult, Unavailable
-from .native import tokenize
+from .native import create_context, tokenize
 from .settings import LlamaCppSettings
 
 TASK_PREFIX: dict[EmbedTask | None, str] = {
@@ -71,7 +71,7 @@ class EmbedContext:
         params.n_threads = settings.threads()
         params.n_threads_batch = settings.threads_batch()
         params.no_perf = True
-        ctx = L.llama_init_from_model(model, params)
+        ctx, _ = create_context(model, params, settings.flash_attn)
         if not ctx:
             raise ValueError(f"llama.cpp could not create the embedding context (n_ctx={n})")
         self.ctx = ctx

@@ -70,6 +70,26 @@ def init_backend(verbose: bool) -> None:
 
 # ---- model -------------------------------------------------------------------------
 
+
+def create_context(model: L.llama_model_p, params: L.llama_context_params,
+                   flash_attn: bool | None) -> tuple[L.llama_context_p | None, bool | None]:
+    """A context with flash attention forced on/off, or left to llama.cpp's "auto"
+    (None); returns it (NULL on failure) and whether flash attention is on (None when
+    llama.cpp's auto did not say)."""
+    if flash_attn is not None:
+        params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        return L.llama_init_from_model(model, params), flash_attn
+    params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_AUTO
+    with capture_native_log() as lines:
+        ctx = L.llama_init_from_model(model, params)
+    said = "".join(lines)
+    if "Flash Attention enabled" in said:
+        return ctx, True
+    if "Flash Attention not supported" in said:
+        return ctx, False
+    return ctx, None
+
+
 def load_model(path: str, n_gpu_layers: int, *, repack: bool = True) -> L.llama_model_p:
     """`repack=False` keeps the weights in the file's layout: llama.cpp's repacked CPU
     matmuls round a row differently depending on how many rows share its batch (ADR 0018)."""

@@ -51,7 +51,8 @@ class LlamaCppSettings:
     #: None = the GGUF template, else a built-in chosen by architecture;
     #: "model" forces the GGUF template; "gemma" | "chatml" | "llama-3" force a built-in.
     chat_template: str | None = None
-    #: None = llama.cpp decides (auto), True/False force flash attention on/off.
+    #: True/False force flash attention on/off; None = llama.cpp's "auto" (on wherever
+    #: the device supports it, the CPU included).
     flash_attn: bool | None = None
     #: Route llama.cpp's own log lines to stderr instead of the debug logger.
     verbose: bool = False

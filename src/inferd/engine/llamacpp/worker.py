@@ -27,7 +27,7 @@ import llama_cpp.llama_cpp as L
 
 from ..backend import BackendError, Unavailable
 from ..events import Done, Event, TextDelta, ThinkingDelta, ToolCall
-from .native import PieceReader
+from .native import PieceReader, create_context
 from .sampling import SamplingParams
 from .settings import LlamaCppSettings, padded_ctx
 
@@ -92,11 +92,7 @@ class GenerationContext:
         params.n_threads = settings.threads()
         params.n_threads_batch = settings.threads_batch()
         params.no_perf = True
-        if settings.flash_attn is not None:
-            params.flash_attn_type = (
-                L.LLAMA_FLASH_ATTN_TYPE_ENABLED if settings.flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
-            )
-        ctx = L.llama_init_from_model(model, params)
+        ctx, self.flash_attn = create_context(model, params, settings.flash_attn)
         if not ctx:
             raise ValueError(f"llama.cpp could not create a context with n_ctx={settings.n_ctx}"
                              + (f" x parallel {n_seq}" if n_seq > 1 else ""))
