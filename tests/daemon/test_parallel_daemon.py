@@ -257,7 +257,7 @@ async def test_parallel_is_bounded_where_it_is_configured():
         LlamaCppSettings(model_path="/m.gguf", prefill_chunk=0)
 
 
-async def test_flash_attn_key_is_a_switch_and_the_flag_overrides_it():
+async def test_flash_attn_key_is_a_switch_and_the_flag_sets_it():
     from pydantic import ValidationError
 
     from inferd.daemon.config import ConfigFile, LlamaCppEntry, ServeOptions, effective_config

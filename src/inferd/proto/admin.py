@@ -103,7 +103,7 @@ class BackendCapabilities(BaseModel):
     n_ctx: int | None = None
     #: Sequences decoded together (parallel slots); None for backends without slots.
     parallel: int | None = None
-    #: Whether llama.cpp runs flash attention (ADR 0019); None when unknown or not llama.cpp.
+    #: Whether llama.cpp runs flash attention (ADR 0018); None when unknown or not llama.cpp.
     flash_attn: bool | None = None
 
 
