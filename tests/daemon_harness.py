@@ -95,6 +95,19 @@ def mock_config(directory: Path, **mock: Any) -> Path:
     return path
 
 
+def _llamacpp_flags(opts: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments named like llama.cpp options become the `llamacpp` overrides,
+    as `inferd serve`'s flags do (`embed` stays the embed socket's switch there too)."""
+    from inferd.engine.llamacpp.settings import LlamaCppOptions
+
+    flags = {k: opts.pop(k) for k in list(opts) if k in LlamaCppOptions.model_fields and k != "embed"}
+    if opts.pop("llamacpp_embed", False):
+        flags["embed"] = True
+    if flags:
+        opts["llamacpp"] = {**opts.get("llamacpp", {}), **flags}
+    return opts
+
+
 async def start_daemon(directory: Path | None = None, *, wait_ready: bool = True, boot_timeout: float = BOOT_TIMEOUT,
                        activity: Any = None, mock: dict[str, Any] | None = None, install_signals: bool = False,
                        **opts: Any) -> Daemon:
@@ -113,7 +126,7 @@ async def start_daemon(directory: Path | None = None, *, wait_ready: bool = True
     opts.setdefault("lock", str(d / "inferd.lock"))
     opts.setdefault("embed_addr", str(d / "infer.embed.sock"))
     opts.setdefault("v2_addr", str(d / "infer.v2.sock"))
-    options = ServeOptions(**opts)
+    options = ServeOptions(**_llamacpp_flags(opts))
     server = Server(options, activity=activity or NullActivityLog(), install_signals=install_signals)
     task = asyncio.create_task(server.serve())
     daemon = Daemon(server, task, d, options, v2=options.v2_address() if options.v2 else "")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src" / "inferd"
 FORBIDDEN_MODULES = {"subprocess", "pty", "multiprocessing", "pexpect"}
 FORBIDDEN_OS = {"system", "popen", "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp",
@@ -36,11 +38,27 @@ def offences(tree: ast.AST) -> list[str]:
     return found
 
 
-def test_no_module_spawns_processes():
+#: The one spawn site (ADR 0019): our interpreter running one of our engine modules.
+SPAWN_SITE = "engine/llamacpp/spawn.py"
+
+
+def test_no_module_spawns_processes_but_the_one_spawn_site():
     files = sorted(SRC.rglob("*.py"))
     assert len(files) > 30
     bad = {str(f.relative_to(SRC)): o for f in files if (o := offences(ast.parse(f.read_text(), str(f))))}
-    assert bad == {}
+    assert bad == {SPAWN_SITE: ["subprocess"]}
+
+
+def test_the_spawn_site_starts_only_our_engine_modules():
+    from inferd.engine.llamacpp import spawn
+
+    assert all(m.startswith("inferd.engine.") for m in spawn.ENGINE_MODULES)
+    for module in ("os", "inferd.engine.llamacpp.nonexistent", "-c"):
+        with pytest.raises(ValueError, match="not an engine module"):
+            spawn.run_engine_module(module, "", 1.0)
+    # No shell and no argument from the caller but the module name: the argv is fixed.
+    source = (SRC / SPAWN_SITE).read_text()
+    assert "shell=False" in source and "[sys.executable, \"-m\", module]" in source
 
 
 def test_the_scanner_catches_each_form():

@@ -251,9 +251,9 @@ async def test_parallel_is_bounded_where_it_is_configured():
     for bad in (0, 257):
         with pytest.raises(ValidationError):
             LlamaCppEntry(kind="llamacpp", model_path="/m.gguf", parallel=bad)
-        with pytest.raises(ValueError, match="parallel must be between 1 and 256"):
+        with pytest.raises(ValidationError, match="parallel"):
             LlamaCppSettings(model_path="/m.gguf", parallel=bad)
-    with pytest.raises(ValueError, match="prefill_chunk must be at least 1"):
+    with pytest.raises(ValidationError, match="prefill_chunk"):
         LlamaCppSettings(model_path="/m.gguf", prefill_chunk=0)
 
 
@@ -265,5 +265,5 @@ async def test_flash_attn_key_is_a_switch_and_the_flag_sets_it():
     assert LlamaCppEntry(kind="llamacpp", model_path="/m.gguf").flash_attn is None  # llama.cpp's auto
     with pytest.raises(ValidationError, match="flash_attn"):
         LlamaCppEntry(kind="llamacpp", model_path="/m.gguf", flash_attn="sometimes")
-    cfg, _ = effective_config(ServeOptions(backend="llamacpp", model_path="/m.gguf", flash_attn=False))
+    cfg, _ = effective_config(ServeOptions(backend="llamacpp", model_path="/m.gguf", llamacpp={"flash_attn": False}))
     assert isinstance(cfg, ConfigFile) and cfg.backends[0].flash_attn is False

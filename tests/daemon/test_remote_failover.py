@@ -38,7 +38,7 @@ from daemon_harness import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine" / "remote"))
 from fake_openai import Exchange, FakeRemote, chunk  # noqa: E402
-from remote_servers import ALIAS, LlamaServer, start_llama_server  # noqa: E402
+from remote_servers import ALIAS, LlamaServer, direct, start_llama_server, unrelated_turn  # noqa: E402
 
 from inferd.cli import admin_cmds, doctor  # noqa: E402
 from inferd.daemon import loader  # noqa: E402
@@ -87,14 +87,6 @@ def config(sockdir: Path, *backends: dict, breaker: dict | None = None, name: st
     return str(path)
 
 
-async def direct(server: LlamaServer, route: str, body: dict) -> dict:
-    headers = {"Authorization": f"Bearer {server.key}"} if server.key else {}
-    async with httpx.AsyncClient(timeout=120) as client:
-        r = await client.post(f"{server.url}/{route}", json={"model": ALIAS, **body}, headers=headers)
-        r.raise_for_status()
-        return r.json()
-
-
 async def admin_events(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, list[dict]]:
     """A subscription with its connect-time replay read (capabilities..., snapshot)."""
     reader, writer = await dial(path)
@@ -130,9 +122,12 @@ async def test_streamed_relay_equals_the_remote_answered_directly(daemon_factory
     assert replay[-1]["status"] == "ready"
 
     sampling = {"temperature": 0, "seed": 7, "max_tokens": 24}
+    # Each compared answer starts from the same (unrelated) cache state on the server.
+    await unrelated_turn(chat_server)
     ref = await direct(chat_server, "chat/completions", {
         "messages": [{"role": "user", "content": "Name three colours."}], "top_p": 0.95, **sampling})
     expected = ref["choices"][0]["message"]["content"]
+    await unrelated_turn(chat_server)
     frames = await roundtrip(d.infer, req("v1", "Name three colours.", **sampling), timeout=120)
     done = frames[-1]
     assert done["type"] == "done", frames
@@ -147,6 +142,7 @@ async def test_streamed_relay_equals_the_remote_answered_directly(daemon_factory
 
     v2 = {"id": "v2", "messages": [{"role": "user", "content": [{"type": "text", "text": "Name three colours."}]}],
           **sampling}
+    await unrelated_turn(chat_server)
     frames = await roundtrip(str(sockdir / "v2.sock"), v2, timeout=120)
     assert "".join(f["block"]["delta"] for f in frames if f["type"] == "frame") == expected
     assert frames[-1]["type"] == "done" and frames[-1]["backend"] == "cluster"

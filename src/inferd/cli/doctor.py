@@ -143,6 +143,8 @@ def backend_line(cap: AdminEvent) -> Line:
         detail += f" n_ctx={cap.n_ctx}"
     if cap.flash_attn is not None:
         detail += f" flash_attn={_flag(cap.flash_attn)}"
+    if cap.amx is not None:
+        detail += f" amx={cap.amx}"
     if cap.state is not None and cap.state != "closed":
         detail += f" circuit={cap.state}"
         if cap.reason:
@@ -153,7 +155,12 @@ def backend_line(cap: AdminEvent) -> Line:
 
 def device_line(cap: AdminEvent) -> Line:
     if not cap.device_name:
-        return True, "device", "cpu"
+        detail = "cpu"
+        if cap.cpu_features:
+            detail += f" features={' '.join(cap.cpu_features)}"
+        if cap.amx_reason and cap.amx != "absent":
+            detail += f"; {cap.amx_reason}"
+        return True, "device", detail
     return True, "device", f"{cap.device_name} vram={human_bytes(cap.vram_total_bytes)}"
 
 

@@ -72,6 +72,8 @@ def serve(
                                                     help="llama.cpp requests decoded together, each with --n-ctx (default 4)")] = None,
     flash_attn: Annotated[Optional[str], typer.Option("--flash-attn", envvar="INFERD_FLASH_ATTN", metavar="on|off",
                                                       help="llama.cpp flash attention (default: llama.cpp's auto)")] = None,
+    amx: Annotated[Optional[str], typer.Option("--amx", envvar="INFERD_AMX", metavar="auto|on|off",
+                                               help="llama.cpp's AMX kernels (default auto: off where known to fault)")] = None,
 ) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT (SIGHUP reloads)."""
     from ..daemon.server import run
@@ -85,6 +87,14 @@ def serve(
         raise typer.BadParameter("give --uds or --pipe, not both", param_hint="--pipe")
     if flash_attn is not None and flash_attn not in ("on", "off"):
         raise typer.BadParameter("must be on or off", param_hint="--flash-attn")
+    if amx is not None and amx not in ("auto", "on", "off"):
+        raise typer.BadParameter("must be auto, on or off", param_hint="--amx")
+    # Flags that set a llama.cpp option, by its LlamaCppOptions name (None = not given).
+    llamacpp = {
+        "n_ctx": n_ctx, "n_gpu_layers": n_gpu_layers, "n_threads": n_threads, "chat_template": chat_template,
+        "parallel": parallel, "flash_attn": None if flash_attn is None else flash_attn == "on", "amx": amx,
+        "embed": True if llamacpp_embed else None,
+    }
     _setup_logging()
     opts = ServeOptions(
         config=config, backend=backend, uds=uds, tcp=tcp, pipe=pipe, admin_addr=admin_addr, lock=lock,
@@ -93,9 +103,7 @@ def serve(
         write_timeout_secs=write_timeout_secs, drain_timeout_secs=drain_timeout_secs,
         max_connections=max_connections, api_key=api_key,
         group=group, allow_uids=list(allow_uid or []), model_path=model_path, model_sha256=model_sha256,
-        n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, n_threads=n_threads, llamacpp_embed=llamacpp_embed,
-        chat_template=chat_template, parallel=parallel,
-        flash_attn=None if flash_attn is None else flash_attn == "on",
+        llamacpp={k: v for k, v in llamacpp.items() if v is not None},
     )
     raise typer.Exit(run(opts))
 

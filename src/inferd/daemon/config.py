@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import platformdirs
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ..engine.llamacpp.settings import DEFAULT_EMBED_N_CTX, DEFAULT_N_CTX, DEFAULT_SEED  # one set of defaults
+from ..engine.llamacpp.settings import LlamaCppOptions  # one definition of every llama.cpp knob
 from ..proto import endpoints
 from ..models.store import ModelSpec
 
@@ -72,33 +72,19 @@ class MockEntry(_Entry):
     n_ctx: int | None = Field(default=None, gt=0)
 
 
-class LlamaCppEntry(_Entry):
+class LlamaCppEntry(LlamaCppOptions):
+    """A llama.cpp backend: the engine's options (one definition, in the engine's
+    settings module) plus the entry's name and where its model comes from."""
+
     kind: Literal["llamacpp"]
     name: str = "llamacpp"
     # Exactly one of: a store-managed model (downloaded/verified) or a local file.
     model: ModelSpec | None = None
     model_path: str | None = None
     model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
-    n_ctx: int = Field(default=DEFAULT_N_CTX, gt=0)
-    n_threads: int | None = Field(default=None, gt=0)
-    n_batch: int = Field(default=512, gt=0)
-    n_gpu_layers: int = 0
-    seed: int = Field(default=DEFAULT_SEED, ge=0, le=0xFFFFFFFF)
-    embed: bool = False
-    embed_pooling: int | None = Field(default=None, ge=0, le=3)
-    embed_n_ctx: int = Field(default=DEFAULT_EMBED_N_CTX, gt=0)
-    chat_template: str | None = None
-    #: Requests decoded together, each with n_ctx of its own (ADR 0018); omitted = 4,
-    #: fewer if the context cannot be created with 4.
-    parallel: int | None = Field(default=None, ge=1, le=256)
-    #: Greedy text independent of what else is decoding (ADR 0018); off = llama.cpp's kernels.
-    batch_invariant: bool = False
-    #: Sliding-window layers keep every position (llama-server's --swa-full); omitted =
-    #: only when parallel is 1 (ADR 0018).
-    swa_full: bool | None = None
-    #: Flash attention on/off (llama-server's --flash-attn); omitted = llama.cpp's
-    #: "auto", which turns it on wherever the device supports it.
-    flash_attn: bool | None = None
+
+    def options(self) -> LlamaCppOptions:
+        return LlamaCppOptions.model_validate(self.model_dump(include=set(LlamaCppOptions.model_fields)))
 
     @model_validator(mode="after")
     def _one_model(self) -> "LlamaCppEntry":
@@ -247,15 +233,19 @@ def parse_config(data: object, source: str = "config") -> ConfigFile:
     try:
         return ConfigFile.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False, include_input=False):
-            loc = ".".join(str(p) for p in err.get("loc", ()))
-            msg = err.get("msg", "invalid")
-            if err.get("type") == "extra_forbidden":
-                msg = "unknown key"
-            msg = msg.removeprefix("Value error, ")
-            problems.append(f"{loc}: {msg}" if loc else msg)
-        raise ConfigError(f"config {source} is invalid: " + "; ".join(problems)) from None
+        raise ConfigError(f"config {source} is invalid: {_problems(exc)}") from None
+
+
+def _problems(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown key"
+        msg = msg.removeprefix("Value error, ")
+        problems.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(problems)
 
 
 # ---- the embedded default ------------------------------------------------------
@@ -324,13 +314,9 @@ class ServeOptions:
     # CLI-only llamacpp
     model_path: str | None = None
     model_sha256: str | None = None
-    n_ctx: int | None = None
-    n_gpu_layers: int | None = None
-    n_threads: int | None = None
-    llamacpp_embed: bool = False
-    chat_template: str | None = None
-    parallel: int | None = None
-    flash_attn: bool | None = None
+    #: `inferd serve` flags that set a llama.cpp option, by LlamaCppOptions field name;
+    #: applied to every llamacpp entry (validated by the entry model).
+    llamacpp: dict[str, Any] = field(default_factory=dict)
 
     def admin_address(self) -> str:
         return self.admin_addr or endpoints.default_admin_addr()
@@ -360,7 +346,6 @@ def effective_config(opts: ServeOptions) -> tuple[ConfigFile, str]:
             name="llamacpp",
             model_path=opts.model_path,
             model_sha256=opts.model_sha256,
-            embed=opts.llamacpp_embed,
         )
         return ConfigFile(backends=[_apply_overrides(entry, opts)]), "--backend llamacpp"
     cfg, source = config_source(opts.config)
@@ -377,21 +362,12 @@ def config_source(explicit: str | None) -> tuple[ConfigFile, str]:
 
 
 def _apply_overrides(entry: LlamaCppEntry, opts: ServeOptions) -> LlamaCppEntry:
-    updates: dict[str, object] = {}
-    if opts.n_ctx is not None:
-        updates["n_ctx"] = opts.n_ctx
-    if opts.n_gpu_layers is not None:
-        updates["n_gpu_layers"] = opts.n_gpu_layers
-    if opts.n_threads is not None:
-        updates["n_threads"] = opts.n_threads
-    if opts.chat_template is not None:
-        updates["chat_template"] = opts.chat_template
-    if opts.parallel is not None:
-        updates["parallel"] = opts.parallel
-    if opts.flash_attn is not None:
-        updates["flash_attn"] = opts.flash_attn
-    if opts.llamacpp_embed:
-        updates["embed"] = True
+    updates: dict[str, object] = dict(opts.llamacpp)
     if opts.model_sha256 and entry.model_path and not entry.model_sha256:
         updates["model_sha256"] = opts.model_sha256
-    return entry.model_copy(update=updates) if updates else entry
+    if not updates:
+        return entry
+    try:
+        return LlamaCppEntry.model_validate({**entry.model_dump(exclude_unset=True), **updates})
+    except ValidationError as exc:
+        raise ConfigError(f"backend {entry.name!r}: {_problems(exc)}") from None

@@ -6,6 +6,8 @@ lives in the CLI, which uses only the public client.
 
 from __future__ import annotations
 
+import json
+import signal
 from pathlib import Path
 
 from .config import ConfigError, ConfigFile, LlamaCppEntry, config_source, resolve_config_path
@@ -28,7 +30,52 @@ def local_checks(config_path: str | None) -> list[Check]:
     for entry in cfg.backends:
         if isinstance(entry, LlamaCppEntry):
             checks.extend(_model_checks(entry, cfg))
+            checks.append(selftest_check(entry, cfg))
     return checks
+
+
+#: A one-token decode of a small model takes a second or two; a large one loads longer.
+SELFTEST_TIMEOUT = 300.0
+
+
+def selftest_check(entry: LlamaCppEntry, cfg: ConfigFile, timeout: float = SELFTEST_TIMEOUT) -> Check:
+    """A one-token decode with the entry's settings in a throwaway process (ADR 0019):
+    an engine that would fault says so here, naming the signal, not in the daemon later."""
+    label = f"selftest[{entry.name}]"
+    path = _model_file(entry, cfg)
+    if path is None or not path.is_file():
+        return False, label, "not run: the model file is missing"
+    from ..engine.llamacpp.settings import LlamaCppSettings
+    from ..engine.llamacpp.spawn import run_engine_module
+
+    settings = LlamaCppSettings.from_options(entry.options(), model_path=str(path), parallel=1, embed=False)
+    done = run_engine_module("inferd.engine.llamacpp.selftest", settings.model_dump_json(), timeout)
+    if done.returncode < 0:
+        try:
+            name = signal.Signals(-done.returncode).name
+        except ValueError:
+            name = f"signal {-done.returncode}"
+        return False, label, (f"the engine died with {name} during a one-token decode (amx={entry.amx}, "
+                              f"flash_attn={entry.flash_attn}); the daemon would crash on its first request. "
+                              "See README: CPUs with AMX")
+    try:
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return False, label, f"exit {done.returncode} without a result: {done.stderr.strip()[-300:]}"
+    if not result.get("ok"):
+        return False, label, f"failed: {result.get('error')}"
+    features = " ".join(result["cpu_features"]) or "none"
+    return True, label, (f"one-token decode ok in {result['seconds']:g}s (token {result['piece']!r}); "
+                         f"amx={result['amx']} repack={str(result['repack']).lower()} cpu_features={features}; "
+                         f"{result['amx_reason']}")
+
+
+def _model_file(entry: LlamaCppEntry, cfg: ConfigFile) -> Path | None:
+    if entry.model_path is not None:
+        return Path(entry.model_path).expanduser()
+    if entry.model is None:
+        return None
+    return ModelStore(default_store_root(cfg.models_home)).blob_path(entry.model.sha256)
 
 
 def _model_checks(entry: LlamaCppEntry, cfg: ConfigFile) -> list[Check]:

@@ -286,23 +286,8 @@ async def construct(plan: Planned, phase: PhaseSink) -> Backend:
         raise LoadError(
             f"backend {entry.name!r} needs llama-cpp-python ({exc}); install it with `pip install 'inferd[llamacpp]'`"
         ) from None
-    settings = LlamaCppSettings(
-        model_path=str(model.load_path),
-        source_path=str(model.path),
-        n_ctx=entry.n_ctx,
-        n_threads=entry.n_threads,
-        n_batch=entry.n_batch,
-        n_gpu_layers=entry.n_gpu_layers,
-        seed=entry.seed,
-        embed=entry.embed,
-        embed_pooling=entry.embed_pooling,
-        embed_n_ctx=entry.embed_n_ctx,
-        chat_template=entry.chat_template,
-        parallel=entry.parallel,
-        batch_invariant=entry.batch_invariant,
-        swa_full=entry.swa_full,
-        flash_attn=entry.flash_attn,
-    )
+    settings = LlamaCppSettings.from_options(entry.options(), model_path=str(model.load_path),
+                                             source_path=str(model.path))
     phase(Mmap(path=str(model.path)))
     # llama.cpp pads the context to a multiple of 256; say what it will allocate
     # (for each of the `parallel` sequences, ADR 0018).

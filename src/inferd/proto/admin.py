@@ -105,6 +105,12 @@ class BackendCapabilities(BaseModel):
     parallel: int | None = None
     #: Whether llama.cpp runs flash attention (ADR 0018); None when unknown or not llama.cpp.
     flash_attn: bool | None = None
+    #: llama.cpp's AMX kernels (ADR 0019): "on", "off" (withheld) or "absent" (not in the
+    #: build); with the reason a user reads. None for backends other than llama.cpp.
+    amx: str | None = None
+    amx_reason: str | None = None
+    #: The CPU instruction-set features the llama.cpp build uses (its system info).
+    cpu_features: list[str] | None = None
 
 
 class Capabilities(BackendCapabilities):
@@ -242,6 +248,9 @@ class AdminEvent(BaseModel):
     model: str | None = None
     parallel: int | None = None
     flash_attn: bool | None = None
+    amx: str | None = None
+    amx_reason: str | None = None
+    cpu_features: list[str] | None = None
     version: str | None = None
     reload_error: str | None = None
     # backend_state (and a replayed capabilities frame of a backend that is not closed)

@@ -70,3 +70,24 @@ def start_llama_server(model_path: str, log: Path, *extra: str, key: str | None 
         time.sleep(0.25)
     server.kill()
     raise RuntimeError(f"llama_cpp.server not up in {STARTUP_SECONDS} s:\n{log.read_text()[-4000:]}")
+
+
+async def direct(server: LlamaServer, route: str, body: dict) -> dict:
+    """A non-streamed request straight to the server, as an app would send it."""
+    headers = {"Authorization": f"Bearer {server.key}"} if server.key else {}
+    async with httpx.AsyncClient(timeout=120) as client:
+        r = await client.post(f"{server.url}/{route}", json={"model": ALIAS, **body, "stream": False},
+                              headers=headers)
+        r.raise_for_status()
+        return r.json()
+
+
+async def unrelated_turn(server: LlamaServer) -> None:
+    """Leave the server's prompt cache holding an unrelated prompt.
+
+    llama-cpp-python's server answers a repeated prompt from its cache, evaluating only
+    the last token, and on some CPUs that flips a near-tie in greedy text. Comparing two
+    answers is fair only when both start from the same cache: call this before each.
+    """
+    await direct(server, "completions", {"prompt": "Unrelated: count to three.", "max_tokens": 1,
+                                         "temperature": 0})

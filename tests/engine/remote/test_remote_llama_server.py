@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from remote_servers import ALIAS, KEY_ENV, LlamaServer
+from remote_servers import ALIAS, KEY_ENV, LlamaServer, direct, unrelated_turn
 from inferd.engine.backend import Unavailable
 from inferd.engine.events import Done, FinishReason, TextDelta
 from inferd.engine.remote import OpenAIBackend, OpenAISettings
@@ -34,14 +34,6 @@ async def backend(llama_server: LlamaServer):
     await b.stop(5.0)
 
 
-async def direct(server: LlamaServer, route: str, body: dict) -> dict:
-    headers = {"Authorization": f"Bearer {server.key}"} if server.key else {}
-    async with httpx.AsyncClient(timeout=120) as client:
-        r = await client.post(f"{server.url}/{route}", json={**body, "stream": False}, headers=headers)
-        r.raise_for_status()
-        return r.json()
-
-
 def text_of(events: list) -> str:
     return "".join(e.text for e in events if isinstance(e, TextDelta))
 
@@ -56,7 +48,9 @@ async def test_probe_against_a_real_server(backend):
 async def test_streamed_chat_equals_the_servers_own_answer(backend, llama_server):
     messages = [ChatMessage("user", "Name three colours.")]
     req = GenerationRequest(id="c", messages=messages, temperature=0.0, seed=7, max_tokens=24)
+    await unrelated_turn(llama_server)
     events = [e async for e in await backend.generate(req)]
+    await unrelated_turn(llama_server)
     ref = await direct(llama_server, "chat/completions", {
         "model": ALIAS, "messages": [{"role": "user", "content": "Name three colours."}],
         "temperature": 0.0, "top_p": req.top_p, "seed": 7, "max_tokens": 24})

@@ -42,8 +42,10 @@ from .native import (
     meta_str,
     probe_accelerator,
     resolve_gpu_layers,
+    system_features,
     tokenize,
 )
+from .amx import cpu_features_used
 from .sampling import GrammarError, SamplingParams, check_grammar_limits, parse_grammar
 from .scheduler import BatchScheduler
 from .settings import DEFAULT_PARALLEL, LlamaCppSettings
@@ -73,11 +75,13 @@ class LlamaCppBackend(Backend):
             raise ValueError(
                 f"unknown chat_template {settings.chat_template!r}; known: {', '.join(KNOWN_TEMPLATES)}"
             )
-        init_backend(settings.verbose)
+        #: What llama.cpp's AMX kernels may do in this process, and why (ADR 0019).
+        self.amx = init_backend(settings.verbose, settings.amx)
         self._accelerator = probe_accelerator()
         # On CPU nothing can be offloaded, whatever the config says (upstream §3.1 step 3).
         n_gpu_layers = 0 if self._accelerator.kind == "cpu" else settings.n_gpu_layers
-        self._model = load_model(path, n_gpu_layers, repack=not settings.batch_invariant)
+        repack = self.amx.extra_bufts and not settings.batch_invariant
+        self._model = load_model(path, n_gpu_layers, repack=repack)
         try:
             self._setup(settings, path, n_gpu_layers)
         except BaseException:
@@ -168,6 +172,9 @@ class LlamaCppBackend(Backend):
             n_ctx=self.n_ctx,
             parallel=self.parallel,
             flash_attn=self.flash_attn,
+            amx=self.amx.setting,
+            amx_reason=self.amx.reason,
+            cpu_features=cpu_features_used(system_features()),
         )
 
     def observe_sequences(self, sink: Callable[[list[SequenceSlot]], None] | None) -> None:

@@ -15,6 +15,9 @@ from dataclasses import dataclass
 
 import llama_cpp.llama_cpp as L
 
+from . import amx
+from .amx import AmxMode, AmxPlan
+
 log = logging.getLogger("inferd.engine.llamacpp")
 _native_log = logging.getLogger("inferd.engine.llamacpp.native")
 
@@ -55,17 +58,50 @@ class capture_native_log:
         _capture.lines = self._saved
 
 
-def init_backend(verbose: bool) -> None:
-    """Process-wide llama.cpp setup; idempotent."""
+def init_backend(verbose: bool = False, amx_mode: AmxMode = "auto") -> AmxPlan:
+    """Process-wide llama.cpp setup; idempotent. Every use of llama.cpp in this
+    process (the engine, embeddings, the doctor's self-test, tests' and benches'
+    references) calls it before its first model load: that is where AMX is decided."""
     global _initialised, _verbose
     with _init_lock:
         _verbose = verbose
         # Importing llama_cpp installs a sink that prints everything to stderr;
         # ours keeps the daemon's stderr clean and the lines in `logging`.
         L.llama_log_set(_log_sink, ctypes.c_void_p(0))
+        plan = _decide_amx(amx_mode)
         if not _initialised:
             L.llama_backend_init()
             _initialised = True
+        return plan
+
+
+def system_features() -> dict[str, str]:
+    """llama.cpp's system info: the CPU features its build uses (AMX_INT8, AVX2, ...)."""
+    return amx.parse_system_info(L.llama_print_system_info().decode("utf-8", "replace"))
+
+
+#: Set by the first model load: from then on llama.cpp has listed its buffer types,
+#: and withholding AMX no longer changes where weights go.
+_bufts_listed = False
+
+
+def _decide_amx(mode: AmxMode) -> AmxPlan:
+    features = system_features()
+    can = amx.can_withhold() and (amx.amx_withheld() or not _bufts_listed)
+    plan = amx.plan_amx(mode, features, can_withhold=can)
+    if plan.withhold:
+        try:
+            amx.withhold_amx()
+        except OSError as exc:
+            log.warning("cannot withhold AMX from llama.cpp (%s); turning off extra buffer types", exc)
+            plan = amx.plan_amx(mode, features, can_withhold=False)
+    elif plan.kernels and amx.amx_withheld():
+        # A filter cannot be lifted: an earlier decision in this process stands.
+        plan = amx.AmxPlan(kernels=False, extra_bufts=True, withhold=True,
+                           reason="amx: on cannot take effect: this process already withholds AMX")
+    if features.get("AMX_INT8") == "1":
+        log.info("%s", plan.reason)
+    return plan
 
 
 # ---- model -------------------------------------------------------------------------
@@ -92,9 +128,12 @@ def create_context(model: L.llama_model_p, params: L.llama_context_params,
 
 def load_model(path: str, n_gpu_layers: int, *, repack: bool = True) -> L.llama_model_p:
     """`repack=False` keeps the weights in the file's layout: llama.cpp's repacked CPU
-    matmuls round a row differently depending on how many rows share its batch (ADR 0018)."""
+    matmuls round a row differently depending on how many rows share its batch (ADR 0018).
+    The caller has run init_backend, whose AMX plan may forbid repacking."""
+    global _bufts_listed
     if not os.path.isfile(path):
         raise ValueError(f"model file not found: {path}")
+    _bufts_listed = True
     params = L.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
     params.use_extra_bufts = repack

@@ -7,8 +7,12 @@ without loading the native library.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .amx import AmxMode
 
 DEFAULT_SEED = 0xDEADBEEF
 DEFAULT_N_CTX = 8192
@@ -24,48 +28,52 @@ MAX_PARALLEL = 256
 PREFILL_STEP_MS = 250.0
 
 
-@dataclass
-class LlamaCppSettings:
-    model_path: str | Path
-    #: The file the operator named, when `model_path` is another way to reach it
-    #: (the daemon loads a verified file through /proc/self/fd, THREAT_MODEL F-6).
-    source_path: str | Path | None = None
-    #: Display name reported as `model`; None = GGUF `general.name`, else the file stem.
-    label: str | None = None
-    n_ctx: int = DEFAULT_N_CTX
+class LlamaCppOptions(BaseModel):
+    """Every knob of the llama.cpp backend: the one definition (ADR 0019).
+
+    The config file's `llamacpp` entry is this model plus the entry's name and its
+    model source (daemon/config.py); `inferd serve` flags are overrides of these
+    fields by name (cli/serve.py); the engine reads them from LlamaCppSettings. A new
+    setting is a field here and nowhere else (a flag for it is one more line there).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_ctx: int = Field(default=DEFAULT_N_CTX, gt=0)
     #: None = every core this process may run on.
-    n_threads: int | None = None
+    n_threads: int | None = Field(default=None, gt=0)
     #: None = same as n_threads.
-    n_threads_batch: int | None = None
-    n_batch: int = 512
+    n_threads_batch: int | None = Field(default=None, gt=0)
+    n_batch: int = Field(default=512, gt=0)
     #: None = n_batch (one physical batch per logical batch).
-    n_ubatch: int | None = None
+    n_ubatch: int | None = Field(default=None, gt=0)
     #: 0 = CPU only; negative = offload every layer (upstream semantics).
     n_gpu_layers: int = 0
     #: Sampling seed for requests that carry none.
-    seed: int = DEFAULT_SEED
+    seed: int = Field(default=DEFAULT_SEED, ge=0, le=0xFFFFFFFF)
     embed: bool = False
     #: llama_pooling_type value for the embedding context; None = mean.
-    embed_pooling: int | None = None
-    embed_n_ctx: int = DEFAULT_EMBED_N_CTX
+    embed_pooling: int | None = Field(default=None, ge=0, le=3)
+    embed_n_ctx: int = Field(default=DEFAULT_EMBED_N_CTX, gt=0)
     #: None = the GGUF template, else a built-in chosen by architecture;
     #: "model" forces the GGUF template; "gemma" | "chatml" | "llama-3" force a built-in.
     chat_template: str | None = None
-    #: True/False force flash attention on/off; None = llama.cpp's "auto" (on wherever
-    #: the device supports it, the CPU included).
+    #: Flash attention on/off (llama-server's --flash-attn); None = llama.cpp's "auto"
+    #: (on wherever the device supports it, the CPU included).
     flash_attn: bool | None = None
-    #: Route llama.cpp's own log lines to stderr instead of the debug logger.
-    verbose: bool = False
+    #: llama.cpp's AMX matmul kernels (Intel Sapphire Rapids and later): "auto" keeps
+    #: them off in builds where they are known to fault (ADR 0019), "on" lets them run,
+    #: "off" keeps them off. Repacked CPU kernels stay on either way where possible.
+    amx: AmxMode = "auto"
     #: Sequences decoded together in one context (continuous batching, ADR 0018);
-    #: None = DEFAULT_PARALLEL, halved until the context fits if it does not (the
-    #: daemon's default). One sequence is the engine exactly as it was before.
-    parallel: int | None = 1
+    #: None = DEFAULT_PARALLEL, halved until the context fits if it does not.
+    parallel: int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
     #: A request's floats do not depend on what shares its batch (ADR 0018): weights
     #: are not repacked for the CPU. Off = llama.cpp's own kernels, as its tools run.
     batch_invariant: bool = False
     #: Largest prompt chunk fed into a step while other sequences decode; None =
     #: sized from the measured prompt speed so a step takes about PREFILL_STEP_MS.
-    prefill_chunk: int | None = None
+    prefill_chunk: int | None = Field(default=None, ge=1)
     #: Sliding-window layers (Gemma 3, gpt-oss...) keep every position of every
     #: sequence, like full-attention ones (llama-server's --swa-full). None = only
     #: with one sequence: with several, each keeps its window (ADR 0018), which costs
@@ -73,11 +81,25 @@ class LlamaCppSettings:
     #: it continues the cached text up to the window.
     swa_full: bool | None = None
 
-    def __post_init__(self) -> None:
-        if self.parallel is not None and not 1 <= self.parallel <= MAX_PARALLEL:
-            raise ValueError(f"parallel must be between 1 and {MAX_PARALLEL}, got {self.parallel}")
-        if self.prefill_chunk is not None and self.prefill_chunk < 1:
-            raise ValueError(f"prefill_chunk must be at least 1, got {self.prefill_chunk}")
+
+class LlamaCppSettings(LlamaCppOptions):
+    """The options plus what the daemon resolved for this load."""
+
+    model_path: str | Path
+    #: The file the operator named, when `model_path` is another way to reach it
+    #: (the daemon loads a verified file through /proc/self/fd, THREAT_MODEL F-6).
+    source_path: str | Path | None = None
+    #: Display name reported as `model`; None = GGUF `general.name`, else the file stem.
+    label: str | None = None
+    #: Route llama.cpp's own log lines to stderr instead of the debug logger.
+    verbose: bool = False
+    #: Built directly (tests, benches, embedding code) the engine runs one sequence,
+    #: exactly as before parallel sequences; the daemon passes the config's value.
+    parallel: int | None = Field(default=1, ge=1, le=MAX_PARALLEL)
+
+    @classmethod
+    def from_options(cls, options: LlamaCppOptions, **resolved: Any) -> "LlamaCppSettings":
+        return cls(**{**options.model_dump(), **resolved})
 
     def threads(self) -> int:
         if self.n_threads is not None and self.n_threads > 0:
