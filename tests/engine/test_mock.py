@@ -8,6 +8,8 @@ import types
 
 import pytest
 
+from daemon_harness import req, roundtrip
+
 from inferd.engine import mock as mock_module
 from inferd.engine.backend import Backend, BackendError, BackendInvalidRequest, Fault, NotReady, Unavailable
 from inferd.engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolCall, Usage
@@ -301,3 +303,19 @@ async def test_stop_string_cuts_the_text_even_across_steps() -> None:
     assert events[-1].reason == FinishReason.END
     events = [e async for e in await backend.generate(resolved(stop=[" and"]))]
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "hello world"
+
+
+async def test_mock_honours_max_tokens_and_stop_over_the_socket(daemon_factory):
+    """Item 10: the mock counts each text step as a token and cuts at a stop string, as a
+    model would (the stop itself is not sent). Old code: it ignored both."""
+    d = await daemon_factory(mock={"tokens": ["ab", "c", "ST", "OP", "d"]})
+    frames = await roundtrip(d.infer, req("len", max_tokens=2))
+    assert [f["content"] for f in frames[:-1]] == ["ab", "c"]
+    done = frames[-1]
+    assert done["content"] == "abc" and done["stop_reason"] == "length" and done["usage"]["completion_tokens"] == 2
+    done = (await roundtrip(d.infer, req("stop", stop=["ST"])))[-1]
+    assert done["content"] == "abc" and done["stop_reason"] == "end"
+    done = (await roundtrip(d.infer, req("inside", stop=["zz", "b"])))[-1]
+    assert done["content"] == "a" and done["stop_reason"] == "end"
+    done = (await roundtrip(d.infer, req("none", stop=["never"])))[-1]
+    assert done["content"] == "abcSTOPd" and done["stop_reason"] == "end"
