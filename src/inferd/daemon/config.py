@@ -274,7 +274,6 @@ def embedded_default_config() -> ConfigFile:
                 kind="llamacpp",
                 name="gemma-3-270m",
                 model_path=str(path),
-                n_ctx=DEFAULT_N_CTX,
                 embed=True,
             )
         ]
