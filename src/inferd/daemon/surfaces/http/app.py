@@ -43,8 +43,9 @@ from .encode import ChatCollect, ChatStream, CompletionCollect, CompletionStream
 from .errors import HttpError
 from .io import ClientGone, Receive, Responder, Send, header, read_body, wait_disconnect
 
-#: scope["state"] key under which the server glue hands each request its connection.
-CONNECTION_KEY = "inferd.connection"
+#: The open connections' transports by client address (`scope["client"]`), kept by the
+#: server glue: the write bound aborts a stalled one (F-17), which ASGI cannot ask for.
+Transports = dict[tuple[str, int], asyncio.Transport]
 
 #: The route table: path -> (method, route name). Route names label the metrics.
 ROUTES: dict[str, tuple[str, str]] = {
@@ -88,8 +89,9 @@ class HttpApp:
     """The ASGI application of one daemon's HTTP listener."""
 
     def __init__(self, ctx: DaemonContext, *, api_key: str | None, write_timeout: float | None,
-                 activity: ActivityLog | NullActivityLog) -> None:
+                 activity: ActivityLog | NullActivityLog, transports: Transports) -> None:
         self.ctx = ctx
+        self.transports = transports
         self.api_key = api_key or None
         self.write_timeout = write_timeout
         self.activity = activity
@@ -102,8 +104,8 @@ class HttpApp:
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # lifespan and websockets are off in the server config
-        conn = scope.get("state", {}).get(CONNECTION_KEY)
-        out = Responder(send, getattr(conn, "transport", None), self.write_timeout)
+        client = scope.get("client")
+        out = Responder(send, self.transports.get(tuple(client)) if client else None, self.write_timeout)
         try:
             await self._dispatch(scope, receive, out)
         except HttpError as err:

@@ -11,8 +11,11 @@ ADR 0013 has the why (and the measured cost). What this file adds to uvicorn:
   "http" and counted against `--max-connections` with every other surface (F-1 in
   aggregate); a connection beyond the cap is aborted at once, as on the sockets;
   the daemon's drain cancels the tracker entries, which aborts the connections;
-- each request's scope carries its connection (scope["state"]), so a write that
-  outlives the write timeout can abort the transport (F-17, io.py).
+- each connection's transport is kept by client address, the `scope["client"]` of
+  its requests, so a write that outlives the write timeout can abort it (F-17, io.py).
+
+uvicorn is driven through its public Config/Server API; the few places that reach
+further are listed in ADR 0024 and pinned by tests/http/test_http_server.py.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .... import __version__
@@ -29,7 +32,7 @@ from ....proto.endpoints import parse_tcp_addr
 from ...context import DaemonContext
 from ...net.listeners import LISTEN_BACKLOG, ConnectionTracker, Listener, ListenerError, ListenerSecurity, require_loopback
 from . import DEFAULT_HTTP_PORT
-from .app import CONNECTION_KEY, HttpApp
+from .app import HttpApp, Transports
 
 log = logging.getLogger("inferd.http")
 
@@ -65,20 +68,23 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _protocol_class(tracker: ConnectionTracker, sec: ListenerSecurity) -> type[asyncio.Protocol]:
+def _protocol_factory(tracker: ConnectionTracker, sec: ListenerSecurity,
+                      transports: Transports) -> Callable[..., asyncio.Protocol]:
     # h11, not "auto" (httptools when installed): the same parser wherever inferd runs,
     # pure Python and strict; httptools measured no faster for SSE (ADR 0013).
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    base: Any = H11Protocol
+    class TrackedConnection(asyncio.Protocol):
+        """uvicorn's h11 protocol, counted and cancellable like every daemon connection.
 
-    class TrackedProtocol(base):  # type: ignore[misc, valid-type]
-        """uvicorn's protocol, counted and cancellable like every daemon connection."""
+        A wrapper, not a subclass: uvicorn's protocol is driven only through asyncio's
+        Protocol methods, and what uvicorn builds it with is handed on unread (ADR 0024).
+        """
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self.app_state = {**self.app_state, CONNECTION_KEY: self}
+            self._http = H11Protocol(*args, **kwargs)
             self._entry: asyncio.Future[None] | None = None
+            self._client: tuple[str, int] | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             peer = transport.get_extra_info("peername")
@@ -93,8 +99,23 @@ def _protocol_class(tracker: ConnectionTracker, sec: ListenerSecurity) -> type[a
             # The tracker cancels its entries on drain; for us that means: drop the connection.
             entry.add_done_callback(lambda f: transport.abort() if f.cancelled() else None)
             tracker.add(entry, SURFACE)  # type: ignore[arg-type]
+            if peer:
+                self._client = (str(peer[0]), int(peer[1]))  # what uvicorn puts in scope["client"]
+                transports[self._client] = transport  # type: ignore[assignment]
             sec.activity.record("info", "activity", "http_connection_accepted", transport="tcp", peer=label)
-            super().connection_made(transport)
+            self._http.connection_made(transport)
+
+        def data_received(self, data: bytes) -> None:
+            self._http.data_received(data)
+
+        def eof_received(self) -> bool | None:
+            return self._http.eof_received()
+
+        def pause_writing(self) -> None:
+            self._http.pause_writing()
+
+        def resume_writing(self) -> None:
+            self._http.resume_writing()
 
         def connection_lost(self, exc: Exception | None) -> None:
             entry = self._entry
@@ -103,9 +124,10 @@ def _protocol_class(tracker: ConnectionTracker, sec: ListenerSecurity) -> type[a
             tracker.discard(entry)  # type: ignore[arg-type]
             if not entry.done():
                 entry.set_result(None)
-            super().connection_lost(exc)
+            transports.pop(self._client, None)  # type: ignore[arg-type]
+            self._http.connection_lost(exc)
 
-    return TrackedProtocol
+    return TrackedConnection
 
 
 class _UvicornServer:
@@ -147,9 +169,11 @@ async def bind_http(addr: str, ctx: DaemonContext, *, sec: ListenerSecurity,
         sock = _listening_socket(host, port)
     except socket.gaierror as exc:
         raise ListenerError(f"cannot resolve {host!r}: {exc}") from None
-    app = HttpApp(ctx, api_key=sec.api_key, write_timeout=sec.write_timeout, activity=sec.activity)
+    transports: Transports = {}
+    app = HttpApp(ctx, api_key=sec.api_key, write_timeout=sec.write_timeout, activity=sec.activity,
+                  transports=transports)
     config = uvicorn.Config(
-        app, http=_protocol_class(tracker, sec), ws="none", lifespan="off", interface="asgi3",
+        app, http=_protocol_factory(tracker, sec, transports), ws="none", lifespan="off", interface="asgi3",
         log_config=None, log_level="warning", access_log=False, proxy_headers=False,
         server_header=False, headers=[("server", f"inferd/{__version__}")], timeout_keep_alive=5,
         backlog=LISTEN_BACKLOG,
@@ -171,8 +195,10 @@ async def bind_http(addr: str, ctx: DaemonContext, *, sec: ListenerSecurity,
         log.warning("http listening on %s without an API key: any local process can use it", address)
 
     def close() -> None:
-        for srv in getattr(server, "servers", ()):
-            srv.close()  # the port is released now, not at uvicorn's next tick
+        # `servers` is not uvicorn's documented API (ADR 0024): through it the port is
+        # released now; should_exit alone releases it at uvicorn's next tick.
+        for srv in server.servers:
+            srv.close()
         server.should_exit = True
 
     lst = Listener(SURFACE, "tcp", address, None, closer=close)
