@@ -64,7 +64,9 @@ def test_json_schema_is_enforced():
 
 def test_literals_with_quotes_and_backslashes_are_escaped_correctly():
     # llama-cpp-python's own literal escaping drops backslashes; ours must not.
-    # Non-ASCII is admitted as itself, not only as \u escapes.
+    # Non-ASCII is admitted as itself, not only as \u escapes. This is the test of the
+    # `_format_literal` override (ADR 0024): if an upgrade renames or stops calling the
+    # method, enum values, consts and property names come out wrong here.
     values = ['say "hi"', "back\\slash", "tab\there", "new\nline", "ünï"]
     key = 'k"\\ü'
     m = grammar({"type": "object", "properties": {key: {"enum": values}}, "required": [key]})

@@ -312,6 +312,8 @@ def _converter():
         # and property names holding `\` or `"`. And those literals arrive as
         # `json.dumps()` text with non-ASCII escaped (`"\u00fc"`), which would force the
         # model to write escapes; admit the characters themselves instead.
+        # The converter has no public hook for this: the override is a pinned seam
+        # (ADR 0024); tests/engine/chat/test_chat_schema.py fails if it moves.
         def _format_literal(self, literal: str) -> str:
             try:
                 value = json.loads(literal)
