@@ -1,14 +1,13 @@
-"""Tiny in-test daemons: real asyncio Unix/TCP servers that speak NDJSON."""
+"""Fixtures for the client tests: a socket directory and tiny in-test daemons
+(tiny_daemons.py)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+from tiny_daemons import Servers
 
 
 @pytest.fixture
@@ -17,45 +16,8 @@ def sock_dir(sockdir: Path) -> Path:
     return sockdir
 
 
-class Servers:
-    def __init__(self, sock_dir: Path) -> None:
-        self._dir = sock_dir
-        self._servers: list[asyncio.AbstractServer] = []
-        self._tasks: set[asyncio.Task] = set()
-
-    def _wrap(self, handler: Handler) -> Handler:
-        async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            self._tasks.add(asyncio.current_task())
-            try:
-                await handler(reader, writer)
-            finally:
-                writer.close()
-
-        return run
-
-    async def uds(self, handler: Handler, name: str = "s.sock") -> str:
-        path = str(self._dir / name)
-        self._servers.append(await asyncio.start_unix_server(self._wrap(handler), path))
-        return path
-
-    async def tcp(self, handler: Handler) -> tuple[str, int]:
-        server = await asyncio.start_server(self._wrap(handler), "127.0.0.1", 0)
-        self._servers.append(server)
-        host, port = server.sockets[0].getsockname()[:2]
-        return host, port
-
-    async def close(self) -> None:
-        for server in self._servers:
-            server.close()
-        for task in list(self._tasks):
-            if not task.done():
-                task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
 @pytest.fixture
 async def servers(sock_dir):
-    s = Servers(sock_dir)
-    yield s
-    await s.close()
+    async with Servers(sock_dir) as s:
+        yield s
 

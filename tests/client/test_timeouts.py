@@ -1,7 +1,9 @@
 """Connect, read and write timeouts of every client, over real sockets.
 
-Each test bounds its own wait with asyncio.wait_for, well above the timeout under
-test, so a missing timeout fails the test quickly instead of hanging it.
+The timeouts run on a driven clock (loop_clock.py): each fires after exactly the time
+under test, and no real time passes waiting for it. Each test still bounds its own
+wait with asyncio.wait_for, well above the timeout under test, so a missing timeout
+fails the test (at once, on the driven clock) instead of hanging it.
 """
 
 from __future__ import annotations
@@ -10,10 +12,13 @@ import asyncio
 import errno
 import inspect
 import json
+import select
 import socket
-import time
 
 import pytest
+
+from loop_clock import on_virtual_time
+from tiny_daemons import Servers
 
 from inferd.client import (
     AdminClient,
@@ -37,7 +42,7 @@ from inferd.client import (
 from inferd.client import transport
 from inferd.proto.admin import Capabilities, Ready, Starting, encode_status
 
-GUARD = 10.0  # how long a test waits before declaring the timeout missing
+GUARD = 10.0  # how long a test waits before declaring the timeout missing (driven clock)
 SHORT = 0.3  # the timeouts under test
 # Several times any socket buffer between us and a peer that does not read.
 BIG = 8 << 20
@@ -122,69 +127,77 @@ def silent_daemon(got_request: asyncio.Event, gone: asyncio.Event):
     return handler
 
 
-async def test_read_timeout_on_a_daemon_that_never_answers(servers):
-    got_request, gone = asyncio.Event(), asyncio.Event()
-    path = await servers.uds(silent_daemon(got_request, gone))
-    client = await Client.dial_uds(path, read_timeout=SHORT)
-    stream = client.generate(hello())
-    started = time.monotonic()
-    with pytest.raises(ReadTimeout) as info:
-        await asyncio.wait_for(stream.__anext__(), GUARD)
-    elapsed = time.monotonic() - started
-    assert got_request.is_set()
-    assert info.value.timeout == SHORT
-    assert SHORT <= elapsed < GUARD
-    # The connection is closed: the daemon sees it go, and the stream is over.
-    assert client.closed
-    await asyncio.wait_for(gone.wait(), GUARD)
-    with pytest.raises(StopAsyncIteration):
-        await stream.__anext__()
-    with pytest.raises(ClientError, match="closed"):
-        await client.complete(hello())
-    await client.aclose()
-
-
-async def test_read_timeout_applies_between_frames(servers):
-    gone = asyncio.Event()
-
-    async def one_token_then_silence(reader, writer):
-        await reader.readline()
-        writer.write(line({"type": "token", "id": "r1", "content": "a"}))
-        await writer.drain()
-        await until_eof(reader)
-        gone.set()
-
-    path = await servers.uds(one_token_then_silence)
-    async with await Client.dial_uds(path, read_timeout=SHORT) as client:
-        got = []
-        # `except TimeoutError` is enough for callers that do not know our types.
-        with pytest.raises(TimeoutError):
-            async for frame in client.generate(hello()):
-                got.append(frame)
-        assert [f.content for f in got] == ["a"]
+@on_virtual_time
+async def test_read_timeout_on_a_daemon_that_never_answers(sock_dir):
+    async with Servers(sock_dir) as servers:
+        got_request, gone = asyncio.Event(), asyncio.Event()
+        path = await servers.uds(silent_daemon(got_request, gone))
+        client = await Client.dial_uds(path, read_timeout=SHORT)
+        stream = client.generate(hello())
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ReadTimeout) as info:
+            await asyncio.wait_for(stream.__anext__(), GUARD)
+        assert loop.time() - started == pytest.approx(SHORT)
+        assert got_request.is_set()
+        assert info.value.timeout == SHORT
+        # The connection is closed: the daemon sees it go, and the stream is over.
         assert client.closed
-    await asyncio.wait_for(gone.wait(), GUARD)
+        await asyncio.wait_for(gone.wait(), GUARD)
+        with pytest.raises(StopAsyncIteration):
+            await stream.__anext__()
+        with pytest.raises(ClientError, match="closed"):
+            await client.complete(hello())
+        await client.aclose()
 
 
-async def test_read_timeout_can_be_set_after_dialing(servers):
-    got_request, gone = asyncio.Event(), asyncio.Event()
-    path = await servers.uds(silent_daemon(got_request, gone))
-    async with await ClientV2.dial_uds(path) as client:
-        client.read_timeout = SHORT
-        request = RequestV2(id="v", messages=[MessageV2(role="user", content=[TextBlock(text="hi")])])
-        with pytest.raises(ReadTimeout):
-            await asyncio.wait_for(client.complete(request), GUARD)
-    await asyncio.wait_for(gone.wait(), GUARD)
+@on_virtual_time
+async def test_read_timeout_applies_between_frames(sock_dir):
+    async with Servers(sock_dir) as servers:
+        gone = asyncio.Event()
+
+        async def one_token_then_silence(reader, writer):
+            await reader.readline()
+            writer.write(line({"type": "token", "id": "r1", "content": "a"}))
+            await writer.drain()
+            await until_eof(reader)
+            gone.set()
+
+        path = await servers.uds(one_token_then_silence)
+        async with await Client.dial_uds(path, read_timeout=SHORT) as client:
+            got = []
+            # `except TimeoutError` is enough for callers that do not know our types.
+            with pytest.raises(TimeoutError):
+                async for frame in client.generate(hello()):
+                    got.append(frame)
+            assert [f.content for f in got] == ["a"]
+            assert client.closed
+        await asyncio.wait_for(gone.wait(), GUARD)
 
 
-async def test_embed_read_timeout(servers):
-    got_request, gone = asyncio.Event(), asyncio.Event()
-    path = await servers.uds(silent_daemon(got_request, gone))
-    async with await EmbedClient.dial_uds(path, read_timeout=SHORT) as client:
-        with pytest.raises(ReadTimeout):
-            await asyncio.wait_for(client.embed(EmbedRequest(id="e", input=["x"])), GUARD)
-        assert client.closed
-    await asyncio.wait_for(gone.wait(), GUARD)
+@on_virtual_time
+async def test_read_timeout_can_be_set_after_dialing(sock_dir):
+    async with Servers(sock_dir) as servers:
+        got_request, gone = asyncio.Event(), asyncio.Event()
+        path = await servers.uds(silent_daemon(got_request, gone))
+        async with await ClientV2.dial_uds(path) as client:
+            client.read_timeout = SHORT
+            request = RequestV2(id="v", messages=[MessageV2(role="user", content=[TextBlock(text="hi")])])
+            with pytest.raises(ReadTimeout):
+                await asyncio.wait_for(client.complete(request), GUARD)
+        await asyncio.wait_for(gone.wait(), GUARD)
+
+
+@on_virtual_time
+async def test_embed_read_timeout(sock_dir):
+    async with Servers(sock_dir) as servers:
+        got_request, gone = asyncio.Event(), asyncio.Event()
+        path = await servers.uds(silent_daemon(got_request, gone))
+        async with await EmbedClient.dial_uds(path, read_timeout=SHORT) as client:
+            with pytest.raises(ReadTimeout):
+                await asyncio.wait_for(client.embed(EmbedRequest(id="e", input=["x"])), GUARD)
+            assert client.closed
+        await asyncio.wait_for(gone.wait(), GUARD)
 
 
 # ---- the admin client ------------------------------------------------------------------------
@@ -215,43 +228,51 @@ async def test_admin_snapshot_reads_capabilities_then_state(servers):
         assert (await admin.recv()).status == "starting"
 
 
-async def test_admin_snapshot_is_bounded(servers):
+@on_virtual_time
+async def test_admin_snapshot_is_bounded(sock_dir):
     from inferd.client.admin import SNAPSHOT_TIMEOUT
 
     # A one-shot status read has a bound by default; a subscription does not.
     assert inspect.signature(AdminClient.snapshot).parameters["timeout"].default == SNAPSHOT_TIMEOUT == 5.0
-    path = await servers.uds(admin_daemon(CAPS))  # capabilities, then nothing
-    admin = await AdminClient.dial_admin_uds(path)
-    started = time.monotonic()
-    with pytest.raises(ReadTimeout, match="snapshot") as info:
-        await asyncio.wait_for(admin.snapshot(timeout=SHORT), GUARD)
-    assert info.value.timeout == SHORT
-    assert SHORT <= time.monotonic() - started < GUARD
-    assert admin.closed
-    await admin.aclose()
-
-
-async def test_admin_wait_ready_with_a_total_timeout(servers):
-    # Two frames arrive, then silence: the bound is on the whole wait, not per frame.
-    path = await servers.uds(admin_daemon(STARTING, CAPS))
-    async with await AdminClient.dial_admin_uds(path) as admin:
-        started = time.monotonic()
-        with pytest.raises(ReadTimeout, match="ready"):
-            await asyncio.wait_for(admin.wait_ready(timeout=SHORT), GUARD)
-        assert SHORT <= time.monotonic() - started < GUARD
+    async with Servers(sock_dir) as servers:
+        path = await servers.uds(admin_daemon(CAPS))  # capabilities, then nothing
+        admin = await AdminClient.dial_admin_uds(path)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ReadTimeout, match="snapshot") as info:
+            await asyncio.wait_for(admin.snapshot(timeout=SHORT), GUARD)
+        assert info.value.timeout == SHORT
+        assert loop.time() - started == pytest.approx(SHORT)
         assert admin.closed
+        await admin.aclose()
 
 
-async def test_admin_read_timeout_per_call_and_per_client(servers):
-    path = await servers.uds(admin_daemon(STARTING))
-    async with await AdminClient.dial_admin_uds(path, read_timeout=SHORT) as admin:
-        assert (await admin.recv()).status == "starting"
-        with pytest.raises(ReadTimeout):
-            await asyncio.wait_for(admin.recv(), GUARD)
-    async with await AdminClient.dial_admin(path) as admin:
-        assert (await admin.recv(timeout=SHORT)).status == "starting"
-        with pytest.raises(ReadTimeout):
-            await asyncio.wait_for(admin.recv(timeout=SHORT), GUARD)
+@on_virtual_time
+async def test_admin_wait_ready_with_a_total_timeout(sock_dir):
+    async with Servers(sock_dir) as servers:
+        # Two frames arrive, then silence: the bound is on the whole wait, not per frame.
+        path = await servers.uds(admin_daemon(STARTING, CAPS))
+        async with await AdminClient.dial_admin_uds(path) as admin:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(ReadTimeout, match="ready"):
+                await asyncio.wait_for(admin.wait_ready(timeout=SHORT), GUARD)
+            assert loop.time() - started == pytest.approx(SHORT)
+            assert admin.closed
+
+
+@on_virtual_time
+async def test_admin_read_timeout_per_call_and_per_client(sock_dir):
+    async with Servers(sock_dir) as servers:
+        path = await servers.uds(admin_daemon(STARTING))
+        async with await AdminClient.dial_admin_uds(path, read_timeout=SHORT) as admin:
+            assert (await admin.recv()).status == "starting"
+            with pytest.raises(ReadTimeout):
+                await asyncio.wait_for(admin.recv(), GUARD)
+        async with await AdminClient.dial_admin(path) as admin:
+            assert (await admin.recv(timeout=SHORT)).status == "starting"
+            with pytest.raises(ReadTimeout):
+                await asyncio.wait_for(admin.recv(timeout=SHORT), GUARD)
 
 
 # ---- write timeouts ------------------------------------------------------------------------
@@ -280,19 +301,20 @@ def unread_listener(sock_dir):
 
 
 @pytest.mark.parametrize("kind", ["v1", "v2", "embed"])
+@on_virtual_time
 async def test_write_timeout_when_the_daemon_stops_reading(unread_listener, kind):
     srv, path = unread_listener
     cls, send = big_request(kind)
     client = await cls.dial_uds(path, write_timeout=SHORT)
-    started = time.monotonic()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     with pytest.raises(WriteTimeout) as info:
         await asyncio.wait_for(send(client), GUARD)
     assert info.value.timeout == SHORT
-    assert SHORT <= time.monotonic() - started < GUARD
+    assert loop.time() - started == pytest.approx(SHORT)
     assert client.closed
     # The peer, once it looks, finds part of the request and then the end of the
     # connection: the client did not keep it open to finish the write.
-    loop = asyncio.get_running_loop()
     peer, _ = await asyncio.wait_for(loop.sock_accept(srv), GUARD)
     with peer:
         received = 0
@@ -308,6 +330,7 @@ async def test_write_timeout_when_the_daemon_stops_reading(unread_listener, kind
     await client.aclose()
 
 
+@on_virtual_time
 async def test_without_write_timeout_the_write_waits(unread_listener):
     # The control for the test above: the same request, no limit, is still pending
     # when the peer starts reading, and then goes through.
@@ -360,22 +383,25 @@ def full_uds_backlog(sock_dir):
         srv.close()
 
 
+@on_virtual_time
 async def test_uds_connect_timeout_when_the_accept_queue_is_full(full_uds_backlog):
     _, path, _ = full_uds_backlog
+    loop = asyncio.get_running_loop()
     for dial in (
         lambda: Client.dial_uds(path, connect_timeout=SHORT),
         lambda: EmbedClient.dial(path, connect_timeout=SHORT),
         lambda: AdminClient.dial_admin(path, connect_timeout=SHORT),
         lambda: transport.dial_uds(path, connect_timeout=SHORT),
     ):
-        started = time.monotonic()
+        started = loop.time()
         with pytest.raises(ConnectTimeout) as info:
             await asyncio.wait_for(dial(), GUARD)
-        assert SHORT <= time.monotonic() - started < GUARD
+        assert loop.time() - started == pytest.approx(SHORT)
         assert info.value.timeout == SHORT
         assert path in str(info.value)
 
 
+@on_virtual_time
 async def test_uds_connect_completes_once_the_queue_drains(full_uds_backlog):
     # asyncio's own dial "connects" at once to a full queue and fails on first use
     # (EINVAL); ours keeps trying until the daemon accepts.
@@ -398,6 +424,7 @@ async def test_uds_connect_completes_once_the_queue_drains(full_uds_backlog):
     await client.aclose()
 
 
+@on_virtual_time
 async def test_tcp_connect_timeout_when_the_accept_queue_is_full():
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.bind(("127.0.0.1", 0))
@@ -407,14 +434,15 @@ async def test_tcp_connect_timeout_when_the_accept_queue_is_full():
     fillers: list[socket.socket] = []
     try:
         # Linux drops SYNs to a listener whose accept queue is full; fill it until
-        # a connect stays pending.
+        # a connect stays pending. The handshake is the kernel's, so it gets real
+        # time (a second), outside the driven loop.
         for _ in range(16):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             fillers.append(sock)
-            try:
-                await asyncio.wait_for(loop.sock_connect(sock, addr), 1.0)
-            except TimeoutError:
+            sock.connect_ex(addr)
+            _, connected, _ = select.select([], [sock], [], 1.0)
+            if not connected:
                 break
         else:
             pytest.fail("the kernel completed 16 connects to a listen(0) socket")
@@ -422,10 +450,10 @@ async def test_tcp_connect_timeout_when_the_accept_queue_is_full():
             lambda: Client.dial_tcp(addr, connect_timeout=SHORT),
             lambda: Client.dial(f"{addr[0]}:{addr[1]}", api_key="k", connect_timeout=SHORT),
         ):
-            started = time.monotonic()
+            started = loop.time()
             with pytest.raises(ConnectTimeout) as info:
                 await asyncio.wait_for(dial(), GUARD)
-            assert SHORT <= time.monotonic() - started < GUARD
+            assert loop.time() - started == pytest.approx(SHORT)
             assert f"127.0.0.1:{addr[1]}" in str(info.value)
     finally:
         for sock in fillers:

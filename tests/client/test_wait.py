@@ -1,14 +1,19 @@
-"""dial_and_wait_ready and the transient/permanent split (upstream-protocol §9 item 43)."""
+"""dial_and_wait_ready and the transient/permanent split (upstream-protocol §9 item 43).
+
+Back-offs and deadlines are checked on a driven clock (loop_clock.py): exact times,
+and no real waiting.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import socket
-import time
-import types
 
 import pytest
+
+from loop_clock import on_virtual_time
+from tiny_daemons import Servers
 
 from inferd.client import (
     AdminClient,
@@ -21,7 +26,6 @@ from inferd.client import (
     dial_and_wait_ready,
     is_transient_dial_error,
 )
-from inferd.client import wait as wait_mod
 from inferd.proto.admin import Ready, encode_status
 
 READY = encode_status(Ready())
@@ -64,15 +68,23 @@ def test_permanent(exc):
 
 
 class Dialer:
-    """Fails with the queued errors in order, then returns `value`."""
+    """Fails with the queued errors in order, then returns `value`; notes the loop's
+    time of every call."""
 
     def __init__(self, *errors: BaseException, value: str = "client") -> None:
         self.errors = list(errors)
-        self.calls = 0
+        self.times: list[float] = []
         self.value = value
 
+    @property
+    def calls(self) -> int:
+        return len(self.times)
+
+    def gaps(self) -> list[float]:
+        return [b - a for a, b in zip(self.times, self.times[1:])]
+
     async def __call__(self) -> str:
-        self.calls += 1
+        self.times.append(asyncio.get_running_loop().time())
         if self.errors:
             raise self.errors.pop(0)
         return self.value
@@ -84,14 +96,13 @@ async def test_success_first_try_dials_once():
     assert dial.calls == 1
 
 
+@on_virtual_time
 async def test_two_refusals_then_success_is_three_calls():
     dial = Dialer(ConnectionRefusedError(), FileNotFoundError())
-    started = time.monotonic()
     assert await dial_and_wait_ready(5, dial) == "client"
-    elapsed = time.monotonic() - started
     assert dial.calls == 3
     # Sleeps of 100 ms then 200 ms between the attempts.
-    assert 0.28 <= elapsed < 1.5
+    assert dial.gaps() == pytest.approx([0.1, 0.2])
 
 
 async def test_permanent_error_is_one_call():
@@ -111,26 +122,20 @@ async def test_decode_error_is_permanent():
     assert dial.calls == 1
 
 
+@on_virtual_time
 async def test_constant_refusal_times_out_within_the_timeout():
-    class Refuse:
-        calls = 0
-
-        async def __call__(self):
-            self.calls += 1
-            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
-
-    dial = Refuse()
-    started = time.monotonic()
+    dial = Dialer(*[ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")] * 5)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
     with pytest.raises(WaitTimeout) as info:
         await dial_and_wait_ready(0.25, dial)
-    elapsed = time.monotonic() - started
     assert isinstance(info.value, TimeoutError)
     assert info.value.timeout == 0.25
     assert isinstance(info.value.__cause__, ConnectionRefusedError)
     # Attempts at 0 and 0.1; the next sleep is clamped to the deadline (0.25), and
     # no attempt starts after it. Upstream would try again at 0.3.
-    assert dial.calls == 2
-    assert 0.25 <= elapsed < 0.25 + 0.5
+    assert [t - started for t in dial.times] == pytest.approx([0.0, 0.1])
+    assert loop.time() - started == pytest.approx(0.25)
 
 
 async def test_zero_timeout_is_one_attempt():
@@ -141,25 +146,11 @@ async def test_zero_timeout_is_one_attempt():
     assert await dial_and_wait_ready(0, Dialer()) == "client"
 
 
-async def test_backoff_doubles_and_caps_at_five_seconds(monkeypatch):
-    slept: list[float] = []
-    clock = [0.0]
-
-    async def fake_sleep(delay: float) -> None:
-        slept.append(delay)
-        clock[0] += delay
-
-    class Loop:
-        def time(self) -> float:
-            return clock[0]
-
-    monkeypatch.setattr(
-        wait_mod, "asyncio", types.SimpleNamespace(sleep=fake_sleep, get_running_loop=lambda: Loop())
-    )
+@on_virtual_time
+async def test_backoff_doubles_and_caps_at_five_seconds():
     dial = Dialer(*[ConnectionRefusedError() for _ in range(9)])
     assert await dial_and_wait_ready(60, dial) == "client"
-    assert slept == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0])
-    assert dial.calls == 10
+    assert dial.gaps() == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0])
 
 
 async def test_real_socket_appears_while_waiting(servers, sock_dir):
@@ -184,6 +175,7 @@ async def test_real_socket_appears_while_waiting(servers, sock_dir):
     await admin.aclose()
 
 
+@on_virtual_time
 async def test_stale_socket_file_is_transient_refusal(sock_dir):
     path = str(sock_dir / "stale.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -209,7 +201,8 @@ async def dial_and_read_snapshot(path: str) -> AdminClient:
     return admin
 
 
-async def test_a_daemon_that_accepts_but_never_answers_is_a_wait_timeout(servers):
+@on_virtual_time
+async def test_a_daemon_that_accepts_but_never_answers_is_a_wait_timeout(sock_dir):
     connections = 0
     gone = asyncio.Event()
 
@@ -219,20 +212,22 @@ async def test_a_daemon_that_accepts_but_never_answers_is_a_wait_timeout(servers
         await reader.read()
         gone.set()
 
-    path = await servers.uds(mute)
-    started = time.monotonic()
-    with pytest.raises(WaitTimeout) as info:
-        await asyncio.wait_for(dial_and_wait_ready(0.5, lambda: dial_and_read_snapshot(path)), 10)
-    elapsed = time.monotonic() - started
-    assert 0.5 <= elapsed < 0.5 + 0.5
-    assert isinstance(info.value.__cause__, ConnectTimeout)
-    assert info.value.__cause__.timeout == pytest.approx(0.5, abs=0.05)
-    # One attempt, given all the time there was; its connection was dropped.
-    assert connections == 1
-    await asyncio.wait_for(gone.wait(), 10)
+    async with Servers(sock_dir) as servers:
+        path = await servers.uds(mute)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(WaitTimeout) as info:
+            await asyncio.wait_for(dial_and_wait_ready(0.5, lambda: dial_and_read_snapshot(path)), 10)
+        assert loop.time() - started == pytest.approx(0.5)
+        assert isinstance(info.value.__cause__, ConnectTimeout)
+        assert info.value.__cause__.timeout == pytest.approx(0.5)
+        # One attempt, given all the time there was; its connection was dropped.
+        assert connections == 1
+        await asyncio.wait_for(gone.wait(), 10)
 
 
-async def test_attempt_timeout_retries_a_hung_attempt(servers):
+@on_virtual_time
+async def test_attempt_timeout_retries_a_hung_attempt(sock_dir):
     connections = 0
 
     async def answers_the_second_connection(reader, writer):
@@ -243,28 +238,37 @@ async def test_attempt_timeout_retries_a_hung_attempt(servers):
             await writer.drain()
         await reader.read()
 
-    path = await servers.uds(answers_the_second_connection)
-    admin = await asyncio.wait_for(
-        dial_and_wait_ready(10, lambda: dial_and_read_snapshot(path), attempt_timeout=0.2), 10
-    )
-    await admin.aclose()
+    async with Servers(sock_dir) as servers:
+        path = await servers.uds(answers_the_second_connection)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        admin = await asyncio.wait_for(
+            dial_and_wait_ready(10, lambda: dial_and_read_snapshot(path), attempt_timeout=0.2), 10
+        )
+        # The first attempt was cut at 0.2 s, the second came 0.1 s after it.
+        assert loop.time() - started == pytest.approx(0.3)
+        await admin.aclose()
     assert connections == 2
 
 
-async def test_attempts_never_outlast_the_total(servers):
+@on_virtual_time
+async def test_attempts_never_outlast_the_total(sock_dir):
     async def mute(reader, writer):
         await reader.read()
 
-    path = await servers.uds(mute)
-    started = time.monotonic()
-    with pytest.raises(WaitTimeout):
-        # A per-attempt bound larger than the total is cut to what is left.
-        await asyncio.wait_for(
-            dial_and_wait_ready(0.4, lambda: dial_and_read_snapshot(path), attempt_timeout=30), 10
-        )
-    assert 0.4 <= time.monotonic() - started < 0.4 + 0.5
+    async with Servers(sock_dir) as servers:
+        path = await servers.uds(mute)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(WaitTimeout):
+            # A per-attempt bound larger than the total is cut to what is left.
+            await asyncio.wait_for(
+                dial_and_wait_ready(0.4, lambda: dial_and_read_snapshot(path), attempt_timeout=30), 10
+            )
+        assert loop.time() - started == pytest.approx(0.4)
 
 
+@on_virtual_time
 async def test_full_accept_queue_is_a_wait_timeout_not_a_hang(sock_dir):
     path = str(sock_dir / "full.sock")
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -282,11 +286,12 @@ async def test_full_accept_queue_is_a_wait_timeout_not_a_hang(sock_dir):
                 break
             fillers.append(sock)
             assert len(fillers) < 64
-        started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         with pytest.raises(WaitTimeout) as info:
             # The dialer's own connect timeout (5 s) is longer than the wait.
             await asyncio.wait_for(dial_and_wait_ready(0.4, lambda: Client.dial_uds(path)), 10)
-        assert 0.4 <= time.monotonic() - started < 0.4 + 0.5
+        assert loop.time() - started == pytest.approx(0.4)
         assert isinstance(info.value.__cause__, ConnectTimeout)
     finally:
         for sock in fillers:
@@ -294,6 +299,7 @@ async def test_full_accept_queue_is_a_wait_timeout_not_a_hang(sock_dir):
         srv.close()
 
 
+@on_virtual_time
 async def test_a_connect_timeout_of_the_dialer_is_retried():
     dial = Dialer(ConnectTimeout("slow", 0.1), ConnectTimeout("slow", 0.1))
     assert await dial_and_wait_ready(5, dial) == "client"
