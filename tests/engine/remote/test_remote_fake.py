@@ -2,18 +2,20 @@
 
 The peer (fake_openai.py) writes raw HTTP on asyncio streams, so each test can send
 exactly the 500, garbage, stall or drop it is about, and see the connection close.
+Tests of timeouts run on a driven clock (loop_clock.py): exact times, no real waiting.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import socket
-import time
 
 import pytest
 
 from fake_openai import MODEL, Exchange, FakeRemote, chunk
+from loop_clock import on_virtual_time
 from inferd.engine.backend import BackendInvalidRequest, NotReady, ToolCallMalformed, Unavailable, Unsupported
 from inferd.engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolCall
 from inferd.engine.remote import OpenAIBackend, OpenAISettings
@@ -33,11 +35,29 @@ def request(**kw) -> GenerationRequest:
 _made: list[OpenAIBackend] = []
 
 
+async def _stop_made() -> None:
+    while _made:
+        await _made.pop().stop(1.0)
+
+
 @pytest.fixture(autouse=True)
 async def _stop_backends():
     yield
-    while _made:
-        await _made.pop().stop(1.0)
+    await _stop_made()
+
+
+def on_driven_clock(test):
+    """The test on a driven clock (loop_clock.py); the backends it made are stopped on
+    its loop, before that loop closes."""
+
+    @functools.wraps(test)
+    async def then_stop(*args, **kwargs):
+        try:
+            await test(*args, **kwargs)
+        finally:
+            await _stop_made()
+
+    return on_virtual_time(then_stop)
 
 
 async def backend_for(fake: FakeRemote, **kw) -> OpenAIBackend:
@@ -116,20 +136,24 @@ async def test_refused_key_names_the_variable_never_the_key(monkeypatch):
             await b.generate(request())
 
 
+@on_driven_clock
 async def test_unreachable_remote_is_unavailable_quickly():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again at once: nothing listens there
+    loop = asyncio.get_running_loop()
     b = OpenAIBackend(OpenAISettings(base_url=f"http://127.0.0.1:{port}/v1", connect_timeout=1.0))
-    t0 = time.monotonic()
+    t0 = loop.time()
     with pytest.raises(Unavailable, match=rf"remote http://127.0.0.1:{port}/v1: connection refused"):
         await b.probe()
-    assert time.monotonic() - t0 < 2
+    assert loop.time() - t0 == pytest.approx(0.0)  # refused: no retry, no waiting
     dns = OpenAIBackend(OpenAISettings(base_url="http://no-such-host.invalid", connect_timeout=1.0))
-    t0 = time.monotonic()
+    t0 = loop.time()
     with pytest.raises(Unavailable, match="no-such-host.invalid"):
         await dns.probe()
-    assert time.monotonic() - t0 < 4
+    # The lookup runs in a thread on real time; the clock moves only if it outlasts
+    # the connect timeout, which then ends the probe.
+    assert loop.time() - t0 <= 1.0
 
 
 async def test_tls_to_a_plain_http_peer_fails_as_unavailable(tmp_path):
@@ -269,6 +293,7 @@ async def test_garbage_before_output_is_unavailable():
             await (await backend_for(fake)).generate(request())
 
 
+@on_driven_clock
 async def test_no_first_token_within_first_token_timeout():
     async def handler(ex: Exchange) -> None:
         await ex.start_sse()
@@ -276,25 +301,29 @@ async def test_no_first_token_within_first_token_timeout():
         await ex.wait_closed_by_peer()
     async with FakeRemote(handler) as fake:
         b = await backend_for(fake, first_token_timeout=0.6)
-        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         with pytest.raises(Unavailable, match="stalled"):
             await b.generate(request())
-        assert 0.5 < time.monotonic() - t0 < 3.0
+        assert loop.time() - t0 == pytest.approx(0.6)
 
 
+@on_driven_clock
 async def test_silent_peer_before_headers_is_bounded():
     async def handler(ex: Exchange) -> None:
         await ex.wait_closed_by_peer()
     async with FakeRemote(handler) as fake:
         b = await backend_for(fake, first_token_timeout=0.5)
-        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         with pytest.raises(Unavailable, match=r"no answer to /chat/completions within 0.5 s"):
             await b.generate(request())
-        assert time.monotonic() - t0 < 3.0
+        assert loop.time() - t0 == pytest.approx(0.5)
 
 
 # ---- mid-stream failures --------------------------------------------------------------------
 
+@on_driven_clock
 async def test_stall_after_two_chunks_raises_within_idle_timeout():
     async def handler(ex: Exchange) -> None:
         await ex.start_sse()
@@ -304,12 +333,13 @@ async def test_stall_after_two_chunks_raises_within_idle_timeout():
     async with FakeRemote(handler) as fake:
         stream = await (await backend_for(fake, idle_timeout=0.5)).generate(request())
         got = []
-        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         with pytest.raises(Unavailable, match="stalled"):
             async for e in stream:
                 got.append(e)
         assert got == [TextDelta("one "), TextDelta("two")]
-        assert 0.4 < time.monotonic() - t0 < 3.0
+        assert loop.time() - t0 == pytest.approx(0.5)  # the chunks came at once, then 0.5 s of nothing
 
 
 @pytest.mark.parametrize("tail, words", [
@@ -333,6 +363,7 @@ async def test_garbage_or_drop_after_output_raises(tail, words):
 
 
 @pytest.mark.parametrize("read_first", [3, 0])
+@on_driven_clock
 async def test_aclose_mid_stream_closes_the_upstream_connection(read_first):
     closed = asyncio.Event()
 
@@ -342,7 +373,7 @@ async def test_aclose_mid_stream_closes_the_upstream_connection(read_first):
         try:
             while not watcher.done():
                 await ex.send(chunk("tick "))
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # the peer's pace (driven clock): what it is sending when closed
         except ConnectionError:
             await watcher
         if watcher.result():
@@ -351,28 +382,32 @@ async def test_aclose_mid_stream_closes_the_upstream_connection(read_first):
         stream = await (await backend_for(fake)).generate(request())
         got = [await anext(stream) for _ in range(read_first)]
         assert got == [TextDelta("tick ")] * read_first
-        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         await stream.aclose()
         await asyncio.wait_for(closed.wait(), 3.0)
-        assert time.monotonic() - t0 < 2.0
+        # The peer saw the close by its next tick, not after a 2 s close timeout.
+        assert loop.time() - t0 <= 0.02 + 1e-9
 
 
+@on_driven_clock
 async def test_concurrent_streams_up_to_concurrency():
     async def slow(ex: Exchange) -> None:
         await ex.start_sse()
         for i in range(3):
             await ex.send(chunk(f"{i}"))
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(0.25)  # a slow peer (driven clock): its pace is the point
         await ex.send(chunk(finish="stop"))
         await ex.send("[DONE]")
     async with FakeRemote(slow) as fake:
         b = await backend_for(fake, max_concurrency=4)
-        t0 = time.monotonic()
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
         async def one() -> list:
             return await collect(await b.generate(request()))
         results = await asyncio.gather(*(one() for _ in range(4)))
         assert all("".join(e.text for e in r if isinstance(e, TextDelta)) == "012" for r in results)
-        assert time.monotonic() - t0 < 2.5  # in parallel (one after another takes 3 s)
+        assert loop.time() - t0 == pytest.approx(0.75)  # in parallel (one after another takes 3 s)
 
 
 # ---- embeddings -----------------------------------------------------------------------------
