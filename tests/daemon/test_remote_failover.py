@@ -224,7 +224,7 @@ async def test_a_client_that_hangs_up_closes_the_upstream_stream(daemon_factory,
         try:
             for i in range(10_000):
                 await ex.send(chunk(f"t{i} "))
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # a peer that streams at its own pace: the behaviour under test
         except ConnectionError:
             closed.set()  # the daemon closed its upstream connection
 
@@ -454,7 +454,7 @@ async def stall_before_first(ex: Exchange) -> None:
     await ex.start_sse()
     await ex.send({"id": "c1", "object": "chat.completion.chunk", "model": "fake-model",
                    "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
-    await asyncio.sleep(30)
+    await ex.wait_closed_by_peer()  # stalls until the daemon gives up on it
 
 
 async def garbage_mid_stream(ex: Exchange) -> None:
@@ -468,7 +468,7 @@ async def stall_mid_stream(ex: Exchange) -> None:
     await ex.start_sse()
     await ex.send(chunk("one "))
     await ex.send(chunk("two "))
-    await asyncio.sleep(30)
+    await ex.wait_closed_by_peer()  # stalls until the daemon gives up on it
 
 
 TIMEOUTS = {"connect_timeout_secs": 1, "first_token_timeout_secs": 1, "idle_timeout_secs": 0.5}

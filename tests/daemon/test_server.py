@@ -67,7 +67,7 @@ async def test_tcp_port_is_never_unbound_across_a_reload(sockdir):
                 finally:
                     racer.close()
                 attempts += 1
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # the racer's pace: it tries for as long as the reload runs
             assert "reload_error" not in ready.result()[-1]
         finally:
             ready.cancel()
