@@ -29,7 +29,7 @@ from daemon_harness import (
 )
 
 from inferd.engine.llamacpp.templates import GemmaRenderer
-from inferd.engine.llamacpp.worker import WorkerStream
+from inferd.engine.llamacpp.bridge import WorkerStream
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -190,7 +190,7 @@ def test_a_new_request_keeps_the_running_sequences_consecutive():
     from types import SimpleNamespace
 
     from inferd.engine.llamacpp.scheduler import BatchScheduler
-    from inferd.engine.llamacpp.worker import Slot, common_prefix
+    from inferd.engine.llamacpp.slots import Slot, common_prefix
 
     def ctx(busy: set[int], kv: dict[int, list[int]]) -> Any:
         slots = [Slot(i, kv=list(kv.get(i, [])), busy=i in busy) for i in range(8)]
@@ -324,7 +324,7 @@ async def test_shared_system_prompt_is_copied_not_evaluated(pair, solo):
 async def test_requests_sharing_a_prompt_at_once_evaluate_it_once(pair, solo):
     """Two clients send the same long system prompt at the same moment: the second
     waits for the first to evaluate it and copies those cells."""
-    from inferd.engine.llamacpp.worker import common_prefix
+    from inferd.engine.llamacpp.slots import common_prefix
 
     system = SYSTEM.replace("sailor", "ferry captain")  # in no slot's cache yet
     chats = [[{"role": "system", "content": system}, {"role": "user", "content": q}]

@@ -52,7 +52,9 @@ from .settings import DEFAULT_PARALLEL, LlamaCppSettings
 from .chatting import ChatPlan, ChatStyle
 from .templates import BUILTIN, KNOWN_TEMPLATES, ChatRenderer, RenderError, resolve_renderer
 from .threads import ContextThread
-from .worker import GenerationContext, GenerationJob, WorkerStream, loop_emitter
+from .bridge import WorkerStream, loop_emitter
+from .job import GenerationJob
+from .slots import GenerationContext
 
 log = logging.getLogger("inferd.engine.llamacpp")
 

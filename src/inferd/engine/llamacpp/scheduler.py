@@ -35,10 +35,12 @@ import llama_cpp.llama_cpp as L
 from ...proto.admin import SequenceSlot
 from ..backend import BackendError, Unavailable
 from ..events import ContextUsage, Done, FinishReason, Timings, Usage
+from .bridge import StepPost
+from .job import GenerationJob
 from .sampling import Sampler, StopScanner, Utf8Stream, parse_grammar
 from .settings import PREFILL_STEP_MS
+from .slots import COPY_MIN_TOKENS, GenerationContext, Slot, common_prefix
 from .threads import ContextThread, Job, WorkerStopped
-from .worker import COPY_MIN_TOKENS, GenerationContext, GenerationJob, Slot, StepPost, common_prefix
 
 log = logging.getLogger("inferd.engine.llamacpp")
 
@@ -108,7 +110,7 @@ class BatchScheduler(ContextThread[GenerationContext]):
         #: Measured costs of a step: seconds for the decode rows alone, seconds per prompt token.
         self._decode_s: float | None = None
         self._token_s: float | None = None
-        self._waiting: deque[Job[GenerationContext]] = deque()
+        self._waiting: deque[Job[GenerationContext] | GenerationJob] = deque()
         self._running: list[Sequence] = []
         self._observer: SequenceObserver | None = None
         #: (prompt tokens, decode tokens) of recent steps that carried a prompt chunk; tests read it.
@@ -185,7 +187,7 @@ class BatchScheduler(ContextThread[GenerationContext]):
         """Drop cancelled requests: waiting ones are refused, running ones lose their cells."""
         changed = False
         if self._waiting and any(isinstance(j, GenerationJob) and j.cancel.is_set() for j in self._waiting):
-            kept: deque[Job[GenerationContext]] = deque()
+            kept: deque[Job[GenerationContext] | GenerationJob] = deque()
             for job in self._waiting:
                 if isinstance(job, GenerationJob) and job.cancel.is_set():
                     job.abandon(Unavailable("generation cancelled"))

@@ -1,5 +1,4 @@
-"""The generation context, its KV bookkeeping, the job a request becomes, and the async
-stream the event loop reads.
+"""The generation context and its KV bookkeeping: which tokens each slot's cache holds.
 
 `GenerationContext` is one llama context with `n_seq` sequences (slots), each with
 a KV stream of its own of n_ctx cells (ADR 0018). It is owned by the scheduler's
@@ -8,41 +7,22 @@ it remembers which tokens sit in its cache, so a request sharing a prefix with w
 slot holds (the next turn of a chat) only evaluates the new tail, and a long prefix
 another slot holds (a shared system prompt) is copied (`llama_memory_seq_cp`)
 instead of evaluated again.
-
-Events travel to the event loop through `loop.call_soon_threadsafe`, batched once per
-decode step (`StepPost`); cancellation travels back through a threading.Event that the
-scheduler checks every step.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import llama_cpp.llama_cpp as L
 
-from ..backend import BackendError, Unavailable
-from ..events import Done, Event, TextDelta, ThinkingDelta, ToolCall
 from .native import PieceReader, create_context
-from .sampling import SamplingParams
 from .settings import LlamaCppSettings, padded_ctx
-
-log = logging.getLogger("inferd.engine.llamacpp")
 
 #: A prefix another slot holds is copied rather than evaluated when it saves at least
 #: this many tokens: llama.cpp copies between streams only whole (a few ms per
 #: thousand cells on a CPU), while these tokens take about 70 ms to evaluate on the
 #: 2-core reference machine.
 COPY_MIN_TOKENS = 64
-
-
-@dataclass(slots=True)
-class _Failure:
-    exc: BaseException
 
 
 def common_prefix(a: list[int], b: list[int], limit: int) -> int:
@@ -219,150 +199,3 @@ class GenerationContext:
             raise RuntimeError(f"llama_decode failed ({rc})")
         self.decoded += n
         self.steps += 1
-
-
-# ---- the job one request becomes ----------------------------------------------------
-
-class _PlainText:
-    """The output parser of a request that needs none: text stays text."""
-
-    saw_tool_call = False
-    last_was_thinking = False
-
-    def push(self, text: str) -> list[TextDelta]:
-        return [TextDelta(text)]
-
-    def finish(self) -> list[TextDelta]:
-        return []
-
-
-@dataclass(eq=False)
-class GenerationJob:
-    tokens: list[int]
-    params: SamplingParams
-    grammar: str
-    max_tokens: int
-    stop: list[str]
-    emit: Callable[[object], None]
-    cancel: threading.Event = field(default_factory=threading.Event)
-    #: A fresh output parser (reasoning split, tool calls); the default passes text through.
-    new_parser: Callable[[], Any] = field(default=lambda: _PlainText())
-    #: The request's id, shown in the backend's sequence reports (`inferd status`).
-    request_id: str = ""
-
-    def run(self, state: GenerationContext) -> None:
-        # Generation jobs are decoded by the scheduler, never run alone.
-        raise RuntimeError("a GenerationJob is scheduled, not run")
-
-    def abandon(self, exc: BaseException) -> None:
-        if not isinstance(exc, BackendError):
-            exc = Unavailable(str(exc) or type(exc).__name__)
-        self.emit(_Failure(exc))
-
-    def interrupt(self) -> None:
-        self.cancel.set()
-
-
-class StepPost:
-    """Hands a decode step's events to their event loops in one wake-up per loop.
-
-    Inside `collect()` (the scheduler wraps each step in it) an emitter only queues its
-    event on this thread; `flush()` posts them, in order, with one
-    `call_soon_threadsafe` per loop. Outside a step an emitter posts at once.
-    """
-
-    _local = threading.local()
-
-    @classmethod
-    def pending(cls) -> list[tuple[asyncio.AbstractEventLoop, Callable[[object], None], object, threading.Event]] | None:
-        return getattr(cls._local, "items", None)
-
-    @classmethod
-    def begin(cls) -> None:
-        cls._local.items = []
-
-    @classmethod
-    def flush(cls) -> None:
-        items = cls._local.items
-        cls._local.items = None
-        if not items:
-            return
-        loop = items[0][0]
-        if all(it[0] is loop for it in items):
-            _post(loop, items)
-            return
-        by_loop: dict[asyncio.AbstractEventLoop, list[Any]] = {}
-        for it in items:
-            by_loop.setdefault(it[0], []).append(it)
-        for loop, group in by_loop.items():
-            _post(loop, group)
-
-
-def _deliver(items: list[tuple[Any, Callable[[object], None], object, threading.Event]]) -> None:
-    for _, put, item, _ in items:
-        put(item)
-
-
-def _post(loop: asyncio.AbstractEventLoop, items: list[Any]) -> None:
-    try:
-        loop.call_soon_threadsafe(_deliver, items)
-    except RuntimeError:
-        # The loop is gone: nobody will read these streams again.
-        for it in items:
-            it[3].set()
-
-
-def loop_emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[object],
-                 cancel: threading.Event) -> Callable[[object], None]:
-    put = queue.put_nowait
-    call = loop.call_soon_threadsafe
-    pending = StepPost.pending
-
-    def emit(item: object) -> None:
-        items = pending()
-        if items is not None:
-            items.append((loop, put, item, cancel))
-            return
-        try:
-            call(put, item)
-        except RuntimeError:
-            # The loop is gone: nobody will read this stream again.
-            cancel.set()
-
-    return emit
-
-
-class WorkerStream:
-    """What the worker feeds and `generate()` returns: text events, then one Done (or an exception)."""
-
-    __slots__ = ("_queue", "_cancel", "_finished", "__weakref__")
-
-    def __init__(self, queue: asyncio.Queue[object], cancel: threading.Event) -> None:
-        self._queue = queue
-        self._cancel = cancel
-        self._finished = False
-
-    def __aiter__(self) -> WorkerStream:
-        return self
-
-    async def __anext__(self) -> Event:
-        if self._finished:
-            raise StopAsyncIteration
-        item = await self._queue.get()
-        kind = type(item)
-        if kind is TextDelta or kind is ThinkingDelta or kind is ToolCall:
-            return item  # type: ignore[return-value]
-        self._finished = True
-        if kind is Done:
-            return item  # type: ignore[return-value]
-        self._cancel.set()
-        assert isinstance(item, _Failure)
-        raise item.exc
-
-    async def aclose(self) -> None:
-        self._finished = True
-        self._cancel.set()
-
-    def __del__(self) -> None:
-        # A stream dropped without aclose() must still free the worker.
-        self._cancel.set()

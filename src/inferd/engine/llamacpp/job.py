@@ -1,0 +1,49 @@
+"""The job one generation request becomes on the scheduler's thread."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..backend import BackendError, Unavailable
+from ..events import TextDelta
+from .bridge import Failure
+from .sampling import SamplingParams
+
+
+class _PlainText:
+    """The output parser of a request that needs none: text stays text."""
+
+    saw_tool_call = False
+    last_was_thinking = False
+
+    def push(self, text: str) -> list[TextDelta]:
+        return [TextDelta(text)]
+
+    def finish(self) -> list[TextDelta]:
+        return []
+
+
+@dataclass(eq=False)
+class GenerationJob:
+    tokens: list[int]
+    params: SamplingParams
+    grammar: str
+    max_tokens: int
+    stop: list[str]
+    emit: Callable[[object], None]
+    cancel: threading.Event = field(default_factory=threading.Event)
+    #: A fresh output parser (reasoning split, tool calls); the default passes text through.
+    new_parser: Callable[[], Any] = field(default=lambda: _PlainText())
+    #: The request's id, shown in the backend's sequence reports (`inferd status`).
+    request_id: str = ""
+
+    def abandon(self, exc: BaseException) -> None:
+        if not isinstance(exc, BackendError):
+            exc = Unavailable(str(exc) or type(exc).__name__)
+        self.emit(Failure(exc))
+
+    def interrupt(self) -> None:
+        self.cancel.set()
