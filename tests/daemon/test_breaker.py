@@ -10,7 +10,7 @@ import pytest
 from daemon_harness import dial, line, read_json, read_until_terminal, req, roundtrip
 from inferd.cli import admin_cmds
 from inferd.client import AdminClient
-from inferd.daemon.pipeline.router import Breaker, BreakerPolicy, CircuitState, StateChange
+from inferd.daemon.pipeline.breaker import Breaker, BreakerPolicy, CircuitState, StateChange
 
 pytestmark = pytest.mark.timeout(60)
 

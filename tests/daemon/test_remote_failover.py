@@ -42,7 +42,7 @@ from remote_servers import ALIAS, LlamaServer, direct, start_llama_server, unrel
 
 from inferd.cli import admin_cmds, doctor  # noqa: E402
 from inferd.daemon import loader  # noqa: E402
-from inferd.daemon.pipeline.router import CircuitState  # noqa: E402
+from inferd.daemon.pipeline.breaker import CircuitState  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from ..proto.admin import BackendState
 from .observe.activity import ActivityLog, NullActivityLog
 from .observe.metrics import Metrics
-from .pipeline.router import CircuitState, Router, StateChange
+from .pipeline.breaker import CircuitState, StateChange
+from .pipeline.router import Router
 from .status import StatusBroadcaster
 
 

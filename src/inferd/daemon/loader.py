@@ -31,7 +31,8 @@ from ..engine.mock import MockBackend, MockConfig, ScriptStep
 from ..proto.admin import CheckingLocal, KvCache, Mmap, Verify, WaitingRemote
 from .config import ConfigFile, LlamaCppEntry, MockEntry, OpenAIEntry
 from .pipeline.admission import Admission
-from .pipeline.router import BackendEntry, Breaker, BreakerPolicy
+from .pipeline.breaker import Breaker, BreakerPolicy
+from .pipeline.router import BackendEntry
 from ..models.store import ModelStore, StoreError, default_store_root
 
 T = TypeVar("T")

@@ -5,7 +5,7 @@ it here with a `Sink` that encodes events for that wire, and is done. Everything
 between the two ends lives here once: routing by what the request needs, the
 backend's FIFO admission gate, the pre-stream refusal of one backend handing the
 request to the next, each backend's circuit breaker hearing how its request went
-(router.py, F-10), cancellation (a sink that raises ConnectionError closes the
+(breaker.py, F-10), cancellation (a sink that raises ConnectionError closes the
 engine stream, which cancels the generation), `tool_choice_unsatisfied`, and the
 activity log record and the metrics (observe/metrics.py) of every outcome.
 """
@@ -26,7 +26,8 @@ from ...proto.embed import EmbedResolved
 from ..context import DaemonContext
 from ..observe.metrics import RequestClock
 from .admission import AdmissionClosed, QueueFull
-from .router import BACKEND_FAULTS, Attempt, BackendEntry, Needs
+from .breaker import BACKEND_FAULTS, Attempt
+from .router import BackendEntry, Needs
 
 log = logging.getLogger("inferd.pipeline")
 
