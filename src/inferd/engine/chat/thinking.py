@@ -24,7 +24,7 @@ even when a marker arrives split across decoded pieces.
 from __future__ import annotations
 
 from ..events import TextDelta, ThinkingDelta, ToolCall
-from .toolcalls import ToolCallParser, _held_prefix
+from .toolcalls.parser import ToolCallParser, _held_prefix
 
 ThinkEvent = TextDelta | ThinkingDelta
 OutputEvent = TextDelta | ThinkingDelta | ToolCall

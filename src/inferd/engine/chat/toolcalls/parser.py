@@ -1,0 +1,179 @@
+"""The streaming parser: a model's output in, text and whole tool calls out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import TYPE_CHECKING
+
+from ...backend import ToolCallMalformed
+from ...events import TextDelta, ToolCall
+from .readers import _BareJson, _Reader
+
+if TYPE_CHECKING:
+    from .base import ToolCallFormat
+
+IdFactory = Callable[[], str]
+ToolEvent = TextDelta | ToolCall
+
+_WS = " \t\r\n"
+
+
+class ToolCallParser:
+    """Incremental: `push(piece)` per decoded piece, `finish()` once at the end.
+
+    Returns TextDelta/ToolCall events; raises ToolCallMalformed on a bad call (the
+    parser is then unusable). `known_names`, when given, makes a call to any other
+    name malformed too.
+    """
+
+    def __init__(self, fmt: ToolCallFormat, *, id_factory: IdFactory | None = None,
+                 known_names: Collection[str] | None = None) -> None:
+        self.fmt = fmt
+        self._new_id = id_factory or fmt.new_call_id
+        self._known = frozenset(known_names) if known_names is not None else None
+        self._buf = ""
+        self._reader: _Reader | None = None
+        self._at_start = True
+        self._after_call = False
+        self._ids: set[str] = set()
+        self._finished = False
+        #: How many calls were emitted so far.
+        self.calls = 0
+
+    @property
+    def saw_tool_call(self) -> bool:
+        return self.calls > 0
+
+    def push(self, text: str) -> list[ToolEvent]:
+        if self._finished:
+            raise RuntimeError("push() after finish()")
+        out: list[ToolEvent] = []
+        if text:
+            self._buf += text
+            self._drain(out)
+        return out
+
+    def finish(self) -> list[ToolEvent]:
+        if self._finished:
+            return []
+        self._finished = True
+        out: list[ToolEvent] = []
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            reader.finish()
+            self._complete(reader, out)
+        rest, self._buf = self._buf, ""
+        if rest and not (self._after_call and not rest.strip(self.fmt.separators)):
+            self._text(out, rest)
+        return out
+
+    # -- internals --
+
+    def _text(self, out: list[ToolEvent], text: str) -> None:
+        if not text:
+            return
+        if out and isinstance(out[-1], TextDelta):
+            out[-1].text += text
+        else:
+            out.append(TextDelta(text))
+
+    def _id(self) -> str:
+        for _ in range(16):
+            new = self._new_id()
+            if new not in self._ids:
+                break
+        n = 2
+        base = new
+        while new in self._ids:
+            new = f"{base}_{n}"
+            n += 1
+        self._ids.add(new)
+        return new
+
+    def _complete(self, reader: _Reader, out: list[ToolEvent]) -> None:
+        if reader.text is not None:
+            self._text(out, reader.text)
+            self._at_start = self._after_call = False
+            return
+        for name, args in reader.calls:
+            if self._known is not None and name not in self._known:
+                raise ToolCallMalformed(f"the model called {name!r}, which is not a declared tool")
+            out.append(ToolCall(id=self._id(), name=name, input=args))
+            self.calls += 1
+        self._after_call = True
+
+    def _start(self, reader: _Reader, text: str, out: list[ToolEvent]) -> bool:
+        """Feed `text` to a new reader; True when it completed (buffer holds the rest)."""
+        self._reader = reader
+        self._at_start = False
+        rest = reader.feed(text)
+        if rest is None:
+            self._buf = ""
+            return False
+        self._reader = None
+        self._complete(reader, out)
+        self._buf = rest
+        return True
+
+    def _drain(self, out: list[ToolEvent]) -> None:
+        fmt = self.fmt
+        while self._buf:
+            if self._reader is not None:
+                text, self._buf = self._buf, ""
+                rest = self._reader.feed(text)
+                if rest is None:
+                    return
+                reader, self._reader = self._reader, None
+                self._complete(reader, out)
+                self._buf = rest
+                continue
+
+            holding = self._at_start or self._after_call
+            lead = len(self._buf) - len(self._buf.lstrip(fmt.separators if self._after_call else " \t\r\n")) \
+                if holding else 0
+            body = self._buf[lead:]
+            if holding and not body:
+                return  # only whitespace so far: it may precede a call
+            if holding and fmt.bare_json and body[0] == "{":
+                if not self._start(_BareJson(), body, out):
+                    return
+                continue
+
+            idx, opener = -1, ""
+            for op in fmt.openers:
+                j = body.find(op)
+                if j >= 0 and (idx < 0 or j < idx):
+                    idx, opener = j, op
+            # Whitespace right after a call is layout, like whitespace right before one.
+            skip = lead if self._after_call else 0
+            if idx >= 0:
+                self._text(out, self._buf[skip:lead + idx].rstrip(_WS))
+                self._after_call = False
+                if not self._start(fmt._reader(opener), body[idx + len(opener):], out):
+                    return
+                continue
+
+            hold = _held_prefix(body, fmt.openers)
+            if holding and hold == len(body):
+                return  # whitespace then a possible marker start: undecided
+            # Emit all but a possible marker start and the whitespace before it (which
+            # is dropped if a call follows).
+            cut = len(self._buf) - hold
+            cut = len(self._buf[:cut].rstrip(_WS))
+            if cut <= skip:
+                return
+            self._text(out, self._buf[skip:cut])
+            self._buf = self._buf[cut:]
+            self._at_start = self._after_call = False
+            return
+
+
+def _held_prefix(text: str, markers: Sequence[str]) -> int:
+    """Length of the longest end of `text` that could begin one of `markers`."""
+    best = 0
+    for marker in markers:
+        for n in range(min(len(marker) - 1, len(text)), best, -1):
+            if marker.startswith(text[-n:]):
+                best = n
+                break
+    return best
