@@ -96,6 +96,34 @@ async def test_required_tool_choice_calls_a_declared_tool_with_valid_input(daemo
     assert "tool_choice_unsatisfied" not in done
     # The call's own text never reaches the client as text.
     assert "<tool_call>" not in joined(frames, "text")
+    # Upstream clients know whole tool_use blocks only: pieces are sent to those who ask.
+    assert blocks(frames, "tool_use_delta") == []
+
+
+async def test_a_call_streams_its_input_in_pieces_when_asked(daemon):
+    req = v2("req-pieces", [user("What is the weather in Oslo?")], tools=[WEATHER, TIME], tool_choice="required",
+             stream_tool_input=True)
+    frames = await roundtrip(daemon.v2, req, timeout=280)
+    assert frames[-1]["type"] == "done" and frames[-1]["stop_reason"] == "tool_use", frames[-1]
+    (call,) = blocks(frames, "tool_use")
+    pieces = blocks(frames, "tool_use_delta")
+    assert len(pieces) > 1
+    assert {(p["tool_call_id"], p["name"]) for p in pieces} == {(call["tool_call_id"], call["name"])}
+    whole = "".join(p["delta"] for p in pieces)
+    assert whole == json.dumps(call["input"], ensure_ascii=False)
+    jsonschema.validate(json.loads(whole), SCHEMAS[call["name"]])
+    kinds = [f["block"]["type"] for f in frames if f["type"] == "frame"]
+    assert kinds.index("tool_use") > max(i for i, k in enumerate(kinds) if k == "tool_use_delta")
+
+
+async def test_pieces_of_a_call_that_ends_malformed_are_followed_by_the_error(daemon):
+    # The model's own layout, rewritten in the pieces; then the call never closes properly.
+    forced = 'root ::= "<tool_call>{\\"name\\":\\"get_time\\",\\"arguments\\":{\\"tz\\":\\"UTC\\"} oops</tool_call>"'
+    frames = await roundtrip(daemon.v2, v2("req-bad-pieces", [user("x")], tools=[TIME], grammar=forced,
+                                           stream_tool_input=True), timeout=280)
+    assert "".join(p["delta"] for p in blocks(frames, "tool_use_delta")) == '{"tz": "UTC"}'
+    assert blocks(frames, "tool_use") == []
+    assert frames[-1]["type"] == "error" and frames[-1]["code"] == "tool_call_malformed", frames[-1]
 
 
 async def test_a_tool_result_turn_completes_with_end_turn(daemon):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from inferd.engine.backend import BackendInvalidRequest
-from inferd.engine.events import TextDelta, ThinkingDelta, ToolCall
+from inferd.engine.events import TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from inferd.engine.llamacpp.chatting import ChatStyle
 from inferd.engine.llamacpp.templates import GemmaRenderer, JinjaRenderer
 from inferd.engine.request import ChatMessage, GenerationRequest, ResponseFormat, ToolCallSpec, ToolSpec
@@ -69,7 +69,7 @@ def test_required_installs_a_call_grammar_and_none_hides_the_tools():
     assert "get_weather" not in none.prompt and none.grammar == ""
     # A call the model writes anyway is parsed away, never shown and never yielded.
     events = drain(none.new_parser(), ['Sure <tool_call>{"name": "get_weather", ', '"arguments": {"city": "X"}}</tool_call>'])
-    assert [e for e in events if isinstance(e, ToolCall)] == []
+    assert [e for e in events if isinstance(e, (ToolCall, ToolCallDelta))] == []
     assert "".join(e.text for e in events if isinstance(e, TextDelta)).strip() == "Sure"
 
 

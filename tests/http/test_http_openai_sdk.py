@@ -129,17 +129,27 @@ async def test_forced_tool_call_round_trip(base):
 
 
 async def test_streamed_tool_call_delta(base):
+    """The arguments stream in pieces, in OpenAI's shape (the first delta names the call,
+    the next carry only its index and a piece), and the SDK's own accumulation of the
+    stream rebuilds the call a request without `stream` gets."""
+    request = dict(model="m", messages=[{"role": "user", "content": "Time in UTC?"}], tools=[WEATHER, TIME],
+                   tool_choice={"type": "function", "function": {"name": "get_time"}}, temperature=0, max_tokens=64)
     async with async_client(base) as client:
-        stream = await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "Time in UTC?"}], tools=[WEATHER, TIME],
-            tool_choice={"type": "function", "function": {"name": "get_time"}}, temperature=0, max_tokens=64,
-            stream=True)
-        chunks = [c async for c in stream]
-    calls = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
-    (call,) = calls
-    assert call.index == 0 and call.id and call.function.name == "get_time"
-    jsonschema.validate(json.loads(call.function.arguments), TIME["function"]["parameters"])
-    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+        whole = await client.chat.completions.create(**request)
+        async with client.chat.completions.stream(**request) as stream:
+            chunks = [event.chunk async for event in stream if event.type == "chunk"]
+            streamed = await stream.get_final_completion()
+    deltas = [tc for c in chunks if c.choices for tc in (c.choices[0].delta.tool_calls or [])]
+    assert len(deltas) > 1
+    head, rest = deltas[0], deltas[1:]
+    assert head.index == 0 and head.id and head.type == "function" and head.function.name == "get_time"
+    assert all(d.index == 0 and d.id is None and d.function.name is None and d.function.arguments for d in rest)
+    (expected,) = whole.choices[0].message.tool_calls
+    (got,) = streamed.choices[0].message.tool_calls
+    assert (got.id, got.function.name) == (head.id, "get_time")
+    assert got.function.arguments == expected.function.arguments
+    jsonschema.validate(json.loads(got.function.arguments), TIME["function"]["parameters"])
+    assert streamed.choices[0].finish_reason == whole.choices[0].finish_reason == "tool_calls"
 
 
 async def test_response_format_json_schema_validates(base):

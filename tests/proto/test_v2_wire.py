@@ -260,6 +260,10 @@ def test_thinking_is_not_a_request_block():
             {"type": "tool_use", "tool_call_id": "tc-1", "name": "get_weather", "input": {"city": "London"}},
         ),
         (v2.ToolUseBlock(tool_call_id="tc-2", name="noop", input=None), {"type": "tool_use", "tool_call_id": "tc-2", "name": "noop", "input": None}),
+        (
+            v2.ToolUseDeltaBlock(tool_call_id="tc-3", name="get_weather", delta='{"city": "Lon'),
+            {"type": "tool_use_delta", "tool_call_id": "tc-3", "name": "get_weather", "delta": '{"city": "Lon'},
+        ),
     ],
 )
 def test_block_frames_round_trip(block, expected):
@@ -365,3 +369,11 @@ def test_adr_0015_example_responses_parse():
     assert frames[2].block.input == {"city": "London"}
     assert frames[3].usage.output_tokens == 3 and frames[3].stop_reason is v2.StopReasonV2.END_TURN
     assert [f.is_terminal for f in frames] == [False, False, False, True, True]
+
+
+def test_stream_tool_input_is_asked_for_and_strict():
+    base = {"id": "r", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}
+    assert v2.parse_request(json.dumps(base)).resolve().stream_tool_input is False
+    assert v2.parse_request(json.dumps({**base, "stream_tool_input": True})).resolve().stream_tool_input is True
+    with pytest.raises(DecodeError):
+        v2.parse_request(json.dumps({**base, "stream_tool_input": "yes"}))

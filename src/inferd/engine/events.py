@@ -1,13 +1,14 @@
 """The one vocabulary between an engine and the daemon: what a generation yields.
 
-Every backend's `generate()` stream yields any mix of TextDelta, ThinkingDelta and
-ToolCall, then exactly one Done, always last. Ending (or raising) before Done is a
+Every backend's `generate()` stream yields any mix of TextDelta, ThinkingDelta,
+ToolCallDelta and ToolCall, then exactly one Done, always last. Ending (or raising) before Done is a
 mid-stream failure, which every surface reports as `backend_unavailable` after the
 partial output. Closing the stream (`aclose()`) cancels the generation.
 
 The surfaces translate these events at their edge: v1 sends TextDelta as token
-frames and drops thinking; v2 sends delta blocks and whole tool_use blocks; the
-OpenAI HTTP surface sends `content`, `reasoning_content` and `tool_calls` deltas.
+frames and drops thinking and calls; v2 sends delta blocks, `tool_use_delta` blocks
+(when the request asked for them) and whole tool_use blocks; the OpenAI HTTP surface
+sends `content`, `reasoning_content` and `tool_calls` deltas (argument pieces).
 """
 
 from __future__ import annotations
@@ -41,8 +42,25 @@ class ThinkingDelta:
 
 
 @dataclass(slots=True)
+class ToolCallDelta:
+    """A piece of a tool call's arguments, as the model writes them.
+
+    The pieces of one call (same `id`) concatenate to the text the whole call's input
+    is sent as (`json.dumps(input, ensure_ascii=False)`; a key the model writes twice
+    is the exception, chat/toolcalls/streaming.py), and the call's `ToolCall` follows
+    them: it is still the authority, checked whole. A backend may send a call
+    with no pieces before it (it then arrives in one piece); a call whose text turns
+    out malformed ends the stream with ToolCallMalformed after its pieces.
+    """
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(slots=True)
 class ToolCall:
-    """One complete, parsed tool call; a backend never streams a partial one."""
+    """One complete, parsed tool call, after any ToolCallDelta pieces of it."""
 
     id: str
     name: str
@@ -77,8 +95,8 @@ class Done:
     tool_choice_unsatisfied: bool = False
 
 
-__all__ = ["FinishReason", "TextDelta", "ThinkingDelta", "ToolCall", "Timings", "Usage", "ContextUsage",
-           "Done", "Event", "EventStream"]
+__all__ = ["FinishReason", "TextDelta", "ThinkingDelta", "ToolCallDelta", "ToolCall", "Timings", "Usage",
+           "ContextUsage", "Done", "Event", "EventStream"]
 
-Event = TextDelta | ThinkingDelta | ToolCall | Done
+Event = TextDelta | ThinkingDelta | ToolCallDelta | ToolCall | Done
 EventStream = AsyncIterator[Event]

@@ -291,6 +291,10 @@ class RequestV2(_Wire):
     grammar: StrictStr = ""
     # inferd extension, as on v1: answer with one `count` frame, generate nothing.
     count_only: StrictBool | None = None
+    # inferd extension: `tool_use_delta` blocks before each whole tool_use block. Asked
+    # for, because upstream clients know only whole blocks (a new block type is not
+    # one they can ignore).
+    stream_tool_input: StrictBool | None = None
 
     @model_serializer(mode="wrap")
     def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -368,6 +372,7 @@ class RequestV2(_Wire):
             seed=self.seed,
             grammar=self.grammar,
             count_only=bool(self.count_only),
+            stream_tool_input=bool(self.stream_tool_input),
         )
 
 
@@ -430,6 +435,7 @@ class ResolvedV2(BaseModel):
     seed: int | None = None
     grammar: str = ""
     count_only: bool = False
+    stream_tool_input: bool = False
 
     def attachment(self, attachment_id: str) -> ImageAttachment | AudioAttachment | VideoAttachment | None:
         for att in self.attachments:
@@ -450,7 +456,20 @@ class ThinkingDeltaBlock(BaseModel):
     delta: str
 
 
-ResponseBlock = Annotated[Union[TextDeltaBlock, ThinkingDeltaBlock, ToolUseBlock], Field(discriminator="type")]
+class ToolUseDeltaBlock(BaseModel):
+    """A piece of a tool call's `input` as JSON text, while the model writes it (when the
+    request set `stream_tool_input`). The pieces of one `tool_call_id` concatenate to
+    the JSON of the whole `tool_use` block's input that follows them, which is the
+    call: a call whose text turns out malformed ends in `tool_call_malformed` instead."""
+
+    type: Literal["tool_use_delta"] = "tool_use_delta"
+    tool_call_id: str
+    name: str
+    delta: str
+
+
+ResponseBlock = Annotated[Union[TextDeltaBlock, ThinkingDeltaBlock, ToolUseDeltaBlock, ToolUseBlock],
+                          Field(discriminator="type")]
 
 
 class UsageV2(BaseModel):

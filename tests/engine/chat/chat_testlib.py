@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from inferd.engine.events import TextDelta, ThinkingDelta, ToolCall
+from inferd.engine.events import TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -63,9 +63,18 @@ def counter_ids(prefix: str = "id"):
 
 
 def normalize(events: list[Any]) -> list[Any]:
-    """Merge adjacent text (and adjacent thinking) deltas; drop empty ones."""
+    """Merge adjacent text (and adjacent thinking) deltas; drop empty ones. Argument
+    pieces are checked, then dropped: a call's pieces come before it, under its id and
+    name, and add up to exactly the text its input is sent as."""
     out: list[Any] = []
+    pieces: dict[str, list[str]] = {}
     for ev in events:
+        if isinstance(ev, ToolCallDelta):
+            assert ev.arguments, "an empty argument piece"
+            pieces.setdefault(ev.id, []).append(ev.arguments)
+            continue
+        if isinstance(ev, ToolCall) and ev.id in pieces:
+            assert "".join(pieces.pop(ev.id)) == json.dumps(ev.input, ensure_ascii=False), ev
         if isinstance(ev, (TextDelta, ThinkingDelta)):
             if not ev.text:
                 continue
@@ -75,6 +84,7 @@ def normalize(events: list[Any]) -> list[Any]:
             out.append(type(ev)(ev.text))
         else:
             out.append(ev)
+    assert not pieces, f"argument pieces of calls that never came: {pieces}"
     return out
 
 

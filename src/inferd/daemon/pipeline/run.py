@@ -20,7 +20,7 @@ from dataclasses import replace
 from typing import Protocol, TypeVar
 
 from ...engine.backend import BackendError, EmbedResult, Fault
-from ...engine.events import Done, EventStream, TextDelta, ThinkingDelta, ToolCall
+from ...engine.events import Done, EventStream, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from ...engine.request import GenerationRequest
 from ...proto.embed import EmbedResolved
 from ..context import DaemonContext
@@ -48,7 +48,7 @@ class Refused(Exception):
 class Sink(Protocol):
     """The encoding end of a surface. Its methods raise ConnectionError when the peer is gone."""
 
-    async def event(self, event: TextDelta | ThinkingDelta | ToolCall) -> None: ...
+    async def event(self, event: TextDelta | ThinkingDelta | ToolCallDelta | ToolCall) -> None: ...
 
     async def done(self, done: Done, backend: str) -> None: ...
 
@@ -252,6 +252,9 @@ async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: 
             elif kind is ThinkingDelta or kind is ToolCall:
                 others += 1
                 counts["thinking_frames" if kind is ThinkingDelta else "tool_use_frames"] += 1
+                clock.first_event()
+            elif kind is ToolCallDelta:
+                others += 1  # a piece of a call: the call itself is counted when it comes whole
                 clock.first_event()
             elif kind is Done:
                 done = event  # type: ignore[assignment]

@@ -3,8 +3,9 @@
 Decode: a v2 request's blocks become HF-convention chat messages (assistant
 tool_use blocks become `tool_calls`, tool_result blocks become `tool` messages
 naming the call they answer). Encode: text, thinking and tool-call events become
-`frame` lines with text/thinking delta blocks and whole tool_use blocks, then one
-`done` or `error`. The loop is the NDJSON one every socket shares; admission,
+`frame` lines with text/thinking delta blocks and whole tool_use blocks (each after
+its `tool_use_delta` argument pieces, when the request set `stream_tool_input`), then
+one `done` or `error`. The loop is the NDJSON one every socket shares; admission,
 dispatch and accounting are the shared pipeline.
 
 The NDJSON-era daemon always streams, whatever `stream` says: `done` carries no
@@ -14,7 +15,7 @@ content in v2, so withholding the deltas would lose the answer.
 from __future__ import annotations
 
 from ...engine.backend import Fault
-from ...engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolCall
+from ...engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from ...engine.request import ChatMessage, GenerationRequest, ResponseFormat, ToolCallSpec, ToolSpec
 from ...proto.errors import ErrorCode, InvalidRequest, encode_error
 from ...proto.framing import encode_frame
@@ -30,6 +31,7 @@ from ...proto.v2 import (
     ThinkingDeltaBlock,
     ToolResultBlock,
     ToolUseBlock,
+    ToolUseDeltaBlock,
     UsageV2,
     parse_request,
 )
@@ -97,18 +99,24 @@ def generation_request(req: ResolvedV2) -> GenerationRequest:
 
 
 class _Sink:
-    __slots__ = ("conn", "rid")
+    __slots__ = ("conn", "rid", "tool_deltas")
 
-    def __init__(self, conn: PeerConnection, rid: str) -> None:
+    def __init__(self, conn: PeerConnection, rid: str, tool_deltas: bool) -> None:
         self.conn = conn
         self.rid = rid
+        self.tool_deltas = tool_deltas
 
-    async def event(self, event: TextDelta | ThinkingDelta | ToolCall) -> None:
+    async def event(self, event: TextDelta | ThinkingDelta | ToolCallDelta | ToolCall) -> None:
         kind = type(event)
         if kind is TextDelta:
             block: object = TextDeltaBlock(delta=event.text)  # type: ignore[union-attr]
         elif kind is ThinkingDelta:
             block = ThinkingDeltaBlock(delta=event.text)  # type: ignore[union-attr]
+        elif kind is ToolCallDelta:
+            if not self.tool_deltas:
+                return
+            block = ToolUseDeltaBlock(tool_call_id=event.id, name=event.name,  # type: ignore[union-attr]
+                                      delta=event.arguments)  # type: ignore[union-attr]
         else:
             block = ToolUseBlock(tool_call_id=event.id, name=event.name, input=event.input)  # type: ignore[union-attr]
         await self.conn.send(encode_frame(FrameV2(id=self.rid, block=block)))  # type: ignore[arg-type]
@@ -142,7 +150,7 @@ async def serve_inference_v2(conn: PeerConnection, ctx: DaemonContext) -> None:
         if resolved.count_only:
             await answer_count(conn, ctx, request_, V2_CODES, needs)
             return True
-        refused = await run.generate(ctx, request_, _Sink(conn, resolved.id),
+        refused = await run.generate(ctx, request_, _Sink(conn, resolved.id, resolved.stream_tool_input),
                                      surface="v2", needs=needs, peer=conn.peer_label)
         return refused is not Fault.CLOSED
 

@@ -23,11 +23,11 @@ even when a marker arrives split across decoded pieces.
 
 from __future__ import annotations
 
-from ..events import TextDelta, ThinkingDelta, ToolCall
+from ..events import TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from .toolcalls.parser import ToolCallParser, _held_prefix
 
 ThinkEvent = TextDelta | ThinkingDelta
-OutputEvent = TextDelta | ThinkingDelta | ToolCall
+OutputEvent = TextDelta | ThinkingDelta | ToolCallDelta | ToolCall
 
 #: Qwen 3, QwQ, DeepSeek R1 and most open reasoning models.
 THINK_TAGS: tuple[str, str] = ("<think>", "</think>")

@@ -40,7 +40,7 @@ from ..chat import (
     response_format_grammar,
     tool_call_grammar,
 )
-from ..events import TextDelta, ThinkingDelta, ToolCall
+from ..events import TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from ..request import ChatMessage, GenerationRequest
 from .templates import ChatRenderer, RenderError
 
@@ -60,11 +60,11 @@ class NoToolCalls:
     def last_was_thinking(self) -> bool:
         return self._inner.last_was_thinking
 
-    def push(self, text: str) -> list[TextDelta | ThinkingDelta | ToolCall]:
-        return [e for e in self._inner.push(text) if type(e) is not ToolCall]
+    def push(self, text: str) -> list[TextDelta | ThinkingDelta]:
+        return [e for e in self._inner.push(text) if type(e) is not ToolCall and type(e) is not ToolCallDelta]
 
-    def finish(self) -> list[TextDelta | ThinkingDelta | ToolCall]:
-        return [e for e in self._inner.finish() if type(e) is not ToolCall]
+    def finish(self) -> list[TextDelta | ThinkingDelta]:
+        return [e for e in self._inner.finish() if type(e) is not ToolCall and type(e) is not ToolCallDelta]
 
 
 ParserFactory = Callable[[], "OutputParser | NoToolCalls"]

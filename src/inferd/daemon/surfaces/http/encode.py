@@ -3,8 +3,11 @@
 Each sink is the encoding end of the shared pipeline (pipeline/run.py `Sink`):
 TextDelta becomes `content` (`text` on /v1/completions), ThinkingDelta becomes
 `reasoning_content` (llama-server's and DeepSeek's name), a ToolCall becomes one
-entry of `tool_calls` (streamed whole, as one delta with its index, id, name and
-arguments text). Done becomes `finish_reason` and `usage` with
+entry of `tool_calls`. Streamed, a call's ToolCallDelta pieces become `tool_calls`
+deltas as OpenAI sends them: the first with the call's index, id, type, name and first
+arguments piece, the next ones with the index and an arguments piece only; the
+ToolCall that follows them adds nothing (a call that came with no pieces is one delta
+with everything). Done becomes `finish_reason` and `usage` with
 `prompt_tokens_details.cached_tokens` and `completion_tokens_details.reasoning_tokens`.
 
 A streaming sink sends nothing until the first event, so a request refused before
@@ -18,7 +21,7 @@ import json
 from typing import Any
 
 from ....engine.backend import Fault
-from ....engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolCall
+from ....engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from .errors import HttpError
 from .io import Responder
 
@@ -83,14 +86,15 @@ class _Collect:
         self.result: Done | None = None
         self.error: HttpError | None = None
 
-    async def event(self, event: TextDelta | ThinkingDelta | ToolCall) -> None:
+    async def event(self, event: TextDelta | ThinkingDelta | ToolCallDelta | ToolCall) -> None:
         kind = type(event)
         if kind is TextDelta:
             self.text.append(event.text)  # type: ignore[union-attr]
         elif kind is ThinkingDelta:
             self.thinking.append(event.text)  # type: ignore[union-attr]
-        else:
+        elif kind is ToolCall:
             self.calls.append(event)  # type: ignore[arg-type]
+        # A whole answer carries each call whole: its pieces say nothing more.
 
     async def done(self, done: Done, backend: str) -> None:
         self.result = done
@@ -195,8 +199,10 @@ class ChatStream(_Stream):
     def __init__(self, out: Responder, meta: Meta) -> None:
         super().__init__(out, meta)
         self.calls = 0
+        #: The id of the call whose argument pieces are being sent.
+        self.piecing: str | None = None
 
-    async def event(self, event: TextDelta | ThinkingDelta | ToolCall) -> None:
+    async def event(self, event: TextDelta | ThinkingDelta | ToolCallDelta | ToolCall) -> None:
         if not self.started:
             await self._begin()
             first = self._chunk(b'"delta":{"role":"assistant","content":""}')
@@ -207,11 +213,25 @@ class ChatStream(_Stream):
             choice = b'"delta":{"content":' + _js(event.text) + b"}"  # type: ignore[union-attr]
         elif kind is ThinkingDelta:
             choice = b'"delta":{"reasoning_content":' + _js(event.text) + b"}"  # type: ignore[union-attr]
+        elif kind is ToolCallDelta:
+            choice = b'"delta":{"tool_calls":[' + self._piece(event) + b"]}"  # type: ignore[arg-type]
+        elif event.id == self.piecing:  # type: ignore[union-attr]
+            self.piecing = None  # its pieces were the call (and the stream has begun)
+            self.calls += 1
+            return
         else:
             call = {"index": self.calls, **tool_call(event)}  # type: ignore[arg-type]
             self.calls += 1
             choice = b'"delta":{"tool_calls":[' + dumps(call) + b"]}"
         await self.out.body(first + self._chunk(choice))
+
+    def _piece(self, piece: ToolCallDelta) -> bytes:
+        if piece.id == self.piecing:
+            return (b'{"index":' + str(self.calls).encode() + b',"function":{"arguments":'
+                    + _js(piece.arguments) + b"}}")
+        self.piecing = piece.id
+        return dumps({"index": self.calls, "id": piece.id, "type": "function",
+                      "function": {"name": piece.name, "arguments": piece.arguments}})
 
     def _final(self, done: Done) -> bytes:
         return self._chunk(b'"delta":{}', FINISH[done.reason])

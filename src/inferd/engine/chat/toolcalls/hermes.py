@@ -10,6 +10,7 @@ from ...request import ToolCallSpec, ToolSpec
 from ..schema import format_rules, gbnf_literal
 from .base import _GWS, ToolCallFormat, _json_call_rules, _tool_lines
 from .readers import _call_from_object, _coerce_arguments, _Delimited, _dumps, _loads, _Reader
+from .streaming import CallStream
 
 
 class HermesFormat(ToolCallFormat):
@@ -26,7 +27,7 @@ class HermesFormat(ToolCallFormat):
         return [_call_from_object(_loads(body.strip(), f"the {self.name} tool call"))]
 
     def _reader(self, opener: str) -> _Reader:
-        return _Delimited(self.closer, self._parse_body, self.name)
+        return _Delimited(self.closer, self._parse_body, self.name, CallStream())
 
     def declare_tools(self, tools: Sequence[ToolSpec]) -> str:
         return (

@@ -9,6 +9,7 @@ from ...request import ToolCallSpec, ToolSpec
 from ..schema import format_rules
 from .base import ToolCallFormat, _json_call_rules
 from .readers import _call_from_object, _coerce_arguments, _dumps, _Json, _Reader
+from .streaming import CallStream
 
 
 class Llama3Format(ToolCallFormat):
@@ -22,7 +23,7 @@ class Llama3Format(ToolCallFormat):
     separators = " \t\r\n;"
 
     def _reader(self, opener: str) -> _Reader:
-        return _Json(lambda obj: [_call_from_object(obj)], self.name)
+        return _Json(lambda obj: [_call_from_object(obj)], self.name, CallStream())
 
     def declare_tools(self, tools: Sequence[ToolSpec]) -> str:
         listed = "\n\n".join(json.dumps(t.as_openai(), ensure_ascii=False, indent=4) for t in tools)

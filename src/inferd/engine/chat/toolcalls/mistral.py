@@ -13,6 +13,7 @@ from ...request import ToolCallSpec, ToolSpec
 from ..schema import format_rules, gbnf_literal
 from .base import ToolCallFormat, _json_alternatives, _json_call_rules
 from .readers import _arguments, _call_from_object, _coerce_arguments, _dumps, _Json, _Reader
+from .streaming import CallStream
 
 #: Longest tool name we wait for after `[TOOL_CALLS]` before calling the text malformed.
 _MAX_NAME = 256
@@ -50,7 +51,7 @@ class _MistralRegion(_Reader):
             if not stripped:
                 return None
             if stripped[0] in "[{":
-                self.inner = _Json(self._array, "mistral")
+                self.inner = _Json(self._array, "mistral", CallStream())
                 text, self.head = stripped, ""
             else:
                 idx = stripped.find("[ARGS]")
@@ -68,12 +69,15 @@ class _MistralRegion(_Reader):
                 if not name or re.search(r"[\s\[\]{}\"]", name):
                     raise ToolCallMalformed(f"bad tool name {name.strip()!r} after [TOOL_CALLS]")
                 self.name = name
-                self.inner = _Json(self._named, "mistral")
+                self.inner = _Json(self._named, "mistral", CallStream(name))
                 text, self.head = stripped[idx + len("[ARGS]"):], ""
         rest = self.inner.feed(text)
         if rest is not None:
             self.calls = self.inner.calls
         return rest
+
+    def pieces(self) -> list[tuple[int, str, str]]:
+        return self.inner.pieces() if self.inner is not None else []
 
     def finish(self) -> None:
         if self.inner is None:

@@ -1,4 +1,4 @@
-"""The streaming parser: a model's output in, text and whole tool calls out."""
+"""The streaming parser: a model's output in; text, argument pieces and whole tool calls out."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from ...backend import ToolCallMalformed
-from ...events import TextDelta, ToolCall
+from ...events import TextDelta, ToolCall, ToolCallDelta
 from .readers import _BareJson, _Reader
 
 if TYPE_CHECKING:
     from .base import ToolCallFormat
 
 IdFactory = Callable[[], str]
-ToolEvent = TextDelta | ToolCall
+ToolEvent = TextDelta | ToolCallDelta | ToolCall
 
 _WS = " \t\r\n"
 
@@ -21,9 +21,12 @@ _WS = " \t\r\n"
 class ToolCallParser:
     """Incremental: `push(piece)` per decoded piece, `finish()` once at the end.
 
-    Returns TextDelta/ToolCall events; raises ToolCallMalformed on a bad call (the
-    parser is then unusable). `known_names`, when given, makes a call to any other
-    name malformed too.
+    Returns TextDelta, ToolCallDelta and ToolCall events; raises ToolCallMalformed on
+    a bad call (the parser is then unusable). `known_names`, when given, makes a call
+    to any other name malformed too (and such a call shows no pieces first). A call
+    whose format is JSON streams its arguments as ToolCallDelta pieces once its name is
+    known (streaming.py); its ToolCall, with the same id, follows once it is whole and
+    parsed. Other calls come out whole only.
     """
 
     def __init__(self, fmt: ToolCallFormat, *, id_factory: IdFactory | None = None,
@@ -36,6 +39,8 @@ class ToolCallParser:
         self._at_start = True
         self._after_call = False
         self._ids: set[str] = set()
+        #: Calls of the open region whose pieces went out: index in the region -> id.
+        self._streaming: dict[int, str] = {}
         self._finished = False
         #: How many calls were emitted so far.
         self.calls = 0
@@ -95,18 +100,30 @@ class ToolCallParser:
             self._text(out, reader.text)
             self._at_start = self._after_call = False
             return
-        for name, args in reader.calls:
+        streaming, self._streaming = self._streaming, {}
+        for index, (name, args) in enumerate(reader.calls):
             if self._known is not None and name not in self._known:
                 raise ToolCallMalformed(f"the model called {name!r}, which is not a declared tool")
-            out.append(ToolCall(id=self._id(), name=name, input=args))
+            call_id = streaming.get(index)
+            out.append(ToolCall(id=call_id if call_id is not None else self._id(), name=name, input=args))
             self.calls += 1
         self._after_call = True
+
+    def _pieces(self, reader: _Reader, out: list[ToolEvent]) -> None:
+        for index, name, piece in reader.pieces():
+            if self._known is not None and name not in self._known:
+                continue  # refused when it completes
+            call_id = self._streaming.get(index)
+            if call_id is None:
+                call_id = self._streaming[index] = self._id()
+            out.append(ToolCallDelta(call_id, name, piece))
 
     def _start(self, reader: _Reader, text: str, out: list[ToolEvent]) -> bool:
         """Feed `text` to a new reader; True when it completed (buffer holds the rest)."""
         self._reader = reader
         self._at_start = False
         rest = reader.feed(text)
+        self._pieces(reader, out)
         if rest is None:
             self._buf = ""
             return False
@@ -121,6 +138,7 @@ class ToolCallParser:
             if self._reader is not None:
                 text, self._buf = self._buf, ""
                 rest = self._reader.feed(text)
+                self._pieces(self._reader, out)
                 if rest is None:
                     return
                 reader, self._reader = self._reader, None

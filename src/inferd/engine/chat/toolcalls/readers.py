@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ...backend import ToolCallMalformed  # the model wrote a call we cannot parse
+from .streaming import CallStream, _dumps
 
 
 # ---- call objects ----------------------------------------------------------------------
@@ -68,10 +69,6 @@ def _coerce_arguments(arguments: Any) -> Any:
     return arguments
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
 # ---- incremental readers (one call region each) --------------------------------------
 
 class _JsonEnd:
@@ -118,10 +115,16 @@ class _JsonEnd:
 class _Reader(ABC):
     """Consumes the text of one call region, after its opening marker."""
 
-    def __init__(self) -> None:
+    def __init__(self, stream: CallStream | None = None) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         #: Set instead of `calls` when the region turned out to be ordinary text.
         self.text: str | None = None
+        #: Follows the region's JSON for argument pieces; None where the syntax is not JSON.
+        self.stream = stream
+
+    def pieces(self) -> list[tuple[int, str, str]]:
+        """Argument pieces ready since the last call: (index of the call in the region, name, piece)."""
+        return self.stream.take() if self.stream is not None else []
 
     @abstractmethod
     def feed(self, text: str) -> str | None:
@@ -135,8 +138,9 @@ class _Reader(ABC):
 class _Delimited(_Reader):
     """`opener` BODY `closer`; BODY is parsed whole once the closer arrives."""
 
-    def __init__(self, closer: str, parse: Callable[[str], list[tuple[str, dict[str, Any]]]], label: str) -> None:
-        super().__init__()
+    def __init__(self, closer: str, parse: Callable[[str], list[tuple[str, dict[str, Any]]]], label: str,
+                 stream: CallStream | None = None) -> None:
+        super().__init__(stream)
         self.closer = closer
         self.parse = parse
         self.label = label
@@ -145,6 +149,8 @@ class _Delimited(_Reader):
     def feed(self, text: str) -> str | None:
         start = max(0, len(self.buf) - len(self.closer) + 1)
         self.buf += text
+        if self.stream is not None:
+            self.stream.feed(text)
         idx = self.buf.find(self.closer, start)
         if idx < 0:
             return None
@@ -159,8 +165,9 @@ class _Delimited(_Reader):
 class _Json(_Reader):
     """One JSON value, ended by its own closing bracket; `post` turns it into calls."""
 
-    def __init__(self, post: Callable[[Any], list[tuple[str, dict[str, Any]]]], label: str) -> None:
-        super().__init__()
+    def __init__(self, post: Callable[[Any], list[tuple[str, dict[str, Any]]]], label: str,
+                 stream: CallStream | None = None) -> None:
+        super().__init__(stream)
         self.post = post
         self.label = label
         self.scan = _JsonEnd()
@@ -171,6 +178,8 @@ class _Json(_Reader):
             end = self.scan.feed(text)
         except ValueError:
             raise ToolCallMalformed(f"the {self.label} tool call is not a JSON object or array") from None
+        if self.stream is not None:
+            self.stream.feed(text if end is None else text[:end])
         if end is None:
             self.buf += text
             return None
@@ -189,10 +198,14 @@ class _BareJson(_Reader):
     """Llama 3: a reply that starts with `{` may be a call, or may just be JSON text."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(CallStream())
         self.scan = _JsonEnd()
         self.buf = ""
         self.confirmed = False
+
+    def pieces(self) -> list[tuple[int, str, str]]:
+        # JSON text that is not a call shows nothing as a call.
+        return super().pieces() if self.confirmed else []
 
     def _head_state(self) -> bool | None:
         """True: starts like a call; False: cannot be one; None: not known yet."""
@@ -206,7 +219,9 @@ class _BareJson(_Reader):
 
     def feed(self, text: str) -> str | None:
         end = self.scan.feed(text)  # the parser starts this reader only on "{"
-        self.buf += text if end is None else text[:end]
+        value = text if end is None else text[:end]
+        self.buf += value
+        self.stream.feed(value)  # type: ignore[union-attr]
         rest = "" if end is None else text[end:]
         if not self.confirmed:
             state = self._head_state()
