@@ -24,8 +24,8 @@ class Failure:
 class StepPost:
     """Hands a decode step's events to their event loops in one wake-up per loop.
 
-    Inside `collect()` (the scheduler wraps each step in it) an emitter only queues its
-    event on this thread; `flush()` posts them, in order, with one
+    Between `begin()` and `flush()` (the scheduler wraps each step in them) an emitter
+    only queues its event on this thread; `flush()` posts them, in order, with one
     `call_soon_threadsafe` per loop. Outside a step an emitter posts at once.
     """
 
