@@ -58,7 +58,7 @@ def test_the_spawn_site_starts_only_our_engine_modules():
             spawn.run_engine_module(module, "", 1.0)
     # No shell and no argument from the caller but the module name: the argv is fixed.
     source = (SRC / SPAWN_SITE).read_text()
-    assert "shell=False" in source and "[sys.executable, \"-m\", module]" in source
+    assert source.count("shell=False") == 2 and "return [sys.executable, \"-m\", module]" in source
 
 
 def test_the_scanner_catches_each_form():

@@ -46,7 +46,10 @@ async def daemon(model_path):
     config = d / "config.json"
     config.write_text(json.dumps({"backends": [{
         "kind": "llamacpp", "name": "local", "model_path": model_path, "n_ctx": N_CTX, "n_threads": 2,
-        "parallel": PARALLEL, "batch_invariant": True}]}))
+        "parallel": PARALLEL, "batch_invariant": True,
+        # In process: these tests hold the generation thread itself (a runner's side is
+        # in test_runner_supervision).
+        "runner": False}]}))
     daemon = await start_daemon(d, config=str(config))
     yield daemon
     assert await daemon.stop(60) == 0

@@ -145,6 +145,17 @@ def backend_line(cap: AdminEvent) -> Line:
         detail += f" flash_attn={_flag(cap.flash_attn)}"
     if cap.amx is not None:
         detail += f" amx={cap.amx}"
+    runner = cap.runner or {}
+    if runner:
+        detail += f" runner={runner.get('state')} pid={runner.get('pid')} restarts={runner.get('restarts', 0)}"
+        crash = runner.get("last_crash")
+        if runner.get("profile") == "safe":
+            detail += ("; engine crashed in its default profile; serving with no extra buffer types, "
+                       "flash attention off, AMX off")
+        if crash:
+            detail += f"; last crash: {crash.get('reason')} after {crash.get('uptime_secs')}s"
+        if runner.get("state") == "failed":
+            return False, "backend", f"{detail}; failed: {runner.get('reason')}"
     if cap.state is not None and cap.state != "closed":
         detail += f" circuit={cap.state}"
         if cap.reason:

@@ -16,6 +16,7 @@ that is down keeps the previous backends serving until it answers.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import hashlib
 import hmac
 import logging
@@ -281,12 +282,12 @@ async def construct(plan: Planned, phase: PhaseSink) -> Backend:
         return remote
     model = plan.model
     assert model is not None
-    try:
-        from ..engine.llamacpp import LlamaCppBackend, LlamaCppSettings
-    except ImportError as exc:
+    from ..engine.llamacpp import LlamaCppSettings
+
+    # The daemon itself need not load llama.cpp (its runners do): only ask whether it is there.
+    if importlib.util.find_spec("llama_cpp") is None:
         raise LoadError(
-            f"backend {entry.name!r} needs llama-cpp-python ({exc}); install it with `pip install 'inferd[llamacpp]'`"
-        ) from None
+            f"backend {entry.name!r} needs llama-cpp-python; install it with `pip install 'inferd[llamacpp]'`")
     settings = LlamaCppSettings.from_options(entry.options(), model_path=str(model.load_path),
                                              source_path=str(model.path))
     phase(Mmap(path=str(model.path)))
@@ -294,6 +295,12 @@ async def construct(plan: Planned, phase: PhaseSink) -> Backend:
     # (for each of the `parallel` sequences, ADR 0018).
     phase(KvCache(n_ctx=-(-entry.n_ctx // 256) * 256))
     try:
+        if settings.runner:
+            from ..engine.llamacpp.supervised import RunnerBackend
+
+            return await RunnerBackend.start(settings, entry.name)
+        from ..engine.llamacpp.backend import LlamaCppBackend
+
         return await run_in_daemon_thread(LlamaCppBackend, settings)
     except (ValueError, RuntimeError, OSError) as exc:
         raise LoadError(f"backend {entry.name!r}: could not load {model.path}: {exc}") from None

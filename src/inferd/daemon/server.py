@@ -26,7 +26,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from .. import __version__
-from ..proto.admin import Capabilities, CheckingLocal, Draining, LoadingModel, Ready, Restarting, Starting
+from ..proto.admin import (BackendState, Capabilities, CheckingLocal, Draining, LoadingModel, Ready, Restarting,
+                           RunnerRestart, Starting)
 from ..proto.endpoints import DEFAULT_EMBED_TCP_ADDR, DEFAULT_TCP_ADDR, DEFAULT_V2_TCP_ADDR
 from .observe.activity import ActivityLog, NullActivityLog, add_literal_secret, default_log_dir, remove_literal_secret
 from .status import StatusBroadcaster
@@ -267,6 +268,35 @@ class Server:
             self.broadcaster.publish(Capabilities(backend=entry.label, version=__version__, **entry.caps.model_dump()))
             # Running sequences by slot, for `inferd status` (ADR 0018).
             entry.backend.observe_sequences(self.broadcaster.sequence_sink(loop, entry.label))
+            entry.backend.watch_lifecycle(self._lifecycle_sink(entry))
+
+    def _lifecycle_sink(self, entry: BackendEntry) -> Any:
+        """A runner that ended and comes back (ADR 0025): `restarting`, then `ready` (or
+        the backend `failed`), with fresh capabilities that say what happened."""
+
+        def sink(state: str, reason: str) -> None:
+            caps = entry.caps = entry.backend.capabilities()
+            runner = caps.runner
+            if state == "restarting" and runner is not None:
+                crash = runner.last_crash
+                self.activity.record("error", "lifecycle", "engine_crashed", backend=entry.label, reason=reason,
+                                     uptime_secs=crash.uptime_secs if crash else None,
+                                     requests=crash.requests if crash else [], profile=runner.profile,
+                                     restarts=runner.restarts)
+                self.broadcaster.publish(Restarting(phase=RunnerRestart(
+                    backend=entry.label, reason=reason, attempt=runner.restarts, profile=runner.profile,
+                    retry_in_ms=int(getattr(entry.backend, "retry_in", 0.0) * 1000))))
+            self.broadcaster.publish(Capabilities(backend=entry.label, version=__version__, **caps.model_dump()))
+            if state == "failed":
+                self.activity.record("error", "lifecycle", "backend_failed", backend=entry.label, reason=reason)
+                self.broadcaster.publish(BackendState(backend=entry.label, state="failed", reason=reason))
+            if state in ("ready", "failed") and not self._shutdown.is_set():
+                if state == "ready":
+                    self.activity.record("info", "lifecycle", "engine_restarted", backend=entry.label,
+                                         profile=runner.profile if runner else None)
+                self.broadcaster.publish(Ready())
+
+        return sink
 
     async def _await_ready(self, entries: list[BackendEntry] | None = None) -> None:
         deadline = time.monotonic() + self.opts.ready_timeout_secs

@@ -27,6 +27,7 @@ from .request import GenerationRequest
 __all__ = [
     "Backend", "BackendCapabilities", "BackendError", "BackendInvalidRequest", "EmbedResult", "Fault",
     "Internal", "NotReady", "Unavailable", "Unsupported", "AttachmentUnsupported", "ToolCallMalformed",
+    "EngineCrashed",
 ]
 
 
@@ -50,6 +51,10 @@ class Fault(StrEnum):
     UNSUPPORTED = "unsupported"
     ATTACHMENT_UNSUPPORTED = "attachment_unsupported"
     TOOL_CALL_MALFORMED = "tool_call_malformed"
+    #: The engine's process ended under the request; its supervisor is restarting it
+    #: (ADR 0025). Every wire calls it backend_unavailable; it is no verdict on the
+    #: backend's health, so no circuit breaker counts it.
+    ENGINE_CRASHED = "engine_crashed"
     # Raised by the daemon's pipeline, never by a backend:
     QUEUE_FULL = "queue_full"
     CLOSED = "closed"  # admission closed: shutting down
@@ -94,6 +99,10 @@ class ToolCallMalformed(BackendError):
     kind = Fault.TOOL_CALL_MALFORMED
 
 
+class EngineCrashed(BackendError):
+    kind = Fault.ENGINE_CRASHED
+
+
 # ---- the contract ----------------------------------------------------------------
 
 class Backend(ABC):
@@ -126,6 +135,11 @@ class Backend(ABC):
     def observe_sequences(self, sink: Callable[[list[SequenceSlot]], None] | None) -> None:
         """A backend that decodes requests in slots calls `sink` (from any thread) with
         the running ones whenever they change (ADR 0018); others ignore it."""
+
+    def watch_lifecycle(self, sink: Callable[[str, str], None] | None) -> None:
+        """A backend whose engine can end and come back (a runner process, ADR 0025)
+        calls `sink(state, reason)` on the loop: `restarting`, `ready` or `failed`;
+        others ignore it."""
 
     async def stop(self, timeout: float) -> None:
         """Release the model. Best effort, bounded by `timeout` seconds."""

@@ -68,8 +68,23 @@ class WaitingRemote(BaseModel):
     retry_in_ms: int
 
 
+class RunnerRestart(BaseModel):
+    """inferd extension: a backend's runner process ended unasked and another one is
+    starting (ADR 0025). `reason` names what happened ("engine crashed: SIGSEGV")."""
+
+    phase: Literal["runner_restart"] = "runner_restart"
+    backend: str
+    reason: str
+    #: Restarts of this backend's runner so far (1 on the first).
+    attempt: int
+    #: `safe` once the runner crashed in its default profile (ADR 0025).
+    profile: Literal["default", "safe"]
+    retry_in_ms: int
+
+
 LoadPhase = Annotated[
-    Union[CheckingLocal, Download, Verify, Quarantine, Mmap, KvCache, WaitingRemote], Field(discriminator="phase")
+    Union[CheckingLocal, Download, Verify, Quarantine, Mmap, KvCache, WaitingRemote, RunnerRestart],
+    Field(discriminator="phase"),
 ]
 
 
@@ -111,6 +126,34 @@ class BackendCapabilities(BaseModel):
     amx_reason: str | None = None
     #: The CPU instruction-set features the llama.cpp build uses (its system info).
     cpu_features: list[str] | None = None
+    #: The runner process serving this backend (ADR 0025); None when it runs in process.
+    runner: "RunnerInfo | None" = None
+
+
+class RunnerCrash(BaseModel):
+    """The last time a backend's runner ended unasked."""
+
+    reason: str
+    #: How long that runner had been up.
+    uptime_secs: float
+    #: The ids of the requests it was serving, as their clients sent them.
+    requests: list[str]
+    #: Unix time of the crash.
+    at: float
+
+
+class RunnerInfo(BaseModel):
+    pid: int | None = None
+    #: `safe`: no extra buffer types, flash attention off, AMX off, after a crash in the default profile.
+    profile: Literal["default", "safe"] = "default"
+    #: `ready`, `restarting` or `failed` (the safe profile crashed too; `reason` says why).
+    state: Literal["ready", "restarting", "failed"] = "ready"
+    restarts: int = 0
+    reason: str | None = None
+    last_crash: RunnerCrash | None = None
+
+
+BackendCapabilities.model_rebuild()
 
 
 class Capabilities(BackendCapabilities):
@@ -151,7 +194,7 @@ class BackendState(BaseModel):
 
     status: Literal["backend_state"] = "backend_state"
     backend: str
-    state: Literal["closed", "open", "half_open"]
+    state: Literal["closed", "open", "half_open", "failed"]
     reason: str | None = None
     failures: int = 0
     retry_in_ms: int | None = None
@@ -251,6 +294,7 @@ class AdminEvent(BaseModel):
     amx: str | None = None
     amx_reason: str | None = None
     cpu_features: list[str] | None = None
+    runner: dict[str, Any] | None = None
     version: str | None = None
     reload_error: str | None = None
     # backend_state (and a replayed capabilities frame of a backend that is not closed)

@@ -17,6 +17,7 @@ V1_CODES: dict[Fault, str] = {
     # v1 carries neither attachments nor tools; a backend that says so is refusing the request.
     Fault.ATTACHMENT_UNSUPPORTED: ErrorCode.INVALID_REQUEST,
     Fault.TOOL_CALL_MALFORMED: ErrorCode.BACKEND_UNAVAILABLE,
+    Fault.ENGINE_CRASHED: ErrorCode.BACKEND_UNAVAILABLE,
 }
 
 V2_CODES: dict[Fault, str] = {

@@ -184,6 +184,11 @@ class LlamaCppBackend(Backend):
         if self._gen is not None:
             self._gen.observe(sink)
 
+    @property
+    def decode_steps(self) -> int:
+        """Scheduler steps (llama_decode calls) so far: progress a watchdog can see."""
+        return self._gen.steps if self._gen is not None else 0
+
     def running_sequences(self) -> list[SequenceSlot]:
         """The requests decoding now, by slot."""
         return self._gen.running() if self._gen is not None else []

@@ -115,6 +115,8 @@ class BatchScheduler(ContextThread[GenerationContext]):
         self._observer: SequenceObserver | None = None
         #: (prompt tokens, decode tokens) of recent steps that carried a prompt chunk; tests read it.
         self.prefill_steps: deque[tuple[int, int]] = deque(maxlen=4096)
+        #: llama_decode calls done; a runner's watchdog reads it (ADR 0025).
+        self.steps = 0
 
     # ---- outside the thread ----------------------------------------------------------
 
@@ -153,6 +155,7 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 if changed:
                     self._report()
                 self._step(ctx)
+                self.steps += 1
         finally:
             for seq in self._take_all():
                 seq.job.abandon(Unavailable("generation cancelled"))

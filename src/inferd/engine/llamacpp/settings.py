@@ -80,6 +80,13 @@ class LlamaCppOptions(BaseModel):
     #: far less memory and long-prompt time, and a later turn reuses the cache only if
     #: it continues the cached text up to the window.
     swa_full: bool | None = None
+    #: Serve the model from a supervised runner process (ADR 0025): a fault in llama.cpp
+    #: ends that process, not the daemon. False = in the daemon's own process (benches,
+    #: debugging; `inferd serve --in-process`).
+    runner: bool = True
+    #: A runner that makes no decode step for this long while it has work is ended as
+    #: hung (one step is one llama_decode call: a prompt chunk or a token for each sequence).
+    watchdog_secs: float = Field(default=120.0, gt=0)
 
 
 class LlamaCppSettings(LlamaCppOptions):

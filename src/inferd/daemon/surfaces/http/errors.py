@@ -23,6 +23,7 @@ FAULT_STATUS: dict[Fault, tuple[int, str, str]] = {
     Fault.NOT_READY: (503, "unavailable_error", "backend_unavailable"),
     Fault.UNAVAILABLE: (503, "unavailable_error", "backend_unavailable"),
     Fault.CLOSED: (503, "unavailable_error", "backend_unavailable"),  # draining
+    Fault.ENGINE_CRASHED: (503, "unavailable_error", "backend_unavailable"),
     Fault.TOOL_CALL_MALFORMED: (502, "server_error", "tool_call_malformed"),
     Fault.INTERNAL: (500, "server_error", "internal"),
 }

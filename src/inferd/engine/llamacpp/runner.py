@@ -1,0 +1,236 @@
+"""A llama.cpp runner: one model in a process of its own (ADR 0025).
+
+Started by the daemon (spawn.py) as `python -m inferd.engine.llamacpp.runner` with the
+channel socket as its standard input and nothing else inherited. It reads the
+settings, loads the model with the in-process engine (LlamaCppBackend, unchanged),
+says `hello`, then serves what the daemon asks over the channel until it says `stop`
+or the channel ends. A fault here ends this process only; the daemon reports it and
+starts another (supervised.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from . import runner_wire as wire
+from .settings import LlamaCppSettings
+
+#: Tests (only) make the runner fault at a chosen point, to check what the daemon
+#: does about it: `load`, `prefill`, `decode[:N]` (after the N-th token, default 2),
+#: `embed`, `hang[:N]` (the decode stops answering), optionally `...@TEXT` to fault
+#: only on requests whose last message contains TEXT, and `.../default` to fault only
+#: in the default profile. Kills (or hangs) this process only.
+FAULT_ENV = "INFERD_TEST_RUNNER_FAULT"
+HEARTBEAT_SECS = 1.0
+_PR_SET_NO_NEW_PRIVS = 38
+
+
+class FaultPlan:
+    def __init__(self, spec: str | None, profile: str = "default") -> None:
+        spec = spec or ""
+        spec, _, only = spec.partition("/")
+        if only and only != profile:
+            spec = ""
+        point, _, self.marker = spec.partition("@")
+        name, _, count = point.partition(":")
+        self.point = name
+        self.after = int(count) if count else 2
+
+    def applies(self, point: str, request: Any = None) -> bool:
+        if self.point != point:
+            return False
+        if self.marker and request is not None:
+            last = request.messages[-1].content if request.messages else (request.prompt or "")
+            return self.marker in last
+        return not self.marker or request is None
+
+    def strike(self) -> None:
+        if self.point == "hang":
+            # The decode thread never returns: nothing more reaches the daemon.
+            time.sleep(3600)
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+class Runner:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, model_fd: int | None) -> None:
+        self.reader, self.writer = reader, writer
+        self.model_fd = model_fd
+        self.backend: Any = None
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.outbox: list[Any] = []
+        self.fault = FaultPlan(None)
+
+    # ---- out ---------------------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.writer.write(wire.to_daemon(message))
+
+    def emit(self, rid: int, event: Any) -> None:
+        """Queue an event; everything queued by one scheduler step leaves as one message."""
+        if not self.outbox:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.outbox.append([rid, wire.encode_event(event)])
+
+    def flush(self) -> None:
+        if self.outbox:
+            batch, self.outbox = self.outbox, []
+            self.send({"op": "ev", "batch": batch})
+
+    def reply(self, message: dict[str, Any]) -> None:
+        self.flush()  # keep a request's events before its end
+        self.send(message)
+
+    # ---- serving ------------------------------------------------------------------------
+
+    async def load(self, settings: LlamaCppSettings) -> None:
+        from .backend import LlamaCppBackend
+
+        if self.fault.applies("load"):
+            self.fault.strike()
+        self.backend = await asyncio.to_thread(LlamaCppBackend, settings)
+        loop = asyncio.get_running_loop()
+        self.backend.observe_sequences(
+            lambda slots: loop.call_soon_threadsafe(self.reply, {"op": "seq", "slots": [s.model_dump() for s in slots]}))
+        caps = self.backend.capabilities().model_dump()
+        self.send({"op": "hello", "pid": os.getpid(), "caps": caps, "n_ctx": self.backend.n_ctx,
+                   "concurrency": self.backend.concurrency, "label": self.backend.label,
+                   "n_embd": self.backend.n_embd})
+
+    async def generate(self, rid: int, request: Any) -> None:
+        try:
+            stream = await self.backend.generate(request)
+        except Exception as exc:  # noqa: BLE001 - every refusal crosses the channel
+            self.reply({"op": "refused", "rid": rid, **wire.encode_error(exc)})
+            return
+        self.reply({"op": "started", "rid": rid})
+        tokens = 0
+        try:
+            if self.fault.applies("prefill", request):
+                self.fault.strike()
+            async for event in stream:
+                self.emit(rid, event)
+                tokens += 1
+                if tokens == self.fault.after and self.fault.point in ("decode", "hang") \
+                        and self.fault.applies(self.fault.point, request):
+                    self.flush()
+                    await self.writer.drain()
+                    self.fault.strike()
+        except asyncio.CancelledError:
+            await _close(stream)
+            return
+        except Exception as exc:  # noqa: BLE001 - a mid-stream failure ends this request only
+            self.reply({"op": "failed", "rid": rid, **wire.encode_error(exc)})
+            return
+        self.reply({"op": "end", "rid": rid})
+
+    async def call(self, rid: int, what: str, request: Any) -> None:
+        try:
+            if what == "embed":
+                if self.fault.applies("embed"):
+                    self.fault.strike()
+                result = await self.backend.embed(request)
+                value: Any = {"embeddings": result.embeddings, "dimensions": result.dimensions,
+                              "model": result.model, "input_tokens": result.input_tokens}
+            else:
+                value = await self.backend.count_tokens(request)
+        except Exception as exc:  # noqa: BLE001
+            self.reply({"op": "refused", "rid": rid, **wire.encode_error(exc)})
+            return
+        self.reply({"op": "result", "rid": rid, "value": value})
+
+    def spawn(self, rid: int, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks[rid] = task
+        task.add_done_callback(lambda _t: self.tasks.pop(rid, None))
+
+    async def heartbeat(self) -> None:
+        """Decode steps done so far, every second: the daemon's watchdog sees a hung
+        decode as steps that stop advancing while requests are in flight."""
+        while True:
+            self.reply({"op": "beat", "steps": self.backend.decode_steps})
+            await asyncio.sleep(HEARTBEAT_SECS)
+
+    async def serve(self) -> int:
+        first = await wire.read_frame(self.reader)
+        if first is None:
+            return 0
+        load = wire.from_daemon(first)
+        self.fault = FaultPlan(os.environ.get(FAULT_ENV), load["profile"])
+        settings = LlamaCppSettings.model_validate(load["settings"])
+        if self.model_fd is not None:
+            settings = settings.model_copy(update={"model_path": f"/proc/self/fd/{self.model_fd}"})
+        await self.load(settings)
+        beat = asyncio.create_task(self.heartbeat())
+        try:
+            while (body := await wire.read_frame(self.reader)) is not None:
+                msg = wire.from_daemon(body)
+                op, rid = msg["op"], msg.get("rid", 0)
+                if op == "generate":
+                    self.spawn(rid, self.generate(rid, msg["request"]))
+                elif op in ("embed", "count"):
+                    self.spawn(rid, self.call(rid, op, msg["request"]))
+                elif op == "cancel":
+                    task = self.tasks.get(rid)
+                    if task is not None:
+                        task.cancel()
+                elif op == "stop":
+                    break
+        finally:
+            beat.cancel()
+            for task in list(self.tasks.values()):
+                task.cancel()
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+            if self.backend is not None:
+                await self.backend.stop(5.0)
+        return 0
+
+
+async def _close(stream: AsyncIterator[Any]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _harden() -> tuple[socket.socket, int | None]:
+    """Keep the channel (stdin) off the standard descriptors; stdout goes to stderr so a
+    native printf cannot corrupt the channel; gain no privileges (THREAT_MODEL F-9).
+    Returns the channel and the verified model's descriptor, if the daemon sent one."""
+    channel = socket.socket(fileno=os.dup(0))
+    _, fds, _, _ = socket.recv_fds(channel, 1, 1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    os.dup2(2, 1)
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    return channel, (fds[0] if fds else None)
+
+
+async def _main() -> int:
+    channel, model_fd = _harden()
+    reader, writer = await asyncio.open_connection(sock=channel)
+    return await Runner(reader, writer, model_fd).serve()
+
+
+def main() -> int:
+    # The daemon's SIGINT (a terminal's Ctrl-C) is the daemon's to handle: it stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    return asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

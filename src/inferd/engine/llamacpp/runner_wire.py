@@ -1,0 +1,176 @@
+"""The private channel between the daemon and a llama.cpp runner process (ADR 0025).
+
+Frames are a 4-byte big-endian length and a body. The two directions trust each
+other differently, so they are encoded differently:
+
+- daemon -> runner: pickle. The daemon is the trusted side; what it sends (a
+  GenerationRequest with its dataclasses, an EmbedResolved) is what the runner will
+  execute anyway.
+- runner -> daemon: JSON with a closed vocabulary, every field checked on the way in.
+  A runner is where a hostile GGUF or a llama.cpp bug runs native code; whatever it
+  sends must not be able to do more to the daemon than end its own requests. The
+  daemon never unpickles.
+
+Events travel batched: one `ev` message carries every event the runner's scheduler
+produced for all its sequences in one step (`[[rid, event], ...]`), not one message
+per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import pickle
+import struct
+from typing import Any
+
+from ...proto.v1 import Timings
+from .. import events as ev
+from ..backend import (
+    AttachmentUnsupported,
+    BackendError,
+    BackendInvalidRequest,
+    EngineCrashed,
+    Fault,
+    Internal,
+    NotReady,
+    ToolCallMalformed,
+    Unavailable,
+    Unsupported,
+)
+
+_LEN = struct.Struct(">I")
+#: A frame from the runner larger than this ends the runner (embeddings of a large
+#: batch are the biggest honest frames: 2,048 x 4,096 floats as JSON is ~100 MiB).
+MAX_RUNNER_FRAME = 256 * 1024 * 1024
+
+
+class ChannelError(Exception):
+    """The peer broke the channel's rules (a malformed or oversized frame)."""
+
+
+async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_RUNNER_FRAME) -> bytes | None:
+    """One frame's body; None at a clean end of stream."""
+    try:
+        head = await reader.readexactly(_LEN.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise ChannelError("the channel ended inside a frame header") from None
+        return None
+    (size,) = _LEN.unpack(head)
+    if size > limit:
+        raise ChannelError(f"a frame of {size} bytes is over the {limit} byte limit")
+    try:
+        return await reader.readexactly(size)
+    except asyncio.IncompleteReadError:
+        raise ChannelError("the channel ended inside a frame") from None
+
+
+def frame(body: bytes) -> bytes:
+    return _LEN.pack(len(body)) + body
+
+
+# ---- daemon -> runner ---------------------------------------------------------------
+
+def to_runner(message: dict[str, Any]) -> bytes:
+    return frame(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def from_daemon(body: bytes) -> dict[str, Any]:
+    return pickle.loads(body)  # noqa: S301 - the daemon is the trusted side (module doc)
+
+
+# ---- runner -> daemon ----------------------------------------------------------------
+
+def to_daemon(message: dict[str, Any]) -> bytes:
+    return frame(json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def from_runner(body: bytes) -> dict[str, Any]:
+    try:
+        message = json.loads(body)
+    except ValueError as exc:
+        raise ChannelError(f"a runner frame is not JSON: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        raise ChannelError("a runner frame is not an object with an op")
+    return message
+
+
+def encode_event(event: ev.Event) -> list[Any]:
+    """[type name, fields]: the dataclass's fields, nested ones as dicts."""
+    fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
+    if isinstance(event, ev.Done):
+        fields["reason"] = event.reason.value
+        fields["usage"] = dataclasses.asdict(event.usage)
+        fields["timings"] = event.timings.model_dump() if event.timings is not None else None
+        fields["context"] = dataclasses.asdict(event.context) if event.context is not None else None
+    return [type(event).__name__, fields]
+
+
+def _done(fields: dict[str, Any]) -> ev.Done:
+    timings, context = fields.get("timings"), fields.get("context")
+    return ev.Done(
+        reason=ev.FinishReason(fields["reason"]),
+        usage=ev.Usage(**fields.get("usage") or {}),
+        timings=Timings.model_validate(timings) if timings is not None else None,
+        context=ev.ContextUsage(**context) if context is not None else None,
+        tool_choice_unsatisfied=bool(fields.get("tool_choice_unsatisfied", False)),
+    )
+
+
+def _flat(cls: type) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+
+    def build(fields: dict[str, Any]) -> Any:
+        if set(fields) - names:
+            raise ChannelError(f"unknown fields for {cls.__name__}: {sorted(set(fields) - names)}")
+        return cls(**fields)
+
+    return build
+
+
+#: Every event type a runner may send, by name; anything else ends the runner.
+_EVENT_TYPES: dict[str, Any] = {"Done": _done}
+for _name in ev.__all__:
+    _cls = getattr(ev, _name)
+    if _name != "Done" and dataclasses.is_dataclass(_cls) and _name not in ("Usage", "ContextUsage"):
+        _EVENT_TYPES[_name] = _flat(_cls)
+
+
+def decode_event(item: Any) -> ev.Event:
+    try:
+        name, fields = item
+        return _EVENT_TYPES[name](fields)
+    except ChannelError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ChannelError(f"a malformed event from the runner: {exc!r}"[:300]) from None
+
+
+# ---- faults across the channel ----------------------------------------------------------
+
+_ERRORS: dict[Fault, type[BackendError]] = {
+    Fault.NOT_READY: NotReady,
+    Fault.INVALID_REQUEST: BackendInvalidRequest,
+    Fault.UNAVAILABLE: Unavailable,
+    Fault.INTERNAL: Internal,
+    Fault.UNSUPPORTED: Unsupported,
+    Fault.ATTACHMENT_UNSUPPORTED: AttachmentUnsupported,
+    Fault.TOOL_CALL_MALFORMED: ToolCallMalformed,
+    Fault.ENGINE_CRASHED: EngineCrashed,
+}
+
+
+def encode_error(exc: BaseException) -> dict[str, str]:
+    if isinstance(exc, BackendError):
+        return {"kind": exc.kind.value, "message": exc.message}
+    return {"kind": Fault.INTERNAL.value, "message": f"{type(exc).__name__}: {exc}"}
+
+
+def decode_error(message: dict[str, Any]) -> BackendError:
+    try:
+        cls = _ERRORS[Fault(message.get("kind"))]
+    except (KeyError, ValueError):
+        cls = Internal
+    return cls(str(message.get("message", "the engine failed"))[:2000])
