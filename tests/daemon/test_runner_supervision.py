@@ -232,3 +232,30 @@ async def test_a_client_leaving_cancels_across_the_channel(daemon_factory, model
     await wait_until(lambda: backend.running_sequences() == [], 5, "the runner to free the slot")
     await wait_until(lambda: d.server.router.outstanding == 0, 5)
     assert (await roundtrip(d.infer, req("next", "Say hi.", max_tokens=2), timeout=60))[-1]["type"] == "done"
+
+
+async def test_the_runner_holds_only_its_channel_and_gains_no_privileges(daemon_factory, model_path, monkeypatch):
+    """THREAT_MODEL F-9: no inherited descriptor but its channel (stdin) and our stderr
+    (stdout is sent there too), no socket but the channel, no new privileges; the
+    verified model's descriptor came over the channel."""
+    d = await serve(daemon_factory, model_path, monkeypatch, "")
+    pid = d.server.router.entries[0].backend.pid
+    fds = {}
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            fds[int(fd.name)] = os.readlink(fd)
+        except OSError:
+            continue
+    assert fds[0] == "/dev/null" and os.readlink("/proc/self/fd/2") == fds[2] == fds[1]
+    files = {t for t in fds.values() if t.startswith("/") and t != "/dev/null" and t != fds[2]}
+    assert files <= {os.path.realpath(model_path)}, fds  # at most the model (a verified one comes over the channel)
+    assert "NoNewPrivs:\t1" in Path(f"/proc/{pid}/status").read_text()
+    # Every socket is an unnamed Unix socket (the channel, the event loop's own pair):
+    # no network socket, no address anyone could dial.
+    inodes = {t[len("socket:["):-1] for t in fds.values() if t.startswith("socket:")}
+    assert inodes
+    for table in ("tcp", "tcp6", "udp", "udp6"):
+        rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        assert not inodes & {r.split()[9] for r in rows}, table
+    named = {r.split()[6]: r.split()[7:] for r in Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]}
+    assert all(named.get(i, []) == [] for i in inodes)

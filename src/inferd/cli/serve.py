@@ -74,6 +74,8 @@ def serve(
                                                       help="llama.cpp flash attention (default: llama.cpp's auto)")] = None,
     amx: Annotated[Optional[str], typer.Option("--amx", envvar="INFERD_AMX", metavar="auto|on|off",
                                                help="llama.cpp's AMX kernels (default auto: off where known to fault)")] = None,
+    in_process: Annotated[bool, typer.Option("--in-process", envvar="INFERD_IN_PROCESS",
+                                             help="run llama.cpp in the daemon's process, not a supervised runner (debugging, benches)")] = False,
 ) -> None:
     """Run the daemon in the foreground until SIGTERM/SIGINT (SIGHUP reloads)."""
     from ..daemon.server import run
@@ -93,7 +95,7 @@ def serve(
     llamacpp = {
         "n_ctx": n_ctx, "n_gpu_layers": n_gpu_layers, "n_threads": n_threads, "chat_template": chat_template,
         "parallel": parallel, "flash_attn": None if flash_attn is None else flash_attn == "on", "amx": amx,
-        "embed": True if llamacpp_embed else None,
+        "embed": True if llamacpp_embed else None, "runner": False if in_process else None,
     }
     _setup_logging()
     opts = ServeOptions(
