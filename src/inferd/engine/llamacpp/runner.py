@@ -76,7 +76,7 @@ class Runner:
     def emit(self, rid: int, event: Any) -> None:
         """Queue an event; everything queued by one scheduler step leaves as one message."""
         if not self.outbox:
-            asyncio.get_running_loop().call_soon(self.flush)
+            self.loop.call_soon(self.flush)
         self.outbox.append([rid, wire.encode_event(event)])
 
     def flush(self) -> None:
@@ -159,6 +159,7 @@ class Runner:
             await asyncio.sleep(HEARTBEAT_SECS)
 
     async def serve(self) -> int:
+        self.loop = asyncio.get_running_loop()
         first = await wire.read_frame(self.reader)
         if first is None:
             return 0

@@ -97,8 +97,16 @@ def from_runner(body: bytes) -> dict[str, Any]:
     return message
 
 
+#: Text pieces are most of the traffic: [tag, text] instead of [type name, fields].
+_TEXT_TAGS = {ev.TextDelta: "t", ev.ThinkingDelta: "k"}
+_TEXT_TYPES = {tag: cls for cls, tag in _TEXT_TAGS.items()}
+
+
 def encode_event(event: ev.Event) -> list[Any]:
     """[type name, fields]: the dataclass's fields, nested ones as dicts."""
+    tag = _TEXT_TAGS.get(type(event))
+    if tag is not None:
+        return [tag, event.text]  # type: ignore[union-attr]
     fields = {f.name: getattr(event, f.name) for f in dataclasses.fields(event)}
     if isinstance(event, ev.Done):
         fields["reason"] = event.reason.value
@@ -141,6 +149,11 @@ for _name in ev.__all__:
 def decode_event(item: Any) -> ev.Event:
     try:
         name, fields = item
+        text_type = _TEXT_TYPES.get(name)
+        if text_type is not None:
+            if type(fields) is not str:
+                raise ChannelError("a text event whose text is not a string")
+            return text_type(fields)
         return _EVENT_TYPES[name](fields)
     except ChannelError:
         raise
