@@ -272,14 +272,20 @@ class LlamaCppBackend(Backend):
         return len(tokens)
 
     async def generate(self, request: GenerationRequest) -> EventStream:
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        cancel = threading.Event()
+        await self.start(request, queue.put_nowait, cancel)
+        return WorkerStream(queue, cancel)
+
+    async def start(self, request: GenerationRequest, put: Callable[[object], None], cancel: threading.Event) -> None:
+        """Start one generation without a stream: `put` gets its events on this loop (a
+        decode step's in one wake-up), then Done or a `bridge.Failure`; setting `cancel`
+        stops it within a step. A runner forwards events this way (ADR 0025)."""
         if not self._ready:
             raise NotReady()
         tokens, plan = await asyncio.to_thread(self._prepare, request)
         if not self._ready or self._gen is None:
             raise NotReady()
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        cancel = threading.Event()
         job = GenerationJob(
             tokens=tokens,
             params=SamplingParams(
@@ -291,14 +297,12 @@ class LlamaCppBackend(Backend):
             grammar=plan.grammar,
             max_tokens=request.max_tokens,
             stop=list(request.stop),
-            emit=loop_emitter(loop, queue, cancel),
+            emit=loop_emitter(asyncio.get_running_loop(), put, cancel),
             cancel=cancel,
             new_parser=plan.new_parser,
             request_id=request.id,
         )
-        stream = WorkerStream(queue, cancel)
         self._gen.submit(job)
-        return stream
 
     async def embed(self, request: EmbedResolved) -> EmbedResult:
         if not self._ready:

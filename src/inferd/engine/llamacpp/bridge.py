@@ -70,9 +70,9 @@ def _post(loop: asyncio.AbstractEventLoop, items: list[Any]) -> None:
             it[3].set()
 
 
-def loop_emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[object],
+def loop_emitter(loop: asyncio.AbstractEventLoop, put: Callable[[object], None],
                  cancel: threading.Event) -> Callable[[object], None]:
-    put = queue.put_nowait
+    """An emitter for the scheduler's thread: `put` gets each item on `loop`."""
     call = loop.call_soon_threadsafe
     pending = StepPost.pending
 

@@ -16,11 +16,13 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
+from ..events import Done
 from . import runner_wire as wire
+from .bridge import Failure
 from .settings import LlamaCppSettings
 
 #: Tests (only) make the runner fault at a chosen point, to check what the daemon
@@ -65,6 +67,8 @@ class Runner:
         self.model_fd = model_fd
         self.backend: Any = None
         self.tasks: dict[int, asyncio.Task[None]] = {}
+        #: Generations running, by request: setting one stops it within a decode step.
+        self.cancels: dict[int, threading.Event] = {}
         self.outbox: list[Any] = []
         self.fault = FaultPlan(None)
 
@@ -105,31 +109,41 @@ class Runner:
                    "n_embd": self.backend.n_embd})
 
     async def generate(self, rid: int, request: Any) -> None:
+        """Start a generation whose events go straight from the scheduler's step to the
+        channel: one wake-up of this loop per step, no stream or task per request."""
+        cancel = threading.Event()
+        self.cancels[rid] = cancel
+        tokens = 0
+        fault = self.fault
+        strike_at = fault.after if fault.point in ("decode", "hang") and fault.applies(fault.point, request) else 0
+
+        def put(item: object) -> None:
+            nonlocal tokens
+            if rid not in self.cancels:
+                return  # cancelled: the daemon has forgotten this request
+            if type(item) is Failure:
+                del self.cancels[rid]
+                self.reply({"op": "failed", "rid": rid, **wire.encode_error(item.exc)})  # type: ignore[attr-defined]
+                return
+            self.emit(rid, item)
+            if type(item) is Done:
+                del self.cancels[rid]
+                self.reply({"op": "end", "rid": rid})
+                return
+            tokens += 1
+            if tokens == strike_at:
+                self.flush()
+                fault.strike()
+
         try:
-            stream = await self.backend.generate(request)
+            await self.backend.start(request, put, cancel)
         except Exception as exc:  # noqa: BLE001 - every refusal crosses the channel
+            self.cancels.pop(rid, None)
             self.reply({"op": "refused", "rid": rid, **wire.encode_error(exc)})
             return
         self.reply({"op": "started", "rid": rid})
-        tokens = 0
-        try:
-            if self.fault.applies("prefill", request):
-                self.fault.strike()
-            async for event in stream:
-                self.emit(rid, event)
-                tokens += 1
-                if tokens == self.fault.after and self.fault.point in ("decode", "hang") \
-                        and self.fault.applies(self.fault.point, request):
-                    self.flush()
-                    await self.writer.drain()
-                    self.fault.strike()
-        except asyncio.CancelledError:
-            await _close(stream)
-            return
-        except Exception as exc:  # noqa: BLE001 - a mid-stream failure ends this request only
-            self.reply({"op": "failed", "rid": rid, **wire.encode_error(exc)})
-            return
-        self.reply({"op": "end", "rid": rid})
+        if fault.applies("prefill", request):
+            fault.strike()
 
     async def call(self, rid: int, what: str, request: Any) -> None:
         try:
@@ -179,25 +193,21 @@ class Runner:
                 elif op in ("embed", "count"):
                     self.spawn(rid, self.call(rid, op, msg["request"]))
                 elif op == "cancel":
-                    task = self.tasks.get(rid)
-                    if task is not None:
-                        task.cancel()
+                    cancel = self.cancels.pop(rid, None)
+                    if cancel is not None:
+                        cancel.set()
                 elif op == "stop":
                     break
         finally:
             beat.cancel()
+            for cancel in self.cancels.values():
+                cancel.set()
             for task in list(self.tasks.values()):
                 task.cancel()
             await asyncio.gather(*self.tasks.values(), return_exceptions=True)
             if self.backend is not None:
                 await self.backend.stop(5.0)
         return 0
-
-
-async def _close(stream: AsyncIterator[Any]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
 
 
 def _harden() -> tuple[socket.socket, int | None]:
