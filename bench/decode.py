@@ -7,7 +7,9 @@ hits each alike (medians reported):
   reference  llama-cpp-python `create_completion(stream=True)` in this process
   backend    inferd's LlamaCppBackend in this process (no sockets)
   daemon     `inferd serve --backend llamacpp` as a subprocess, streamed over its Unix
-             socket to a client in this process (what an app sees)
+             socket to a client in this process (what an app sees); llama.cpp runs in
+             the daemon's runner process (ADR 0025)
+  inproc     the same daemon with `--in-process`: daemon/inproc is what the runner costs
   tools      the same daemon over its v2 socket, two tools declared but not called:
              the output parser (reasoning split, tool-call scan) runs on every token
   raw        the same daemon over v1 with `prompt` set to exactly the text the tools
@@ -116,14 +118,15 @@ async def run_daemon_tools(sock: str, n: int) -> Run:
     return await _stream(sock, _v2("hi", 1), request, _v2_text, "output_tokens")
 
 
-def start_daemon(model: str, args: argparse.Namespace, d: Path) -> tuple[subprocess.Popen, str]:
+def start_daemon(model: str, args: argparse.Namespace, d: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    d.mkdir(exist_ok=True)
     sock = str(d / "infer.sock")
     env = dict(os.environ, INFERD_LOG="warn", INFERD_LOG_DIR=str(d / "logs"), XDG_RUNTIME_DIR=str(d))
     proc = subprocess.Popen(
         [sys.executable, "-m", "inferd.cli.main", "serve", "--backend", "llamacpp", "--model-path", model,
          "--n-ctx", str(args.n_ctx), "--n-threads", str(args.threads), "--no-embed", "--uds", sock,
          "--admin-addr", str(d / "admin.sock"), "--lock", str(d / "inferd.lock"),
-         "--v2", "--v2-addr", str(d / "v2.sock")],
+         "--v2", "--v2-addr", str(d / "v2.sock"), *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not os.path.exists(sock):
@@ -150,13 +153,15 @@ def main() -> int:
     path = model_path(args.model)
     d = Path(tempfile.mkdtemp(prefix="ifd-decode-", dir="/tmp"))
     proc, sock = start_daemon(path, args, d)
+    inproc_proc, inproc_sock = start_daemon(path, args, d / "inproc", "--in-process")
     backend = LlamaCppBackend(LlamaCppSettings(model_path=path, n_ctx=args.n_ctx, n_threads=args.threads,
                                                n_threads_batch=args.threads))
     # Configured like the daemon's context (llama.cpp's "auto" picks flash attention on CPU).
     llm = Llama(path, n_ctx=args.n_ctx, n_batch=512, n_threads=args.threads, n_threads_batch=args.threads,
                 flash_attn=True, verbose=False)
     tokens = backend.tokenize_prompt(backend.render(PROMPT))
-    legs: dict[str, list[Run]] = {"reference": [], "backend": [], "daemon": [], "tools": [], "raw": []}
+    legs: dict[str, list[Run]] = {"reference": [], "backend": [], "daemon": [], "inproc": [], "tools": [],
+                                   "raw": []}
     tool_specs = [ToolSpec(t["name"], t["description"], t["input_schema"]) for t in TOOLS]
     tools_prompt = backend._prepare(GenerationRequest(id="p", messages=[ChatMessage("user", PROMPT[0]["content"])],
                                                       tools=tool_specs, tool_choice="auto"))[1].prompt
@@ -165,17 +170,20 @@ def main() -> int:
         run_reference(llm, tokens, 8)  # warm-up: first-call allocations everywhere
         asyncio.run(run_backend(backend, 8))
         asyncio.run(run_daemon(sock, 8))
+        asyncio.run(run_daemon(inproc_sock, 8))
         asyncio.run(run_daemon_tools(v2_sock, 8))
         asyncio.run(run_daemon_raw(sock, tools_prompt, 8))
         for _ in range(args.rounds):
             legs["reference"].append(run_reference(llm, tokens, args.tokens))
             legs["backend"].append(asyncio.run(run_backend(backend, args.tokens)))
             legs["daemon"].append(asyncio.run(run_daemon(sock, args.tokens)))
+            legs["inproc"].append(asyncio.run(run_daemon(inproc_sock, args.tokens)))
             legs["tools"].append(asyncio.run(run_daemon_tools(v2_sock, args.tokens)))
             legs["raw"].append(asyncio.run(run_daemon_raw(sock, tools_prompt, args.tokens)))
     finally:
-        proc.terminate()
-        proc.wait(30)
+        for p in (proc, inproc_proc):
+            p.terminate()
+            p.wait(30)
         backend.close()
 
     def med(name: str, attr: str) -> float:
@@ -184,12 +192,13 @@ def main() -> int:
     print(f"model {backend.label}  prompt {len(tokens)} tokens  greedy  max_tokens {args.tokens}  "
           f"threads {args.threads}  rounds {args.rounds}")
     print_legs(legs, 12)
-    for a, b in (("daemon", "reference"), ("daemon", "backend"), ("backend", "reference"), ("tools", "daemon"),
+    for a, b in (("daemon", "reference"), ("daemon", "backend"), ("daemon", "inproc"), ("backend", "reference"),
+                 ("tools", "daemon"),
                  ("tools", "raw")):
         print(f"{a}/{b}: decode {med(a, 'decode_tps') / med(b, 'decode_tps'):.3f}   "
               f"ttft {med(a, 'ttft_ms') / med(b, 'ttft_ms'):.3f}")
     texts = {name: runs[-1].text for name, runs in legs.items() if name not in ("tools", "raw")}
-    print("same text on the three plain legs:", len(set(texts.values())) == 1,
+    print("same text on the plain legs:", len(set(texts.values())) == 1,
           "  tools and raw:", legs["tools"][-1].text == legs["raw"][-1].text)
     return 0
 
