@@ -13,7 +13,9 @@ import asyncio
 import concurrent.futures
 import contextlib
 import grp
+import itertools
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -28,7 +30,7 @@ from typing import Any
 import pytest
 
 from inferd.daemon.config import ServeOptions
-from inferd.daemon.observe.activity import NullActivityLog
+from inferd.daemon.observe.activity import ACTIVITY_LOGGER, EVENT_ATTR, NullActivityLog
 from inferd.daemon.server import Server
 from inferd.engine.events import Done
 
@@ -85,6 +87,33 @@ class Daemon:
     async def stop(self, timeout: float = 15.0) -> int:
         self.server.request_shutdown()
         return await asyncio.wait_for(self.task, timeout)
+
+
+_recorders = itertools.count(1)
+
+
+class RecordingActivityLog(logging.Handler):
+    """An activity log that keeps each record as the call site made it, unredacted:
+    `{"component", "msg", **fields}` (the file's record without its time and level)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[dict[str, Any]] = []
+        self.logger = logging.getLogger(f"{ACTIVITY_LOGGER}.recording{next(_recorders)}")
+        self.logger.setLevel(logging.DEBUG)
+        self.traffic = self.logger.getChild("traffic")
+        self.traffic.propagate = False
+        for logger in (self.logger, self.traffic):
+            logger.addHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        ev = getattr(record, EVENT_ATTR)
+        self.records.append({"component": ev.component, "msg": ev.name or record.getMessage(), **ev.fields})
+
+    def close(self) -> None:
+        for logger in (self.logger, self.traffic):
+            logger.removeHandler(self)
+        super().close()
 
 
 def mock_config(directory: Path, **mock: Any) -> Path:

@@ -1,8 +1,10 @@
-"""The NDJSON activity log: record shape, redaction (F-3), rotation (F-4), levels, failures."""
+"""The NDJSON activity log on stdlib logging: record shape, redaction (F-3), rotation (F-4), levels,
+failures, and one log call reaching both the file and stderr."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -24,6 +26,7 @@ from inferd.daemon.observe.activity import (
     MAX_LOGGED_VALUE_BYTES,
     ActivityLog,
     NullActivityLog,
+    activity_record,
     default_log_dir,
     parse_level,
     redact,
@@ -36,6 +39,14 @@ JWT = (
     ".SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
 )
 KEY = "plainkey-ABCdef-0123456789"  # matches none of the redactor's patterns
+
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
+
+
+def record(log: ActivityLog | NullActivityLog, level: str, component: str, msg: str, **fields: Any) -> None:
+    """One log call, the way the daemon's call sites make them."""
+    log.logger.log(_LEVELS[level.lower()], msg, extra=activity_record(component, **fields))
 
 
 def read_records(directory: Path, name: str = LOG_FILE_NAME) -> list[dict]:
@@ -56,7 +67,8 @@ def _default_level(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_record_shape(tmp_path: Path) -> None:
     log = ActivityLog(tmp_path)
     before = datetime.now(timezone.utc)
-    log.record(
+    record(
+        log,
         "INFO",
         "activity",
         "v2_request_done",
@@ -82,8 +94,8 @@ def test_record_shape(tmp_path: Path) -> None:
 
 def test_one_line_per_record_and_file_mode(tmp_path: Path) -> None:
     log = ActivityLog(tmp_path)
-    log.record("info", "lifecycle", "first", note="line\nbreak")
-    log.record("warn", "lifecycle", "second")
+    record(log, "info", "lifecycle", "first", note="line\nbreak")
+    record(log, "warn", "lifecycle", "second")
     log.close()
     raw = (tmp_path / LOG_FILE_NAME).read_text()
     assert raw.count("\n") == 2
@@ -100,8 +112,8 @@ def test_unserialisable_fields_become_strings(tmp_path: Path) -> None:
     cyclic: dict = {}
     cyclic["self"] = cyclic
     log = ActivityLog(tmp_path)
-    log.record("info", "activity", "odd", obj=Thing(), path=Path("/x/y"), ratio=float("inf"))
-    log.record("info", "activity", "odder", nested={(1, 2): Thing()}, cyclic=cyclic)
+    record(log, "info", "activity", "odd", obj=Thing(), path=Path("/x/y"), ratio=float("inf"))
+    record(log, "info", "activity", "odder", nested={(1, 2): Thing()}, cyclic=cyclic)
     log.close()
     first, second = read_records(tmp_path)
     assert first["obj"] == "thing!"
@@ -113,7 +125,7 @@ def test_unserialisable_fields_become_strings(tmp_path: Path) -> None:
 
 def test_envelope_keys_win_over_fields(tmp_path: Path) -> None:
     log = ActivityLog(tmp_path)
-    log.record("info", "activity", "m", t="not a time")
+    record(log, "info", "activity", "m", t="not a time")
     log.close()
     (rec,) = read_records(tmp_path)
     assert rec["t"] != "not a time"
@@ -176,15 +188,15 @@ def test_secrets_never_reach_disk(tmp_path: Path) -> None:
         "hunter22",
     ]
     log = ActivityLog(tmp_path)
-    log.record("info", "activity", "v2_request_done", req_id="sk-1234567890abcdefghij")
-    log.record("info", "activity", "aws", key="AKIAABCDEFGHIJKLMNOP", gh=GHP)
-    log.record("warn", "activity", f"rejected {JWT}")
-    log.record("info", "activity", "hdr", header="Authorization: Bearer abcdefgh12345")
-    log.record("info", "activity", "kv", password="hunter22", note="login\npassword=hunter22")
-    log.record("info", "activity", "plain", sentence="nothing to see here")
+    record(log, "info", "activity", "v2_request_done", req_id="sk-1234567890abcdefghij")
+    record(log, "info", "activity", "aws", key="AKIAABCDEFGHIJKLMNOP", gh=GHP)
+    record(log, "warn", "activity", f"rejected {JWT}")
+    record(log, "info", "activity", "hdr", header="Authorization: Bearer abcdefgh12345")
+    record(log, "info", "activity", "kv", password="hunter22", note="login\npassword=hunter22")
+    record(log, "info", "activity", "plain", sentence="nothing to see here")
     # After a JSON escape (\n, \t, \u001b) a key still starts at a boundary.
-    log.record("error", "activity", "multi", text="first\nsk-1234567890abcdefghij\tAKIAABCDEFGHIJKLMNOP")
-    log.record("error", "activity", "esc", text="\x1bsk-1234567890abcdefghij")
+    record(log, "error", "activity", "multi", text="first\nsk-1234567890abcdefghij\tAKIAABCDEFGHIJKLMNOP")
+    record(log, "error", "activity", "esc", text="\x1bsk-1234567890abcdefghij")
     log.close()
     raw = (tmp_path / LOG_FILE_NAME).read_text()
     for secret in secrets:
@@ -201,7 +213,8 @@ def test_redaction_that_straddles_an_escape_still_yields_json(tmp_path: Path) ->
     log = ActivityLog(tmp_path)
     # On the serialised line "\x1a" becomes \u001a and "\t" becomes \t, so the
     # line-level rules see "api_key=..." and "token=..." that are not in the text.
-    log.record(
+    record(
+        log,
         "info",
         "activity",
         "edge",
@@ -226,7 +239,7 @@ def test_redaction_that_straddles_an_escape_still_yields_json(tmp_path: Path) ->
 def test_rotation_cascade_keeps_live_plus_three(tmp_path: Path) -> None:
     log = ActivityLog(tmp_path, max_bytes=50)
     for i in range(8):
-        log.record("info", "activity", f"m{i}")  # each record alone exceeds 50 bytes
+        record(log, "info", "activity", f"m{i}")  # each record alone exceeds 50 bytes
     log.close()
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == [LOG_FILE_NAME, f"{LOG_FILE_NAME}.1", f"{LOG_FILE_NAME}.2", f"{LOG_FILE_NAME}.3"]
@@ -240,7 +253,7 @@ def test_rotation_cascade_keeps_live_plus_three(tmp_path: Path) -> None:
 def test_rotation_only_when_the_cap_would_be_exceeded(tmp_path: Path) -> None:
     log = ActivityLog(tmp_path, max_bytes=400)
     for i in range(6):
-        log.record("info", "activity", f"m{i}")
+        record(log, "info", "activity", f"m{i}")
     log.close()
     live = (tmp_path / LOG_FILE_NAME).stat().st_size
     old = (tmp_path / f"{LOG_FILE_NAME}.1").stat().st_size
@@ -254,7 +267,7 @@ def test_rotation_only_when_the_cap_would_be_exceeded(tmp_path: Path) -> None:
 def test_rotation_counts_an_existing_file(tmp_path: Path) -> None:
     (tmp_path / LOG_FILE_NAME).write_text('{"msg":"from a previous run"}\n' * 3)
     log = ActivityLog(tmp_path, max_bytes=100)
-    log.record("info", "activity", "fresh")
+    record(log, "info", "activity", "fresh")
     log.close()
     assert [r["msg"] for r in read_records(tmp_path)] == ["fresh"]
     assert (tmp_path / f"{LOG_FILE_NAME}.1").read_text().count("previous run") == 3
@@ -265,7 +278,7 @@ def test_concurrent_writers_do_not_interleave(tmp_path: Path) -> None:
 
     def work(n: int) -> None:
         for i in range(100):
-            log.record("info", "worker", "tick", worker=n, i=i, pad="x" * 40)
+            record(log, "info", "worker", "tick", worker=n, i=i, pad="x" * 40)
 
     threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
     for t in threads:
@@ -288,8 +301,8 @@ def test_concurrent_writers_do_not_interleave(tmp_path: Path) -> None:
 
 def test_default_level_is_info(tmp_path: Path) -> None:
     log = ActivityLog(tmp_path)
-    log.record("debug", "activity", "prompt text would go here")
-    log.record("info", "activity", "kept")
+    record(log, "debug", "activity", "prompt text would go here")
+    record(log, "info", "activity", "kept")
     log.close()
     assert [r["msg"] for r in read_records(tmp_path)] == ["kept"]
 
@@ -312,7 +325,7 @@ def test_level_threshold_from_env(
     monkeypatch.setenv("INFERD_LOG", env)
     log = ActivityLog(tmp_path)
     for level in ("debug", "info", "warn", "error"):
-        log.record(level, "activity", level[0])
+        record(log, level, "activity", level[0])
     log.close()
     assert [r["msg"] for r in read_records(tmp_path)] == kept
 
@@ -321,16 +334,16 @@ def test_level_threshold_from_env(
 def test_level_off_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str) -> None:
     monkeypatch.setenv("INFERD_LOG", env)
     log = ActivityLog(tmp_path / "logs")
-    log.record("error", "activity", "boom")
+    record(log, "error", "activity", "boom")
     log.close()
     assert not (tmp_path / "logs" / LOG_FILE_NAME).exists()
-    assert not log.enabled("error")
+    assert not log.logger.isEnabledFor(logging.ERROR)
 
 
 def test_explicit_level_overrides_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFERD_LOG", "error")
     log = ActivityLog(tmp_path, level="debug")
-    log.record("debug", "activity", "d")
+    record(log, "debug", "activity", "d")
     log.close()
     assert [r["msg"] for r in read_records(tmp_path)] == ["d"]
     assert parse_level(None) == parse_level("info")
@@ -346,7 +359,7 @@ def test_inferd_log_dir_is_honoured(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("INFERD_LOG_DIR", str(target))
     assert default_log_dir() == target
     log = ActivityLog(default_log_dir())
-    log.record("info", "lifecycle", "inferd-daemon starting")
+    record(log, "info", "lifecycle", "inferd-daemon starting")
     log.close()
     assert read_records(target)[0]["msg"] == "inferd-daemon starting"
     assert (os.stat(target).st_mode & 0o777) == 0o700
@@ -367,12 +380,12 @@ def test_empty_inferd_log_dir_falls_back(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_directory_removed_while_open(tmp_path: Path) -> None:
     directory = tmp_path / "logs"
     log = ActivityLog(directory)
-    log.record("info", "activity", "before")
+    record(log, "info", "activity", "before")
     shutil.rmtree(directory)
     directory.write_text("a file where the directory was")  # makes every reopen fail
-    log.record("info", "activity", "lost")  # must not raise
+    record(log, "info", "activity", "lost")  # must not raise
     directory.unlink()
-    log.record("info", "activity", "after")  # recovers once the path is usable again
+    record(log, "info", "activity", "after")  # recovers once the path is usable again
     log.close()
     assert [r["msg"] for r in read_records(directory)] == ["after"]
 
@@ -382,8 +395,8 @@ def test_unwritable_log_path_does_not_raise(tmp_path: Path) -> None:
     # on the log file's name instead of a read-only mode.
     (tmp_path / LOG_FILE_NAME).mkdir()
     log = ActivityLog(tmp_path, max_bytes=10)
-    log.record("info", "activity", "dropped")
-    log.record("info", "activity", "dropped again")
+    record(log, "info", "activity", "dropped")
+    record(log, "info", "activity", "dropped again")
     log.close()
     assert (tmp_path / LOG_FILE_NAME).is_dir()
 
@@ -395,25 +408,42 @@ def test_symlink_at_log_path_is_not_followed(tmp_path: Path) -> None:
     logs.mkdir()
     (logs / LOG_FILE_NAME).symlink_to(victim)
     log = ActivityLog(logs)
-    log.record("info", "activity", "should not land in victim")
+    record(log, "info", "activity", "should not land in victim")
     log.close()
     assert victim.read_text() == "keep\n"
 
 
 def test_record_after_close_is_ignored(tmp_path: Path) -> None:
     log = ActivityLog(tmp_path)
-    log.record("info", "activity", "one")
+    record(log, "info", "activity", "one")
     log.close()
-    log.record("info", "activity", "two")
+    record(log, "info", "activity", "two")
     assert [r["msg"] for r in read_records(tmp_path)] == ["one"]
 
 
-def test_null_log_does_nothing(tmp_path: Path) -> None:
+def test_null_log_writes_no_file_but_reaches_stdlib_logging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("INFERD_LOG_DIR", str(tmp_path))
+    caplog.set_level(logging.WARNING)
     log = NullActivityLog()
-    log.record("error", "activity", "ignored", x=1)
-    assert not log.enabled("error")
+    record(log, "error", "activity", "for stderr only", x=1)
     log.close()
+    assert [r.getMessage() for r in caplog.records] == ["for stderr only"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_log_call_reaches_the_file_and_stderr(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 17: a call site logs once; the file gets the event, stderr the sentence."""
+    caplog.set_level(logging.INFO)
+    log = ActivityLog(tmp_path, level="info")
+    log.logger.warning("refusing a %s connection (%s)", "v2", "auth_refused",
+                       extra=activity_record("activity", "auth_refused", surface="v2"))
+    log.close()
+    (rec,) = read_records(tmp_path)
+    assert (rec["level"], rec["component"], rec["msg"], rec["surface"]) == ("warn", "activity", "auth_refused", "v2")
+    assert [r.getMessage() for r in caplog.records] == ["refusing a v2 connection (auth_refused)"]
 
 
 def run_child(code: str, timeout: float = 60.0) -> dict[str, Any]:
@@ -436,14 +466,14 @@ def test_adversarial_values_are_logged_in_linear_time_and_truncated():
     (what the stderr filter redacts). Old code: the child times out."""
     out = run_child("""
         import json, sys, tempfile, time, pathlib
-        from inferd.daemon.observe.activity import ActivityLog, redact, LOG_FILE_NAME
+        from inferd.daemon.observe.activity import ActivityLog, activity_record, redact, LOG_FILE_NAME
         d = pathlib.Path(tempfile.mkdtemp())
         log = ActivityLog(d, level="info")
         values = {"jwt_shape": "eyJ-" * 262144, "letters": "a" * (40 << 20), "words": "word " * 100000}
         took = {}
         for name, value in values.items():
             t0 = time.perf_counter()
-            log.record("info", "inference", "request_done", req_id=value)
+            log.logger.info("request_done", extra=activity_record("inference", req_id=value))
             took[name] = time.perf_counter() - t0
         for name, text in {"redact_jwt_shape": "eyJ-" * 262144, "redact_kv": "token=" * 174763,
                            "redact_keys": "ask-" * 262144, "redact_auth": "authorization: " * 69906}.items():
@@ -471,7 +501,7 @@ def test_a_secret_cut_by_truncation_leaves_no_prefix_behind(tmp_path):
     log = ActivityLog(tmp_path, level="info")
     secret = "sk-1234567890abcdefghijklmnop"
     value = "x " * 505 + secret + " tail"  # the key starts at byte 1010 and crosses 1024
-    log.record("info", "activity", "m", text=value)
+    record(log, "info", "activity", "m", text=value)
     log.close()
     (rec,) = read_records(tmp_path)
     assert "sk-" not in rec["text"] and rec["text"].startswith("x x ")

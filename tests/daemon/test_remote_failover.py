@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from daemon_harness import (
+    RecordingActivityLog,
     assert_same_fds,
     dial,
     open_fds,
@@ -316,22 +317,6 @@ async def test_remote_killed_mid_stream_fails_over_opens_and_closes_again(daemon
 
 # ---- boot against a remote that does not answer ------------------------------------------
 
-class Recorder:
-    """An activity log that keeps its records, to read what boot said."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str, dict]] = []
-
-    def enabled(self, level: str) -> bool:
-        return True
-
-    def record(self, level: str, component: str, msg: str, **fields) -> None:
-        self.records.append((level, msg, fields))
-
-    def close(self) -> None:
-        pass
-
-
 async def test_unreachable_remote_keeps_the_daemon_loading_until_it_answers(daemon_factory, sockdir, fast_probe,
                                                                             capsys):
     with reserved_port() as port:
@@ -386,23 +371,23 @@ async def test_wrong_key_is_a_clear_reason_and_a_missing_one_a_clear_refusal(dae
         assert await d.stop(5) == 0
 
     monkeypatch.delenv("INFERD_TEST_WRONG_KEY")
-    activity = Recorder()
+    activity = RecordingActivityLog()
     d = await daemon_factory(config=config(sockdir, remote("http://127.0.0.1:9/v1", api_key_env="INFERD_TEST_WRONG_KEY"),
                                            name="missing.json"),
                              wait_ready=False, activity=activity, admin_addr=str(sockdir / "admin2.sock"),
                              lock=str(sockdir / "lock2"))
     assert await asyncio.wait_for(d.task, 10) == 1
-    reason = next(f["reason"] for level, msg, f in activity.records if msg == "boot_failed")
+    reason = next(r["reason"] for r in activity.records if r["msg"] == "boot_failed")
     assert reason == ("backend 'cluster': environment variable INFERD_TEST_WRONG_KEY (api_key_env) "
                       "is not set in the daemon's environment")
 
 
 async def test_a_key_in_the_config_file_is_refused_with_the_reason(daemon_factory, sockdir):
-    activity = Recorder()
+    activity = RecordingActivityLog()
     bad = remote("http://127.0.0.1:9/v1", api_key="sk-in-a-file")
     d = await daemon_factory(config=config(sockdir, bad), wait_ready=False, activity=activity)
     assert await asyncio.wait_for(d.task, 10) == 1
-    reason = next(f["reason"] for level, msg, f in activity.records if msg == "boot_failed")
+    reason = next(r["reason"] for r in activity.records if r["msg"] == "boot_failed")
     assert "backends.0.openai: `api_key` is refused" in reason and "api_key_env" in reason
     assert "sk-in-a-file" not in reason
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from daemon_harness import Daemon, dial, line, read_json, read_until_terminal, wait_until, watch_mock
+from daemon_harness import (Daemon, RecordingActivityLog, dial, line, read_json, read_until_terminal, wait_until,
+                            watch_mock)
 
 from inferd.client import ClientV2, UnexpectedEof
-from inferd.daemon.observe.activity import NullActivityLog
 from inferd.proto import v2
 
 
@@ -224,29 +224,17 @@ async def test_v1_socket_still_serves_beside_v2(start_daemon, conns):
     assert (done["type"], done["content"], done["stop_reason"]) == ("done", "abc", "end")
 
 
-class RecordingLog(NullActivityLog):
-    def __init__(self) -> None:
-        self.records: list[tuple[str, str, str, dict]] = []
-
-    def enabled(self, level: str) -> bool:
-        return True
-
-    def record(self, level: str, component: str, msg: str, **fields: Any) -> None:
-        self.records.append((level, component, msg, fields))
-
-
 async def test_activity_records_ids_and_counts_never_text(start_daemon, conns):
-    log = RecordingLog()
+    log = RecordingActivityLog()
     d = await start_daemon(activity=log, tokens=["tok-alpha ", "tok-beta"])
     c = await conns(d.v2)
     await c.write(text_req("audit", text="secret prompt"))
     await c.until_terminal()
     # Recorded once the done frame is written: the client may read it first.
-    await wait_until(lambda: any(r[2] == "v2_request_done" for r in log.records), 5, "the request_done record")
-    (done,) = [r for r in log.records if r[2] == "v2_request_done"]
-    fields = done[3]
+    await wait_until(lambda: any(r["msg"] == "v2_request_done" for r in log.records), 5, "the request_done record")
+    (fields,) = [r for r in log.records if r["msg"] == "v2_request_done"]
     assert fields["req_id"] == "audit" and fields["completion_tokens"] == 2 and fields["text_frames"] == 2
-    dumped = json.dumps([r[3] for r in log.records], default=str)
+    dumped = json.dumps(log.records, default=str)
     assert "secret prompt" not in dumped and "tok-alpha" not in dumped
 
 

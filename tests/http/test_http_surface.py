@@ -25,30 +25,11 @@ from http_helpers import (
     read_head,
     sse_events,
 )
-from daemon_harness import roundtrip, wait_until
+from daemon_harness import RecordingActivityLog, roundtrip, wait_until
 
 SCRIPT = [{"thinking": "let me see"}, {"text": "Hel"}, {"text": "lo"},
           {"tool_call": {"name": "get_weather", "input": {"city": "Oslo"}}}]
 CHAT = {"model": "anything-at-all", "messages": [{"role": "user", "content": "hi"}]}
-
-
-class Recorder:
-    """An activity log that keeps records in memory."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, dict[str, Any]]] = []
-
-    def enabled(self, level: str) -> bool:
-        return True
-
-    def record(self, level: str, component: str, msg: str, **fields: Any) -> None:
-        self.records.append((msg, fields))
-
-    def close(self) -> None:
-        pass
-
-    def names(self) -> list[str]:
-        return [m for m, _ in self.records]
 
 
 # ---- shapes ---------------------------------------------------------------------------
@@ -276,7 +257,7 @@ async def test_body_over_the_cap_is_413(http_daemon):
 # ---- auth and who may ask (F-20) ---------------------------------------------------
 
 async def test_api_key_is_required_as_bearer(http_daemon):
-    rec = Recorder()
+    rec = RecordingActivityLog()
     d = await http_daemon(api_key="s3cret", activity=rec)
     async with httpx.AsyncClient(base_url=base_url(d)) as c:
         for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": "s3cret"},
@@ -290,7 +271,7 @@ async def test_api_key_is_required_as_bearer(http_daemon):
         assert (await c.get("/health")).status_code == 200  # public, like llama-server's
         r = await c.post("/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer s3cret"})
         assert r.status_code == 200
-    assert rec.names().count("auth_refused") == 6
+    assert [r["msg"] for r in rec.records].count("auth_refused") == 6
     assert "s3cret" not in json.dumps(rec.records)
 
 
@@ -414,7 +395,7 @@ async def test_stalled_reader_loses_its_connection_not_the_slot(http_daemon):
 
 async def test_connection_cap_is_shared_with_the_sockets(http_daemon):
     """F-1 in aggregate: --max-connections counts NDJSON and HTTP connections together."""
-    rec = Recorder()
+    rec = RecordingActivityLog()
     d = await http_daemon(max_connections=2, activity=rec)
     held = [await asyncio.open_unix_connection(d.infer) for _ in range(2)]
     await wait_until(lambda: d.server.tracker.count() == 2, 5, "two socket connections")
@@ -425,7 +406,7 @@ async def test_connection_cap_is_shared_with_the_sockets(http_daemon):
         assert await asyncio.wait_for(reader.read(), 5) == b""  # aborted: no answer
     except ConnectionResetError:
         pass
-    assert ("connection_refused_limit", {"surface": "http", "limit": 2}) in rec.records
+    assert {"component": "activity", "msg": "connection_refused_limit", "surface": "http", "limit": 2} in rec.records
     for _, w in held:
         w.close()
     await wait_until(lambda: d.server.tracker.count() == 0, 5, "the socket connections to close")

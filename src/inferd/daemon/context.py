@@ -3,10 +3,11 @@ gate and circuit breaker), the status broadcaster, the activity log and the metr
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from ..proto.admin import BackendState
-from .observe.activity import ActivityLog, NullActivityLog
+from .observe.activity import ActivityLog, NullActivityLog, activity_record
 from .observe.metrics import Metrics
 from .pipeline.breaker import CircuitState, StateChange
 from .pipeline.router import Router
@@ -29,6 +30,8 @@ class DaemonContext:
         self.broadcaster.publish(BackendState(backend=change.backend, state=change.state.value,
                                               reason=change.reason, failures=change.failures,
                                               retry_in_ms=retry_in_ms))
-        self.activity.record("info" if change.state is CircuitState.CLOSED else "warn", "router", "backend_state",
-                             backend=change.backend, state=change.state.value, reason=change.reason or "",
-                             failures=change.failures)
+        self.activity.logger.log(logging.INFO if change.state is CircuitState.CLOSED else logging.WARNING,
+                                 "backend %s: circuit %s (%s)", change.backend, change.state.value, change.reason,
+                                 extra=activity_record("router", "backend_state", backend=change.backend,
+                                                       state=change.state.value, reason=change.reason or "",
+                                                       failures=change.failures))

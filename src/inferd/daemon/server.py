@@ -29,7 +29,8 @@ from .. import __version__
 from ..proto.admin import (BackendState, Capabilities, CheckingLocal, Draining, LoadingModel, Ready, Restarting,
                            RunnerRestart, Starting)
 from ..proto.endpoints import DEFAULT_EMBED_TCP_ADDR, DEFAULT_TCP_ADDR, DEFAULT_V2_TCP_ADDR
-from .observe.activity import ActivityLog, NullActivityLog, add_literal_secret, default_log_dir, remove_literal_secret
+from .observe.activity import (ActivityLog, NullActivityLog, activity_record, add_literal_secret, default_log_dir,
+                               remove_literal_secret)
 from .status import StatusBroadcaster
 from .surfaces.admin import serve_admin
 from .config import ConfigError, ConfigFile, ServeOptions, effective_config
@@ -95,8 +96,7 @@ class Server:
         try:
             await self._boot()
         except BootError as exc:
-            log.error("%s", exc)
-            self.activity.record("error", "lifecycle", "boot_failed", reason=str(exc))
+            self.activity.logger.error("%s", exc, extra=activity_record("lifecycle", "boot_failed", reason=str(exc)))
             await self._teardown()
             return 1
         except _Interrupted:
@@ -115,8 +115,8 @@ class Server:
             try:
                 await self._reload_interruptibly()
             except Exception as exc:  # noqa: BLE001 - not even the old model came back
-                log.exception("reload failed and the previous model could not be restored")
-                self.activity.record("error", "lifecycle", "reload_fatal", reason=str(exc))
+                self.activity.logger.exception("reload failed and the previous model could not be restored",
+                                               extra=activity_record("lifecycle", "reload_fatal", reason=str(exc)))
                 await self._drain()
                 return 1
         await self._drain()
@@ -164,8 +164,8 @@ class Server:
             self._admin = await self._bind_admin()
         except (OSError, SocketPathError, ListenerError) as exc:
             raise BootError(f"cannot bind the admin socket {opts.admin_address()}: {exc}") from None
-        log.info("admin socket at %s", self._admin.address)
-        self.activity.record("info", "lifecycle", "starting", pid=os.getpid(), admin=self._admin.address)
+        self.activity.logger.info("admin socket at %s", self._admin.address,
+                                  extra=activity_record("lifecycle", "starting", pid=os.getpid(), admin=self._admin.address))
 
         try:
             cfg, source = effective_config(opts)
@@ -179,7 +179,7 @@ class Server:
         await self._await_ready()
         self.ctx.metrics.model_loaded(time.monotonic() - load_started)
         self.broadcaster.publish(Ready())
-        self.activity.record("info", "lifecycle", "ready", backends=[e.label for e in entries])
+        self.activity.logger.info("ready", extra=activity_record("lifecycle", backends=[e.label for e in entries]))
         await self._bind_surfaces()
         # Everything built so far (modules, schemas, the model's objects) lives as long
         # as the process: keep it out of the collector's full passes, which would
@@ -279,21 +279,20 @@ class Server:
             runner = caps.runner
             if state == "restarting" and runner is not None:
                 crash = runner.last_crash
-                self.activity.record("error", "lifecycle", "engine_crashed", backend=entry.label, reason=reason,
-                                     uptime_secs=crash.uptime_secs if crash else None,
-                                     requests=crash.requests if crash else [], profile=runner.profile,
-                                     restarts=runner.restarts)
+                self.activity.logger.error("engine_crashed", extra=activity_record(
+                    "lifecycle", backend=entry.label, reason=reason, uptime_secs=crash.uptime_secs if crash else None,
+                    requests=crash.requests if crash else [], profile=runner.profile, restarts=runner.restarts))
                 self.broadcaster.publish(Restarting(phase=RunnerRestart(
                     backend=entry.label, reason=reason, attempt=runner.restarts, profile=runner.profile,
                     retry_in_ms=int(getattr(entry.backend, "retry_in", 0.0) * 1000))))
             self.broadcaster.publish(Capabilities(backend=entry.label, version=__version__, **caps.model_dump()))
             if state == "failed":
-                self.activity.record("error", "lifecycle", "backend_failed", backend=entry.label, reason=reason)
+                self.activity.logger.error("backend_failed", extra=activity_record("lifecycle", backend=entry.label, reason=reason))
                 self.broadcaster.publish(BackendState(backend=entry.label, state="failed", reason=reason))
             if state in ("ready", "failed") and not self._shutdown.is_set():
                 if state == "ready":
-                    self.activity.record("info", "lifecycle", "engine_restarted", backend=entry.label,
-                                         profile=runner.profile if runner else None)
+                    self.activity.logger.info("engine_restarted", extra=activity_record(
+                        "lifecycle", backend=entry.label, profile=runner.profile if runner else None))
                 self.broadcaster.publish(Ready())
 
         return sink
@@ -382,9 +381,8 @@ class Server:
                         self.opts.drain_timeout_secs, sum(e.admission.outstanding for e in entries))
 
     async def _drain(self) -> None:
-        log.info("draining")
         self.broadcaster.publish(Draining())
-        self.activity.record("info", "lifecycle", "draining", in_flight=self.router.outstanding)
+        self.activity.logger.info("draining", extra=activity_record("lifecycle", in_flight=self.router.outstanding))
         await self._quiesce()
         for entry in self.router.entries:
             await stop_quietly(entry.backend, 5.0)
@@ -453,11 +451,9 @@ class Server:
         self.broadcaster.publish(Ready(reload_error=error))
         self.ctx.metrics.reloaded(error is None, time.monotonic() - reload_started)
         if error:
-            log.error("%s", error)
-            self.activity.record("error", "lifecycle", "reload_failed", reason=error)
+            self.activity.logger.error("%s", error, extra=activity_record("lifecycle", "reload_failed", reason=error))
         else:
-            log.info("reloaded from %s", source)
-            self.activity.record("info", "lifecycle", "reloaded", source=source)
+            self.activity.logger.info("reloaded from %s", source, extra=activity_record("lifecycle", "reloaded", source=source))
 
     async def _evict(self, entries: list[BackendEntry]) -> None:
         """Past the drain deadline, end what still runs on the old backends (each client
@@ -466,8 +462,8 @@ class Server:
         if not any(e.admission.outstanding for e in entries):
             return
         n = pipeline.evict(entries, RELOAD_EVICTED)
-        log.warning("reload: cancelled %d request(s) still running on the previous model", n)
-        self.activity.record("warn", "lifecycle", "reload_evicted", requests=n)
+        self.activity.logger.warning("reload: cancelled %d request(s) still running on the previous model", n,
+                                     extra=activity_record("lifecycle", "reload_evicted", requests=n))
         try:
             async with asyncio.timeout(EVICT_GRACE_SECS):
                 await self.router.wait_idle(entries)
@@ -487,9 +483,8 @@ class Server:
         return entries
 
     def _reload_failed(self, reason: str) -> None:
-        log.error("%s", reason)
         self.ctx.metrics.reloaded(False)
-        self.activity.record("error", "lifecycle", "reload_failed", reason=reason)
+        self.activity.logger.error("%s", reason, extra=activity_record("lifecycle", "reload_failed", reason=reason))
         self.broadcaster.publish(Ready(reload_error=reason))
 
 

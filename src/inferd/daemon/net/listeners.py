@@ -21,7 +21,7 @@ from ...proto.errors import ProtoError
 from ...proto.endpoints import parse_tcp_addr
 from ...proto.framing import STREAM_LIMIT, FrameReader
 from ...proto.limits import MAX_AUTH_FRAME_BYTES
-from ..observe.activity import ActivityLog, NullActivityLog
+from ..observe.activity import ActivityLog, NullActivityLog, activity_record
 from .conn import PeerConnection
 from .paths import prepare_socket_path, remove_socket_file
 from .peercred import PeerPolicy, peer_credentials
@@ -149,9 +149,9 @@ def _make_callback(surface: str, kind: str, handler: Handler, sec: ListenerSecur
     def refuse(conn: PeerConnection, reason: str, **fields: object) -> None:
         quiet = tracker.refusal_due(f"{reason}:{surface}", asyncio.get_running_loop().time())
         if quiet is not None:
-            sec.activity.record("warn", "activity", reason, surface=surface, transport=kind,
-                                suppressed=quiet or None, **fields)
-            log.warning("refusing a %s %s connection (%s)", surface, kind, reason)
+            sec.activity.logger.warning("refusing a %s %s connection (%s)", surface, kind, reason,
+                                        extra=activity_record("activity", reason, surface=surface, transport=kind,
+                                                    suppressed=quiet or None, **fields))
         conn.abort()
 
     def full(pool: str, limit: int | None) -> bool:
@@ -175,11 +175,10 @@ def _make_callback(surface: str, kind: str, handler: Handler, sec: ListenerSecur
                 conn.peer = peer_credentials(sock) if sock is not None else None
                 if sec.peer_policy is not None and not await _admits(sec.peer_policy, conn.peer):
                     # F-7: a different user's process gets nothing but a closed socket.
-                    sec.activity.record("warn", "activity", "peer_refused", surface=surface,
-                                        peer=conn.peer_label,
-                                        peer_uid=getattr(conn.peer, "uid", None),
-                                        peer_gid=getattr(conn.peer, "gid", None),
-                                        peer_pid=getattr(conn.peer, "pid", None))
+                    sec.activity.logger.warning("peer_refused", extra=activity_record(
+                        "activity", surface=surface, peer=conn.peer_label,
+                        peer_uid=getattr(conn.peer, "uid", None), peer_gid=getattr(conn.peer, "gid", None),
+                        peer_pid=getattr(conn.peer, "pid", None)))
                     conn.abort()
                     return
             if pending:
@@ -192,11 +191,10 @@ def _make_callback(surface: str, kind: str, handler: Handler, sec: ListenerSecur
                     refuse(conn, "connection_refused_limit", pool=pool, limit=sec.max_connections)
                     return
                 tracker.move(task, pool)
-            sec.activity.record("info", "activity", f"{surface}_connection_accepted", transport=kind,
-                                peer=conn.peer_label,
-                                peer_uid=getattr(conn.peer, "uid", None),
-                                peer_gid=getattr(conn.peer, "gid", None),
-                                peer_pid=getattr(conn.peer, "pid", None))
+            sec.activity.traffic.info("%s_connection_accepted", surface, extra=activity_record(
+                "activity", transport=kind, peer=conn.peer_label,
+                peer_uid=getattr(conn.peer, "uid", None), peer_gid=getattr(conn.peer, "gid", None),
+                peer_pid=getattr(conn.peer, "pid", None)))
             await handler(conn)
         except asyncio.CancelledError:
             # Shutdown or reload cancelled us. End quietly: asyncio's stream

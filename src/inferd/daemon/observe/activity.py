@@ -1,12 +1,15 @@
-"""The NDJSON activity log: `<log dir>/inferd.ndjson`, one JSON object per line.
+"""The activity log, on stdlib `logging`: `<log dir>/inferd.ndjson`, one JSON object per line.
 
-Each record is `{"t", "level", "component", "msg", ...fields}` with `t` in RFC 3339
-UTC with milliseconds. Before a line reaches the disk every value in it is cut to
-1 KiB (`clip`, with a `…[+N bytes]` marker) and then redacted (`redact`, linear time;
-THREAT_MODEL F-3), so neither the cost of logging nor the size of a record depends on
-what a client sent; the live file is rotated at 16 MiB keeping three older
-generations (F-4). The daemon's own API key is redacted verbatim wherever it appears
-(`add_literal_secret`).
+A call site logs once, on the daemon's activity logger, with the record's structured
+part as `extra=activity_record(component, name, **fields)`; the record goes to the file and,
+through the root logger, to stderr. On the file's handler (`ActivityFileHandler`)
+`RedactingFilter` redacts and `JsonLinesFormatter` writes
+`{"t", "level", "component", "msg", ...fields}` with `t` in RFC 3339 UTC with
+milliseconds. Every value is cut to 1 KiB (`clip`, with a `…[+N bytes]` marker) and
+redacted (`redact`, linear time; THREAT_MODEL F-3), so neither the cost of logging nor
+the size of a record depends on what a client sent; the live file is rotated at 16 MiB
+keeping three older generations (F-4). The daemon's own API key is redacted verbatim
+wherever it appears (`add_literal_secret`). ADR 0023.
 
 What callers may log: request ids, counts, token usage, stop reasons, backend
 names, peer identities, timings. Never prompt text, message content, generated
@@ -26,24 +29,32 @@ synthetic error record, and write errors are swallowed.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
-import math
 import logging
+import logging.handlers
+import math
 import os
 import re
 import stat
 import threading
-from datetime import datetime, timezone
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 __all__ = [
+    "ACTIVITY_LOGGER",
+    "ActivityFileHandler",
     "ActivityLog",
     "DEFAULT_GENERATIONS",
     "DEFAULT_MAX_BYTES",
     "LOG_FILE_NAME",
+    "EVENT_ATTR",
+    "JsonLinesFormatter",
     "MAX_LOGGED_VALUE_BYTES",
     "NullActivityLog",
+    "RedactingFilter",
+    "activity_record",
     "add_literal_secret",
     "clip",
     "default_log_dir",
@@ -388,14 +399,6 @@ def python_log_level(spec: str | None) -> int:
     return _PY_LEVELS[parse_level(spec)]
 
 
-def _rank(level: str) -> int:
-    return _LEVELS.get(level, _LEVELS["info"])
-
-
-def _timestamp() -> str:
-    now = datetime.now(timezone.utc)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
-
 
 # --------------------------------------------------------------------------- #
 # Serialisation
@@ -426,7 +429,7 @@ def _dumps(obj: Any) -> str:
 def _redact_tree(value: Any, key: str | None = None) -> Any:
     """Field-by-field redaction of a record: every string value and key is checked."""
     if isinstance(value, dict):
-        # A non-str key makes json.dumps raise TypeError: _serialise then retries via _plain.
+        # A non-str key makes json.dumps raise TypeError: the formatter then retries via _plain.
         return {(_redact_str(k) if isinstance(k, str) else k): _redact_tree(v, k) for k, v in value.items()}
     if isinstance(value, list):
         if len(value) > MAX_LOGGED_ITEMS:
@@ -455,99 +458,236 @@ def _redact_str(text: str) -> str:
     return _redact_short(text) if len(text) <= 128 else clip(text)
 
 
+def _level_name(levelno: int) -> str:
+    """The record's `level` as the log has always spelled it."""
+    if levelno < logging.INFO:
+        return "debug"
+    if levelno < logging.WARNING:
+        return "info"
+    return "warn" if levelno < logging.ERROR else "error"
+
+
+def _timestamp(created: float) -> str:
+    whole = int(created)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((created - whole) * 1000):03d}Z"
+
+
+# --------------------------------------------------------------------------- #
+# Records: what a call site passes as `extra=`
+# --------------------------------------------------------------------------- #
+
+#: The LogRecord attribute that carries an activity record's structured part.
+EVENT_ATTR = "inferd_event"
 # The envelope is written by this module, never by a caller.
-_ENVELOPE = frozenset(("t", "level", "component"))
+_ENVELOPE = frozenset(("t", "level", "component", "msg"))
 
 
-def _redact_record(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v if k in _ENVELOPE else _redact_tree(v, k)) for k, v in record.items()}
+class Event:
+    """The structured part of one activity record: the component, the event name (the
+    record's `msg` on disk; None: the log call's message) and the fields. `clean` is the
+    redacted `{"msg", ...fields}`, filled in by `RedactingFilter`."""
+
+    __slots__ = ("component", "name", "fields", "clean")
+
+    def __init__(self, component: str, name: str | None, fields: dict[str, Any]) -> None:
+        self.component = component
+        self.name = name
+        self.fields = fields
+        self.clean: dict[str, Any] | None = None
 
 
-def _serialise(record: dict[str, Any]) -> str:
-    # F-3: every caller-supplied string is redacted before the line is built, value
-    # by value, so no substitution can break the JSON around it. (Redacting the
-    # whole serialised line ran eight regexes over ~250 bytes on every request.)
-    try:
-        return _dumps(_redact_record(record))
-    except (TypeError, ValueError, RecursionError):
-        pass
-    try:
-        return _dumps(_redact_record(_plain(record)))
-    except Exception as exc:  # noqa: BLE001 - a log call must not raise
-        return _dumps(
-            _redact_record(
-                {
-                    "t": record.get("t", _timestamp()),
-                    "level": "error",
-                    "component": "activity",
-                    "msg": "log record could not be serialised",
-                    "error": type(exc).__name__,
-                    "dropped_component": str(record.get("component", "")),
-                    "dropped_msg": str(record.get("msg", "")),
-                }
-            )
-        )
+def activity_record(component: str, name: str | None = None, **fields: Any) -> dict[str, Event]:
+    """The `extra=` of a log call on the activity logger:
+    `activity.logger.info("reloaded from %s", src, extra=activity_record("lifecycle", "reloaded", source=src))`
+    writes `"msg": "reloaded"` and `"source"` to the file and the formatted message to stderr.
+    Without a name the file's `msg` is the formatted message."""
+    if not _ENVELOPE.isdisjoint(fields):
+        # The four envelope keys are authoritative.
+        fields = {f"field_{k}" if k in _ENVELOPE else k: v for k, v in fields.items()}
+    return {EVENT_ATTR: Event(component, name, fields)}
+
+
+def _event_of(record: logging.LogRecord) -> Event:
+    found = getattr(record, EVENT_ATTR, None)
+    if found is None:
+        # A call without `extra=activity_record(...)`: its message is the whole record.
+        found = Event("activity", None, {})
+        setattr(record, EVENT_ATTR, found)
+    return found
+
+
+def _payload(ev: Event, record: logging.LogRecord) -> dict[str, Any]:
+    return {"msg": record.getMessage() if ev.name is None else ev.name, **ev.fields}
+
+
+def _redact_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    # The top-level keys are keyword names in our code, not text from a client.
+    return {k: _redact_tree(v, k) for k, v in payload.items()}
+
+
+class RedactingFilter(logging.Filter):
+    """F-3: every caller-supplied string of an activity record is redacted, value by
+    value, before the line is built, so no substitution can break the JSON around it.
+    (Redacting the whole serialised line ran eight regexes over ~250 bytes on every
+    request.) Never drops a record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ev = _event_of(record)
+        if ev.clean is None:
+            try:
+                ev.clean = _redact_fields(_payload(ev, record))
+            except Exception:  # noqa: BLE001 - a cyclic field, bad format args: the formatter copes
+                pass  # (a filter that raises would raise out of the log call)
+        return True
+
+
+class JsonLinesFormatter(logging.Formatter):
+    """One record as one JSON object, `{"t", "level", "component", "msg", ...fields}`,
+    `t` in RFC 3339 UTC with milliseconds. Never raises: a record that cannot be
+    serialised turns into an error record saying so. Tracebacks are not written
+    (they may quote what a client sent)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ev = _event_of(record)
+        head = {"t": _timestamp(record.created), "level": _level_name(record.levelno), "component": ev.component}
+        if ev.clean is not None:
+            try:
+                return _dumps({**head, **ev.clean})
+            except (TypeError, ValueError, RecursionError):
+                pass  # a non-str key or a cycle: retried as plain data below
+        try:
+            # Redacted here too, so this formatter never writes a secret, filter or not.
+            return _dumps({**head, **_redact_fields(_plain(_payload(ev, record)))})
+        except Exception as exc:  # noqa: BLE001 - a log call must not raise
+            return _dumps({**head, "level": "error", "component": "activity",
+                           "msg": "log record could not be serialised", "error": type(exc).__name__,
+                           "dropped_component": _redact_str(ev.component),
+                           "dropped_msg": _redact_str(str(ev.name or record.msg))})
 
 
 # --------------------------------------------------------------------------- #
-# Sinks
+# The file (F-2 symlinks, F-4 rotation)
 # --------------------------------------------------------------------------- #
+
+
+class ActivityFileHandler(logging.handlers.RotatingFileHandler):
+    """`<directory>/inferd.ndjson`, rotated before a record would push a non-empty file
+    past `max_bytes` (F-4), keeping `generations` older files. The file is opened with
+    `O_NOFOLLOW` and must be a regular file (F-2); a file removed or replaced behind our
+    back is reopened; a write that fails drops its record, never the daemon."""
+
+    def __init__(self, directory: str | Path, max_bytes: int = DEFAULT_MAX_BYTES,
+                 generations: int = DEFAULT_GENERATIONS) -> None:
+        self.directory = Path(directory)
+        self._ino: tuple[int, int] | None = None
+        self._size = 0
+        # At least one older file: with none, RotatingFileHandler never rotates at all.
+        super().__init__(self.directory / LOG_FILE_NAME, maxBytes=max_bytes, backupCount=max(1, generations),
+                         encoding="utf-8", delay=True)
+        self.addFilter(RedactingFilter())
+        self.setFormatter(JsonLinesFormatter())
+
+    def _open(self) -> BinaryIO:
+        # The one place RotatingFileHandler opens the file (at the first record and
+        # after each rotation); a stdlib seam, pinned by test_symlink_at_log_path_is_not_followed.
+        from inferd.daemon.net.paths import ensure_private_dir
+
+        ensure_private_dir(self.directory)
+        # O_NOFOLLOW: a symlink planted at the log path must not redirect our
+        # writes into another file (same reasoning as F-2).
+        flags = (os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                 | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+        fd = os.open(self.baseFilename, flags, 0o600)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise OSError(f"{self.baseFilename} is not a regular file")
+        self._ino = (st.st_dev, st.st_ino)
+        self._size = st.st_size
+        # Unbuffered bytes: one write(2) per record, as the record is complete.
+        return open(fd, "ab", buffering=0)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Called with the handler's lock held, so records never interleave.
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            if self.stream is not None and not self._still_ours():
+                self._drop_stream()
+            if self.stream is None:
+                self.stream = self._open()
+            # F-4: rotate before a record would push a non-empty file past the cap.
+            if self._size > 0 and self._size + len(data) > self.maxBytes:
+                self.doRollover()  # leaves the stream closed (delay=True)
+                self.stream = self._open()
+            self._size += self.stream.write(data)
+        except Exception:  # noqa: BLE001 - disk full, directory gone, read-only mount
+            self.handleError(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        # Drop the record, and reopen next time in case the condition has cleared.
+        self._drop_stream()
+
+    def _still_ours(self) -> bool:
+        """Whether the live path still names the file we hold open: if the file or its
+        directory was removed or replaced, writes to the old descriptor would vanish."""
+        try:
+            st = os.stat(self.baseFilename)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._ino
+
+    def _drop_stream(self) -> None:
+        stream, self.stream = self.stream, None  # type: ignore[assignment]
+        self._ino = None
+        if stream is not None:
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+# --------------------------------------------------------------------------- #
+# One daemon's log
+# --------------------------------------------------------------------------- #
+
+#: The parent of every daemon's activity logger; records propagate from there to the
+#: root logger (stderr under `inferd serve`), so a call site logs once for both.
+ACTIVITY_LOGGER = "inferd.activity"
+_daemons = itertools.count(1)
+
+
+def _traffic_logger(parent: logging.Logger) -> logging.Logger:
+    traffic = parent.getChild("traffic")
+    # A line per request or connection is the file's job: on stderr (journald) it
+    # would bury what an operator has to see.
+    traffic.propagate = False
+    # Without any handler, stdlib would print its warnings through its last resort.
+    traffic.addHandler(logging.NullHandler())
+    return traffic
 
 
 class ActivityLog:
-    """Append-only NDJSON log with size-based rotation; safe to call from any thread."""
+    """One daemon's activity log. `logger`: records that go to `<directory>/inferd.ndjson`
+    and on to the root logger (lifecycle, refusals, circuit changes); `traffic`, its
+    child: one record per request or connection, to the file only. Each instance has
+    loggers of its own (tests run many daemons in one process, each with its own
+    directory and level)."""
 
-    def __init__(
-        self,
-        directory: str | Path,
-        max_bytes: int = DEFAULT_MAX_BYTES,
-        generations: int = DEFAULT_GENERATIONS,
-        *,
-        level: str | None = None,
-    ) -> None:
+    def __init__(self, directory: str | Path, max_bytes: int = DEFAULT_MAX_BYTES,
+                 generations: int = DEFAULT_GENERATIONS, *, level: str | None = None) -> None:
         self.directory = Path(directory)
         self.path = self.directory / LOG_FILE_NAME
-        self.max_bytes = max_bytes
-        self.generations = max(0, generations)
-        self._threshold = parse_level(os.environ.get("INFERD_LOG") if level is None else level)
-        self._lock = threading.Lock()
-        self._fd: int | None = None
-        self._ino: tuple[int, int] | None = None
-        self._size = 0
-        self._closed = False
-
-    # -- public ------------------------------------------------------------- #
-
-    def enabled(self, level: str) -> bool:
-        """Whether a record at `level` would be written (to skip building costly fields)."""
-        return self._threshold < _OFF and _rank(_normalise_level(level)) >= self._threshold
-
-    def record(self, level: str, component: str, msg: str, **fields: Any) -> None:
-        name = _normalise_level(level)
-        if not self.enabled(name):
-            return
-        entry: dict[str, Any] = {"t": _timestamp(), "level": name, "component": component, "msg": msg}
-        for key, value in fields.items():
-            # The four envelope keys are authoritative.
-            entry[f"field_{key}" if key in entry else key] = value
-        try:
-            data = (_serialise(entry) + "\n").encode("utf-8", "backslashreplace")
-        except Exception:  # noqa: BLE001 - a log call must not raise
-            return
-        with self._lock:
-            if self._closed:
-                return
-            try:
-                self._write(data)
-            except OSError:
-                # Disk full, directory gone, read-only mount: drop the record,
-                # and reopen next time in case the condition has cleared.
-                self._close_fd()
+        self.logger = logging.getLogger(f"{ACTIVITY_LOGGER}.{next(_daemons)}")
+        self.logger.setLevel(python_log_level(os.environ.get("INFERD_LOG") if level is None else level))
+        self.traffic = _traffic_logger(self.logger)
+        self._file = ActivityFileHandler(self.directory, max_bytes, generations)
+        self.logger.addHandler(self._file)
+        self.traffic.addHandler(self._file)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._close_fd()
+        self.traffic.removeHandler(self._file)
+        self.logger.removeHandler(self._file)
+        self._file.close()
 
     def __enter__(self) -> ActivityLog:
         return self
@@ -555,95 +695,13 @@ class ActivityLog:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- internals (called with self._lock held) ----------------------------- #
-
-    def _open(self) -> None:
-        from inferd.daemon.net.paths import ensure_private_dir
-
-        ensure_private_dir(self.directory)
-        # O_NOFOLLOW: a symlink planted at the log path must not redirect our
-        # writes into another file (same reasoning as F-2).
-        flags = (
-            os.O_WRONLY
-            | os.O_APPEND
-            | os.O_CREAT
-            | getattr(os, "O_NOFOLLOW", 0)
-            | getattr(os, "O_CLOEXEC", 0)
-            | getattr(os, "O_BINARY", 0)
-        )
-        fd = os.open(self.path, flags, 0o600)
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(fd)
-            raise OSError(f"{self.path} is not a regular file")
-        self._fd = fd
-        self._ino = (st.st_dev, st.st_ino)
-        self._size = st.st_size
-
-    def _close_fd(self) -> None:
-        fd, self._fd = self._fd, None
-        self._ino = None
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-    def _still_ours(self) -> bool:
-        """Whether the live path still names the file we hold open.
-
-        If the file or its directory was removed or replaced behind our back,
-        writes to the old descriptor would vanish silently; reopen instead.
-        """
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self._ino
-
-    def _write(self, data: bytes) -> None:
-        if self._fd is not None and not self._still_ours():
-            self._close_fd()
-        if self._fd is None:
-            self._open()
-        # F-4: rotate before a record would push a non-empty file past the cap.
-        if self._size > 0 and self._size + len(data) > self.max_bytes:
-            self._rotate()
-        assert self._fd is not None
-        written = os.write(self._fd, data)
-        self._size += written
-
-    def _rotate(self) -> None:
-        self._close_fd()
-        base = str(self.path)
-        if self.generations == 0:
-            _unlink_quietly(base)
-        else:
-            _unlink_quietly(f"{base}.{self.generations}")
-            for n in range(self.generations - 1, 0, -1):
-                try:
-                    os.replace(f"{base}.{n}", f"{base}.{n + 1}")
-                except FileNotFoundError:
-                    pass
-            os.replace(base, f"{base}.1")
-        self._open()
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
 
 class NullActivityLog:
-    """An activity log that drops everything (tests, embedding the daemon)."""
+    """No activity file (tests, embedding the daemon): `logger`'s records still reach
+    stdlib logging, as whoever embeds the daemon configured it; `traffic` goes nowhere."""
 
-    def enabled(self, level: str) -> bool:
-        return False
-
-    def record(self, level: str, component: str, msg: str, **fields: Any) -> None:
-        return None
+    logger = logging.getLogger(ACTIVITY_LOGGER)
+    traffic = _traffic_logger(logger)
 
     def close(self) -> None:
         return None

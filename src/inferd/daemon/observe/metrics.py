@@ -72,7 +72,8 @@ class Metrics:
         r = self.registry = CollectorRegistry(auto_describe=False)
         # What the pipeline counts per request lives in plain numbers read at scrape
         # time (_Served): a prometheus_client Counter or Histogram takes a lock on
-        # every update, nine of them per request, a tenth of a 1-token request's cost.
+        # every update, nine of them per request, a tenth of a 1-token request's cost
+        # (ADR 0023 measures its Histogram: 0.74 us per observe, three per request).
         self._served = _Served()
         r.register(self._served)
         self.model_load = Gauge(

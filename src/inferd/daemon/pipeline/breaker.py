@@ -18,7 +18,8 @@ from enum import StrEnum
 
 from ...engine.backend import Fault
 
-# The router's logger: circuit changes are routing news, and operators filter on it.
+# The router's logger, which operators filter on (circuit changes themselves go to the
+# activity log, through the listener).
 log = logging.getLogger("inferd.router")
 
 #: Fault kinds that are the backend's doing and count towards opening its circuit.
@@ -152,8 +153,7 @@ class Breaker:
         self._epoch += 1
         self._trial = False
         change = StateChange(self.name, state, reason, self.failures, retry_in)
-        log.log(logging.INFO if state is CircuitState.CLOSED else logging.WARNING,
-                "backend %s: circuit %s (%s)", self.name, state, reason)
+        # The listener logs the change (the daemon's activity log), once.
         if self.listener is not None:
             try:
                 self.listener(change)

@@ -24,6 +24,7 @@ from ...engine.events import Done, EventStream, TextDelta, ThinkingDelta, ToolCa
 from ...engine.request import GenerationRequest
 from ...proto.embed import EmbedResolved
 from ..context import DaemonContext
+from ..observe.activity import activity_record
 from ..observe.metrics import RequestClock
 from .admission import AdmissionClosed, QueueFull
 from .breaker import BACKEND_FAULTS, Attempt
@@ -241,6 +242,7 @@ async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: 
     # kept in locals and only gathered for the log at the end.
     counts = {"text_frames": 0, "thinking_frames": 0, "tool_use_frames": 0}
     texts = others = 0
+    crash: Exception | None = None
     emit = sink.event
     try:
         async for event in stream:
@@ -267,7 +269,6 @@ async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: 
         raise
     except BackendError as exc:
         # A fault the backend could name (e.g. an unparseable tool call) after output began.
-        log.warning("backend %s failed mid-stream: %s", entry.label, exc.message)
         counts["text_frames"] = texts
         if exc.kind in BACKEND_FAULTS:
             attempt.failed(exc.message)
@@ -275,8 +276,7 @@ async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: 
         await _mid_stream(ctx, sink, entry, surface, req.id, counts, peer, exc.kind, exc.message)
         return
     except Exception as exc:  # noqa: BLE001 - mid-stream backend fault
-        # A daemon or backend bug looks like this too: keep its traceback.
-        log.warning("backend %s failed mid-stream: %r", entry.label, exc, exc_info=True)
+        crash = exc  # logged with its traceback by _mid_stream
     finally:
         counts["text_frames"] = texts
         await stream.aclose()  # cancels the generation if we stopped early
@@ -284,32 +284,34 @@ async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: 
         # Not retried elsewhere: the client already has part of this answer.
         attempt.failed(MID_STREAM_DROP)
         clock.outcome = "error"
-        await _mid_stream(ctx, sink, entry, surface, req.id, counts, peer, Fault.UNAVAILABLE, MID_STREAM_DROP)
+        await _mid_stream(ctx, sink, entry, surface, req.id, counts, peer, Fault.UNAVAILABLE, MID_STREAM_DROP,
+                          crash=crash)
         return
     attempt.succeeded()
     if req.tool_choice == "required" and req.tools and not counts["tool_use_frames"]:
         done = replace(done, tool_choice_unsatisfied=True)
     clock.outcome, clock.done = "ok", done
     await sink.done(done, entry.label)
-    activity = ctx.activity
-    if activity.enabled("info"):
+    activity = ctx.activity.traffic
+    if activity.isEnabledFor(logging.INFO):
         usage = done.usage
-        activity.record(
-            "info", surface, _event_name(surface, "request_done"),
-            req_id=req.id, backend=entry.label, stop_reason=str(done.reason),
+        activity.info(_event_name(surface, "request_done"), extra=activity_record(
+            surface, req_id=req.id, backend=entry.label, stop_reason=str(done.reason),
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             cached_tokens=usage.cached_tokens, **counts,
             ms=round((time.perf_counter() - clock.started) * 1000, 1), peer=peer,
-        )
+        ))
 
 
 async def _mid_stream(ctx: DaemonContext, sink: Sink, entry: BackendEntry, surface: str, rid: str,
-                      counts: dict[str, int], peer: str, kind: Fault, message: str) -> None:
+                      counts: dict[str, int], peer: str, kind: Fault, message: str,
+                      crash: Exception | None = None) -> None:
     await sink.fail(kind, message)
-    ctx.activity.record(
-        "warn", surface, _event_name(surface, "request_error_mid_stream"),
-        req_id=rid, backend=entry.label, **counts, peer=peer, reason=message,
-    )
+    # A daemon or backend bug (`crash`) looks like this too: stderr keeps its traceback.
+    ctx.activity.logger.warning(
+        "backend %s failed mid-stream: %s", entry.label, message, exc_info=crash,
+        extra=activity_record(surface, _event_name(surface, "request_error_mid_stream"), req_id=rid,
+                              backend=entry.label, **counts, peer=peer, reason=message))
 
 
 async def count(ctx: DaemonContext, req: GenerationRequest, *, needs: Needs = Needs()) -> tuple[int, int | None]:
@@ -348,11 +350,10 @@ async def embed(ctx: DaemonContext, req: EmbedResolved, *, surface: str = "embed
         async with _Serving(ctx, Needs(embed=True), lambda e: e.backend.embed(req)) as (entry, result, attempt):
             attempt.succeeded()
             outcome, tokens = "ok", result.input_tokens
-            ctx.activity.record(
-                "info", surface, _event_name(surface, "embed_request_done"),
-                req_id=req.id, backend=entry.label, n_inputs=len(req.input),
+            ctx.activity.traffic.info(_event_name(surface, "embed_request_done"), extra=activity_record(
+                surface, req_id=req.id, backend=entry.label, n_inputs=len(req.input),
                 input_tokens=result.input_tokens, dimensions=result.dimensions, peer=peer,
-            )
+            ))
             return entry.label, result
     except Refused as exc:
         outcome = exc.kind.value

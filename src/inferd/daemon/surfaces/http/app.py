@@ -34,7 +34,7 @@ from ....engine.request import GenerationRequest
 from ....proto.auth import keys_match
 from ....proto.v1 import DEFAULT_MAX_TOKENS
 from ...context import DaemonContext
-from ...observe.activity import ActivityLog, NullActivityLog
+from ...observe.activity import ActivityLog, NullActivityLog, activity_record
 from ...observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ...pipeline import run
 from ...pipeline.router import BackendEntry, Needs
@@ -169,7 +169,7 @@ class HttpApp:
         # F-8/F-20: constant-time compare, like the TCP auth frame.
         if scheme.lower() == "bearer" and keys_match(presented.strip(), self.api_key):
             return
-        self.activity.record("warn", "activity", "auth_refused", surface="http", peer=_peer(scope))
+        self.activity.traffic.warning("auth_refused", extra=activity_record("activity", surface="http", peer=_peer(scope)))
         raise HttpError(401, "invalid or missing API key (send Authorization: Bearer KEY)", "authentication_error",
                         "invalid_api_key", headers=[(b"www-authenticate", b"Bearer")])
 

@@ -30,6 +30,7 @@ from typing import Any
 from .... import __version__
 from ....proto.endpoints import parse_tcp_addr
 from ...context import DaemonContext
+from ...observe.activity import activity_record
 from ...net.listeners import LISTEN_BACKLOG, ConnectionTracker, Listener, ListenerError, ListenerSecurity, require_loopback
 from . import DEFAULT_HTTP_PORT
 from .app import HttpApp, Transports
@@ -90,9 +91,9 @@ def _protocol_factory(tracker: ConnectionTracker, sec: ListenerSecurity,
             peer = transport.get_extra_info("peername")
             label = f"tcp:{peer[0]}:{peer[1]}" if peer else "tcp"
             if sec.max_connections is not None and tracker.count() >= sec.max_connections:
-                sec.activity.record("warn", "activity", "connection_refused_limit", surface=SURFACE,
-                                    limit=sec.max_connections)
-                log.warning("refusing an http connection: %d connections open", sec.max_connections)
+                sec.activity.logger.warning("refusing an http connection: %d connections open", sec.max_connections,
+                                            extra=activity_record("activity", "connection_refused_limit", surface=SURFACE,
+                                                        limit=sec.max_connections))
                 transport.abort()
                 return
             entry = self._entry = asyncio.get_running_loop().create_future()
@@ -102,7 +103,7 @@ def _protocol_factory(tracker: ConnectionTracker, sec: ListenerSecurity,
             if peer:
                 self._client = (str(peer[0]), int(peer[1]))  # what uvicorn puts in scope["client"]
                 transports[self._client] = transport  # type: ignore[assignment]
-            sec.activity.record("info", "activity", "http_connection_accepted", transport="tcp", peer=label)
+            sec.activity.traffic.info("http_connection_accepted", extra=activity_record("activity", transport="tcp", peer=label))
             self._http.connection_made(transport)
 
         def data_received(self, data: bytes) -> None:
