@@ -446,6 +446,35 @@ def test_one_log_call_reaches_the_file_and_stderr(tmp_path: Path, caplog: pytest
     assert [r.getMessage() for r in caplog.records] == ["refusing a v2 connection (auth_refused)"]
 
 
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_traffic_records_go_to_the_file_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A record per request or connection would bury stderr (journald); without a file
+    (NullActivityLog) it goes nowhere, not even through stdlib's last-resort handler.
+    (A handler of our own on the root logger: pytest's capture handlers also sit on
+    every non-propagating logger.)"""
+    root = _Kept()
+    logging.getLogger().addHandler(root)
+    try:
+        log = ActivityLog(tmp_path, level="info")
+        log.traffic.info("request_done", extra=activity_record("inference", req_id="r1"))
+        log.logger.warning("peer_refused", extra=activity_record("activity"))
+        log.close()
+        NullActivityLog().traffic.warning("auth_refused", extra=activity_record("activity", surface="http"))
+    finally:
+        logging.getLogger().removeHandler(root)
+    assert [r["msg"] for r in read_records(tmp_path)] == ["request_done", "peer_refused"]
+    assert root.messages == ["peer_refused"]
+    assert capsys.readouterr().err == ""
+
+
 def run_child(code: str, timeout: float = 60.0) -> dict[str, Any]:
     """Run `code` in a fresh interpreter and return the JSON it prints. Bounded, so a
     quadratic redactor fails this in `timeout` seconds rather than after minutes."""
