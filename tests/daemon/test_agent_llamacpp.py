@@ -220,8 +220,8 @@ async def test_refusals_name_their_reason(daemon):
     assert err["code"] == "invalid_request" and "mutually exclusive" in err["message"]
     (err,) = await roundtrip(daemon.v2, v2("bad-2", [user("x")], tools=[TIME], tool_choice="sometimes"))
     assert err["code"] == "invalid_request" and "tool_choice" in err["message"]
-    (err,) = await roundtrip(daemon.v2, v2("bad-3", [user("x")], tool_choice="auto"))
-    assert err["code"] == "invalid_request" and "tool_choice needs tools" in err["message"]
+    (err,) = await roundtrip(daemon.v2, v2("bad-3", [user("x")], tool_choice="required"))
+    assert err["code"] == "invalid_request" and 'tool_choice "required" needs tools' in err["message"]
     unsupported = {"type": "json_schema", "schema": {"type": "object", "not": {"required": ["a"]}}}
     (err,) = await roundtrip(daemon.v2, v2("bad-4", [user("x")], response_format=unsupported))
     assert err["code"] == "invalid_request" and "not" in err["message"]

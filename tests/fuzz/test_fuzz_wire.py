@@ -835,7 +835,7 @@ def test_token_lines_lone_surrogates(id: str, text: str, surrogate: int, where: 
 
 MOCK_TOKENS = ["tok ", 'q"\\\u2028é\n']
 IO_TIMEOUT = 10.0
-DEFAULT_MAX_TOKENS = 1000  # proto/v1.py and proto/v2.py: a request without max_tokens
+DEFAULT_MAX_TOKENS = 1000  # the request policy (daemon/pipeline/policy.py): a request without max_tokens
 MOCK_DIMS_REFUSAL = f"dimensions must be between 1 and {MOCK_MAX_DIMENSIONS}"
 TERMINAL = {"v1": {"done", "error"}, "v2": {"done", "error"}, "embed": {"embeddings", "error"}}
 

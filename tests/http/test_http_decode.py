@@ -18,7 +18,7 @@ WEATHER = {"type": "function", "function": {"name": "get_weather", "description"
 def chat(**body):
     body.setdefault("messages", [{"role": "user", "content": "hi"}])
     req = decode.parse(decode.ChatRequest, json.dumps(body).encode())
-    return decode.chat_request(req, "rid", default_max_tokens=4096)
+    return decode.chat_request(req, "rid")
 
 
 def refused(fn, **body) -> HttpError:
@@ -52,8 +52,12 @@ def test_sampling_fields():
     assert (g.max_tokens, g.temperature, g.top_p, g.top_k, g.seed, g.stop, g.grammar) == \
         (20, 0.0, 0.5, 3, 7, ["END"], 'root ::= "x"')
     g = chat(seed=-1, stop=["a", "b"])
-    assert g.seed is None and g.stop == ["a", "b"] and g.max_tokens == 4096  # no max: the default given
+    # No max: the policy's default, until the route sizes it by the serving backend's context.
+    assert g.seed is None and g.stop == ["a", "b"] and g.max_tokens == 1000
+    assert g.temperature == 1.0 and g.top_p == 0.95 and g.top_k == 64
     assert chat(max_tokens=5).max_tokens == 5
+    assert decode.max_tokens_asked(decode.parse(decode.ChatRequest, json.dumps(
+        {"messages": [], "max_tokens": 10, "max_completion_tokens": 20}).encode())) == 20
 
 
 def test_tool_choice_forms():
@@ -65,6 +69,9 @@ def test_tool_choice_forms():
     assert refused(chat, tools=[WEATHER, WEATHER]).param == "tools"
     assert refused(chat, tools=[WEATHER], tool_choice="required",
                    response_format={"type": "json_object"}).param == "tool_choice"
+    # "auto" leaves the model free to call or to answer in the schema, as OpenAI's does.
+    g = chat(tools=[WEATHER], tool_choice="auto", response_format={"type": "json_object"})
+    assert (g.tool_choice, g.response_format) == ("auto", ResponseFormat("json_object"))
 
 
 def test_response_format_forms():

@@ -109,13 +109,11 @@ async def test_encoded_frames_round_trip_over_socketpair() -> None:
 # ---- item 2: defaults --------------------------------------------------------------------
 
 
-def test_resolve_applies_upstream_defaults() -> None:
+def test_resolve_leaves_sampling_defaults_to_the_request_policy() -> None:
+    # The daemon applies them, the same for every wire (tests/daemon/test_request_policy.py).
     resolved = parse_request(req_line()).resolve()
     assert resolved.id == ""
-    assert resolved.temperature == 1.0
-    assert resolved.top_p == 0.95
-    assert resolved.top_k == 64
-    assert resolved.max_tokens == 1000
+    assert (resolved.temperature, resolved.top_p, resolved.top_k, resolved.max_tokens) == (None, None, None, None)
     assert resolved.stream is True
     assert resolved.image_token_budget is None
     assert resolved.grammar == ""
@@ -155,8 +153,8 @@ def test_null_optional_field_means_absent(field: str) -> None:
     assert explicit_null == absent
 
 
-def test_null_temperature_resolves_to_default() -> None:
-    assert parse_request(req_line(temperature="null")).resolve().temperature == 1.0
+def test_null_temperature_is_left_out() -> None:
+    assert parse_request(req_line(temperature="null")).resolve().temperature is None
 
 
 # ---- items 3-5: semantic checks --------------------------------------------------------
@@ -206,7 +204,7 @@ def test_other_budgets_rejected(budget: int) -> None:
 
 def test_unknown_fields_ignored() -> None:
     req = parse_request(req_line(future_field=42, another='{"nested":[1,2,3]}'))
-    assert req.resolve().max_tokens == 1000
+    assert req.resolve().messages[0].content == "hi"
     assert "future_field" not in req.model_dump()
     assert b"future_field" not in encode_frame(req)
 

@@ -21,6 +21,8 @@ from .framing import MAX_FRAME_BYTES
 
 VALID_IMAGE_TOKEN_BUDGETS: tuple[int, ...] = (70, 140, 280, 560, 1120)
 
+# What the daemon samples with when a request leaves these out (protocol-v1 §4.1), on
+# every wire; applied in one place, daemon/pipeline/policy.py.
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_TOP_P = 0.95
 DEFAULT_TOP_K = 64
@@ -118,8 +120,9 @@ class Request(_Wire):
         return self
 
     def resolve(self) -> "Resolved":
-        """Apply server-side defaults and the semantic checks, in upstream order, then
-        our limits (proto/limits.py)."""
+        """The semantic checks, in upstream order, then our limits (proto/limits.py).
+        Defaults and the rules between fields are the daemon's request policy
+        (daemon/pipeline/policy.py), the same for every wire."""
         limits.check_id(self.id)
         if self.prompt is not None:
             if self.messages is not None:
@@ -135,16 +138,14 @@ class Request(_Wire):
         limits.check_grammar(self.grammar)
         if self.response_format is not None:
             self.response_format.check()
-            if self.grammar:
-                raise InvalidRequest("response_format and grammar are mutually exclusive")
         return Resolved(
             id=self.id,
             messages=list(self.messages or ()),
             prompt=self.prompt,
-            temperature=DEFAULT_TEMPERATURE if self.temperature is None else float(self.temperature),
-            top_p=DEFAULT_TOP_P if self.top_p is None else float(self.top_p),
-            top_k=DEFAULT_TOP_K if self.top_k is None else self.top_k,
-            max_tokens=DEFAULT_MAX_TOKENS if self.max_tokens is None else self.max_tokens,
+            temperature=None if self.temperature is None else float(self.temperature),
+            top_p=None if self.top_p is None else float(self.top_p),
+            top_k=self.top_k,
+            max_tokens=self.max_tokens,
             stream=True if self.stream is None else self.stream,
             image_token_budget=self.image_token_budget,
             grammar=self.grammar,
@@ -157,18 +158,18 @@ class Request(_Wire):
 
 @dataclass(slots=True)
 class Resolved:
-    """A validated request with every default applied, from which a surface builds the
-    engine's request. A plain dataclass: `Request.resolve` fills it from fields the
-    model already validated, on every request (validating again cost more than the
-    rest of resolve)."""
+    """A validated request, from which a surface builds the engine's request; a
+    sampling value the client left out is None (the request policy defaults it). A
+    plain dataclass: `Request.resolve` fills it from fields the model already
+    validated, on every request (validating again cost more than the rest of resolve)."""
 
     id: str
     messages: list[Message]
     prompt: str | None = None
-    temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = DEFAULT_TOP_P
-    top_k: int = DEFAULT_TOP_K
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
     stream: bool = True
     image_token_budget: int | None = None
     grammar: str = ""

@@ -26,12 +26,12 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
 
 from .errors import DecodeError, ErrorFrame, InvalidRequest
 from . import limits
-from .v1 import U32, ContextInfo, CountFrame, Number, ResponseFormat, Timings, _summarise, error_frame, json_size
+from .v1 import DEFAULT_MAX_TOKENS, U32, ContextInfo, CountFrame, Number, ResponseFormat, Timings, _summarise, error_frame, json_size
 
 TOOL_CHOICES = ("auto", "none", "required")
 
-# Applied by the serving backend when a request has no max_tokens (upstream lib.rs).
-DEFAULT_V2_MAX_TOKENS = 1000
+# Applied by the daemon when a request has no max_tokens (upstream lib.rs): v1's.
+DEFAULT_V2_MAX_TOKENS = DEFAULT_MAX_TOKENS
 
 
 
@@ -339,19 +339,12 @@ class RequestV2(_Wire):
             if not message.content:
                 raise InvalidRequest(f"messages[{mi}].content must not be empty")
             _check_blocks(message.content, mi, by_id)
-        if self.tool_choice is not None:
-            if self.tool_choice not in TOOL_CHOICES:
-                raise InvalidRequest(f"tool_choice must be one of auto, none, required; got {_quote(self.tool_choice)}")
-            if not self.tools:
-                raise InvalidRequest("tool_choice needs tools")
+        if self.tool_choice is not None and self.tool_choice not in TOOL_CHOICES:
+            raise InvalidRequest(f"tool_choice must be one of auto, none, required; got {_quote(self.tool_choice)}")
         if self.response_format is not None:
             self.response_format.check()
-            if self.tool_choice is not None:
-                raise InvalidRequest("response_format and tool_choice are mutually exclusive")
-            if self.grammar:
-                raise InvalidRequest("response_format and grammar are mutually exclusive")
-        if self.grammar and self.tool_choice == "required":
-            raise InvalidRequest("grammar and tool_choice required are mutually exclusive")
+        # The rules between fields (a forced call needs tools, one grammar at most) are
+        # the daemon's request policy, the same on every wire (daemon/pipeline/policy.py).
         limits.check_stops(self.stop)
         limits.check_grammar(self.grammar)
         _check_tool_pairs(self.messages)

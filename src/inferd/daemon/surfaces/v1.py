@@ -16,7 +16,7 @@ from ...proto.framing import encode_frame
 from ...proto.v1 import ContextInfo, CountFrame, Request, Resolved, StopReason, TokenLines, encode_done, parse_request
 from ..context import DaemonContext
 from ..net.conn import PeerConnection
-from ..pipeline import run
+from ..pipeline import policy, run
 from ..pipeline.router import Needs
 from .faults import V1_CODES
 from .ndjson import serve_requests
@@ -26,9 +26,10 @@ _STOP = {"end": StopReason.END, "tool_use": StopReason.END, "length": StopReason
 
 
 def generation_request(req: Resolved) -> GenerationRequest:
+    """Raises InvalidRequest for fields that may not go together (the request policy)."""
     rf = req.response_format
-    return GenerationRequest(
-        id=req.id,
+    return policy.generation_request(
+        req.id,
         messages=[ChatMessage(role=m.role.value, content=m.content) for m in req.messages],  # type: ignore[arg-type]
         prompt=req.prompt,
         temperature=req.temperature,
@@ -36,7 +37,7 @@ def generation_request(req: Resolved) -> GenerationRequest:
         top_k=req.top_k,
         max_tokens=req.max_tokens,
         seed=req.seed,
-        stop=list(req.stop),
+        stop=req.stop,
         grammar=req.grammar,
         response_format=None if rf is None else ResponseFormat(rf.type, rf.schema_),
     )
@@ -71,6 +72,14 @@ class _Sink:
         await self.conn.send(encode_error(self.rid, V1_CODES[kind], message))
 
 
+async def answer_refusal(sink: run.Sink, refused: run.Refused | None) -> bool:
+    """Say a refusal on the wire; False when the daemon is closing (the loop ends)."""
+    if refused is None:
+        return True
+    await sink.fail(refused.kind, refused.message)
+    return refused.kind is not Fault.CLOSED
+
+
 async def answer_count(conn: PeerConnection, ctx: DaemonContext, req: GenerationRequest, codes: dict[Fault, str],
                        needs: Needs = Needs()) -> None:
     """A `count_only` request: one `count` frame with the prompt's tokens, or one error."""
@@ -87,15 +96,15 @@ async def serve_inference(conn: PeerConnection, ctx: DaemonContext) -> None:
     async def handle(request: Request) -> bool:
         try:
             resolved = request.resolve()
+            request_ = generation_request(resolved)
         except InvalidRequest as exc:
             await conn.send(encode_error(request.id, ErrorCode.INVALID_REQUEST, exc.message))
             return True
-        request_ = generation_request(resolved)
         if resolved.count_only:
             await answer_count(conn, ctx, request_, V1_CODES)
             return True
         sink = _Sink(conn, resolved.id, resolved.stream)
-        refused = await run.generate(ctx, request_, sink, surface="inference", peer=conn.peer_label)
-        return refused is not Fault.CLOSED
+        return await answer_refusal(sink, await run.generate(ctx, request_, sink, surface="inference",
+                                                             peer=conn.peer_label))
 
     await serve_requests(conn, parse_request, handle)

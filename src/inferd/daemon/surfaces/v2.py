@@ -19,7 +19,6 @@ from ...engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolC
 from ...engine.request import ChatMessage, GenerationRequest, ResponseFormat, ToolCallSpec, ToolSpec
 from ...proto.errors import ErrorCode, InvalidRequest, encode_error
 from ...proto.framing import encode_frame
-from ...proto.v1 import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from ...proto.v2 import (
     DoneFrameV2,
     FrameV2,
@@ -37,11 +36,11 @@ from ...proto.v2 import (
 )
 from ..context import DaemonContext
 from ..net.conn import PeerConnection
-from ..pipeline import run
+from ..pipeline import policy, run
 from ..pipeline.router import Needs
 from .faults import V2_CODES
 from .ndjson import serve_requests
-from .v1 import answer_count, context_info
+from .v1 import answer_count, answer_refusal, context_info
 
 _STOP = {FinishReason.END: StopReasonV2.END_TURN, FinishReason.LENGTH: StopReasonV2.MAX_TOKENS,
          FinishReason.TOOL_USE: StopReasonV2.TOOL_USE, FinishReason.CANCELLED: StopReasonV2.CANCELLED,
@@ -79,20 +78,21 @@ def chat_messages(req: ResolvedV2) -> list[ChatMessage]:
 
 
 def generation_request(req: ResolvedV2) -> GenerationRequest:
+    """Raises InvalidRequest for fields that may not go together (the request policy)."""
     rf = req.response_format
-    return GenerationRequest(
-        id=req.id,
+    return policy.generation_request(
+        req.id,
         messages=chat_messages(req),
         tools=[ToolSpec(name=t.name, description=t.description, parameters=t.input_schema) for t in req.tools],  # type: ignore[arg-type]
-        tool_choice=req.tool_choice or "auto",  # type: ignore[arg-type]
+        tool_choice=req.tool_choice,
         thinking=req.thinking,
         response_format=None if rf is None else ResponseFormat(rf.type, rf.schema_),
-        temperature=DEFAULT_TEMPERATURE if req.temperature is None else req.temperature,
-        top_p=DEFAULT_TOP_P if req.top_p is None else req.top_p,
-        top_k=DEFAULT_TOP_K if req.top_k is None else req.top_k,
-        max_tokens=DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=req.top_k,
+        max_tokens=req.max_tokens,
         seed=req.seed,
-        stop=list(req.stop),
+        stop=req.stop,
         grammar=req.grammar,
         attachments={a.id: a for a in req.attachments},  # type: ignore[attr-defined]
     )
@@ -142,16 +142,16 @@ async def serve_inference_v2(conn: PeerConnection, ctx: DaemonContext) -> None:
     async def handle(request: RequestV2) -> bool:
         try:
             resolved = request.resolve()
+            request_ = generation_request(resolved)
         except InvalidRequest as exc:
             await conn.send(encode_error(request.id, ErrorCode.INVALID_REQUEST, exc.message))
             return True
         needs = Needs(v2=True, tools=bool(resolved.tools), media=bool(resolved.attachments))
-        request_ = generation_request(resolved)
         if resolved.count_only:
             await answer_count(conn, ctx, request_, V2_CODES, needs)
             return True
-        refused = await run.generate(ctx, request_, _Sink(conn, resolved.id, resolved.stream_tool_input),
-                                     surface="v2", needs=needs, peer=conn.peer_label)
-        return refused is not Fault.CLOSED
+        sink = _Sink(conn, resolved.id, resolved.stream_tool_input)
+        return await answer_refusal(sink, await run.generate(ctx, request_, sink, surface="v2", needs=needs,
+                                                             peer=conn.peer_label))
 
     await serve_requests(conn, parse_request, handle)

@@ -21,12 +21,12 @@ from ....engine.request import ChatMessage, GenerationRequest, ResponseFormat, T
 from ....proto.embed import EmbedRequest, EmbedResolved
 from ....proto import limits
 from ....proto.errors import InvalidRequest
-from ....proto.v1 import DEFAULT_TOP_K, DEFAULT_TOP_P, U32, Number, json_size
+from ....proto.v1 import U32, Number, json_size
+from ...pipeline import policy
 from .errors import HttpError, invalid
 
 #: OpenAI's own default for the legacy completions endpoint.
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
-DEFAULT_TEMPERATURE = 1.0
 _SEED_MASK = 0xFFFFFFFF
 
 
@@ -188,32 +188,36 @@ def _schema_size(schema: dict[str, Any] | None, param: str) -> None:
 
 # ---- shared sampling ----------------------------------------------------------------
 
-def _sampling(req: _Sampling, max_tokens: int, rid: str) -> dict[str, Any]:
+def _sampling(req: _Sampling) -> dict[str, Any]:
+    """What the body says of sampling, None where it says nothing (the request policy
+    defaults it); OpenAI's value ranges are this wire's own."""
     if req.n is not None and req.n != 1:
         raise invalid("n must be 1: this server generates one choice per request", "n")
-    temperature = DEFAULT_TEMPERATURE if req.temperature is None else float(req.temperature)
-    if temperature < 0:
+    if req.temperature is not None and req.temperature < 0:
         raise invalid("temperature must not be negative", "temperature")
-    top_p = DEFAULT_TOP_P if req.top_p is None else float(req.top_p)
-    if not 0 <= top_p <= 1:
+    if req.top_p is not None and not 0 <= req.top_p <= 1:
         raise invalid("top_p must be between 0 and 1", "top_p")
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or ())
     _checked(limits.check_stops, stop, param="stop")
     _checked(limits.check_grammar, req.grammar or "", param="grammar")
     # OpenAI's seed is any integer; llama-server's -1 means "no particular seed".
     seed = None if req.seed is None or req.seed == -1 else req.seed & _SEED_MASK
-    return dict(id=rid, temperature=temperature, top_p=top_p,
-                top_k=DEFAULT_TOP_K if req.top_k is None else req.top_k,
-                max_tokens=max_tokens, seed=seed, stop=stop, grammar=req.grammar or "")
+    return dict(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=seed, stop=stop,
+                grammar=req.grammar or "")
 
 
-def _response_format(rf: ResponseFormatIn | None, grammar: str | None) -> ResponseFormat | None:
+def _generation_request(rid: str, **said: Any) -> GenerationRequest:
+    try:
+        return policy.generation_request(rid, **said)
+    except policy.InvalidCombination as exc:
+        raise invalid(exc.detail, exc.param) from None
+
+
+def _response_format(rf: ResponseFormatIn | None) -> ResponseFormat | None:
     if rf is None or rf.type == "text":
         return None
     schema = rf.json_schema.schema_ if rf.json_schema is not None else rf.schema_
     _schema_size(schema, "response_format")
-    if grammar:
-        raise invalid("response_format and grammar are mutually exclusive", "response_format")
     if rf.type == "json_schema" and rf.json_schema is None:
         raise invalid('response_format json_schema needs a "json_schema" object', "response_format.json_schema")
     if schema is None:
@@ -223,7 +227,14 @@ def _response_format(rf: ResponseFormatIn | None, grammar: str | None) -> Respon
 
 # ---- chat ---------------------------------------------------------------------------
 
-def chat_request(req: ChatRequest, rid: str, default_max_tokens: int) -> GenerationRequest:
+def max_tokens_asked(req: ChatRequest) -> int | None:
+    """`max_completion_tokens`, else `max_tokens`: OpenAI's newer name wins."""
+    return req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+
+
+def chat_request(req: ChatRequest, rid: str) -> GenerationRequest:
+    """Without max_tokens the request asks for DEFAULT_MAX_TOKENS; the route sizes it
+    by the serving backend's context once the pipeline names that backend."""
     if not req.messages:
         raise invalid("messages must not be empty", "messages")
     if req.logprobs or req.top_logprobs:
@@ -238,32 +249,25 @@ def chat_request(req: ChatRequest, rid: str, default_max_tokens: int) -> Generat
     if len(set(names)) != len(names):
         raise invalid("tool names must be unique", "tools")
     tool_choice, tool_name = _tool_choice(req.tool_choice, names)
-    if tool_choice == "required" and (req.grammar or (req.response_format and req.response_format.type != "text")):
-        # One grammar per generation: a forced call has its own.
-        raise invalid("a required tool call excludes response_format and grammar", "tool_choice")
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-    out = GenerationRequest(
+    return _generation_request(
+        rid,
         messages=chat_messages(req.messages),
         tools=tools,
-        tool_choice=tool_choice,  # type: ignore[arg-type]
+        tool_choice=tool_choice,
         tool_name=tool_name,
         thinking=_thinking(req),
-        response_format=_response_format(req.response_format, req.grammar),
-        **_sampling(req, default_max_tokens if max_tokens is None else max_tokens, rid),
+        response_format=_response_format(req.response_format),
+        max_tokens=max_tokens_asked(req),
+        **_sampling(req),
     )
-    return out
 
 
-def _tool_choice(choice: str | NamedToolChoice | None, names: list[str]) -> tuple[str, str | None]:
-    if choice is None:
-        return "auto", None
+def _tool_choice(choice: str | NamedToolChoice | None, names: list[str]) -> tuple[str | None, str | None]:
     if isinstance(choice, NamedToolChoice):
         name = choice.function.name
         if name not in names:
             raise invalid(f"tool_choice names {name!r}, which is not among the tools", "tool_choice")
         return "required", name
-    if choice == "required" and not names:
-        raise invalid('tool_choice "required" needs tools', "tool_choice")
     return choice, None
 
 
@@ -348,9 +352,9 @@ def completion_request(req: CompletionRequest, rid: str) -> GenerationRequest:
         raise invalid("suffix (fill-in-the-middle) is not supported", "suffix")
     if req.logprobs:
         raise invalid("logprobs are not supported by this server", "logprobs")
-    max_tokens = COMPLETIONS_DEFAULT_MAX_TOKENS if req.max_tokens is None else req.max_tokens
-    return GenerationRequest(prompt=prompt, response_format=_response_format(req.response_format, req.grammar),
-                             **_sampling(req, max_tokens, rid))
+    return _generation_request(rid, prompt=prompt, response_format=_response_format(req.response_format),
+                               max_tokens=req.max_tokens, default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS,
+                               **_sampling(req))
 
 
 # ---- embeddings ---------------------------------------------------------------------
