@@ -210,26 +210,35 @@ def evict(entries: Iterable[BackendEntry], reason: str) -> int:
 _REQUEST_FAULTS = frozenset({Fault.INVALID_REQUEST, Fault.TOOL_CALL_MALFORMED, Fault.ATTACHMENT_UNSUPPORTED})
 
 
-async def generate(ctx: DaemonContext, req: GenerationRequest, sink: Sink, *,
-                   surface: str, needs: Needs = Needs(), peer: str = "") -> Fault | None:
-    """Serve one generation through `sink`. Returns the refusal kind, if it was refused.
+async def generate(ctx: DaemonContext, req: GenerationRequest, sink: Sink, *, surface: str,
+                   needs: Needs = Needs(), peer: str = "",
+                   serving: Callable[[BackendEntry], GenerationRequest] | None = None) -> Refused | None:
+    """Serve one generation through `sink`, or return why it was refused before its
+    stream began (the sink has been sent nothing: the surface says it in its wire).
 
+    `serving`, when given, hears which backend serves before that backend starts (and
+    again for the next one if this one refuses before its stream); it returns the
+    request as that backend is to serve it, so a surface may size a default by it and
+    name it in its answer. A failure once the stream began goes to `sink.fail`.
     ConnectionError/OSError from the sink (the peer left or stalled) propagates after
     the engine stream is closed, which cancels the generation.
     """
     clock = RequestClock()
+    served = req
 
     def start(entry: BackendEntry) -> Awaitable[EventStream]:
+        nonlocal served
         clock.permit()  # called holding the admission permit
-        return entry.backend.generate(req)
+        if serving is not None:
+            served = serving(entry)
+        return entry.backend.generate(served)
 
     try:
         async with _Serving(ctx, needs, start) as (entry, stream, attempt):
-            await _relay(ctx, req, sink, entry, stream, attempt, surface, peer, clock)
+            await _relay(ctx, served, sink, entry, stream, attempt, surface, peer, clock)
     except Refused as exc:
         clock.outcome = exc.kind.value
-        await sink.fail(exc.kind, exc.message)
-        return exc.kind
+        return exc
     finally:
         ctx.metrics.generation(surface, clock)
     return None

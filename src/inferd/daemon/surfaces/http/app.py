@@ -27,6 +27,7 @@ import struct
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -181,10 +182,6 @@ class HttpApp:
 
     # ---- generation --------------------------------------------------------------------
 
-    def _serving_entry(self, needs: Needs) -> BackendEntry | None:
-        router = self.ctx.router
-        return next(iter(router.candidates(needs)), None) or router.first_ready()
-
     @staticmethod
     def model_name(entry: BackendEntry | None) -> str:
         if entry is None:
@@ -193,41 +190,42 @@ class HttpApp:
 
     async def _chat(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         req = decode.parse(decode.ChatRequest, await read_body(scope, receive))
-        needs = Needs(tools=bool(req.tools))
-        entry = self._serving_entry(needs)
-        # Without max_tokens an answer may run to the end of the context, as on OpenAI.
-        default_max = (entry.caps.n_ctx if entry is not None else None) or DEFAULT_MAX_TOKENS
         rid = f"chatcmpl-{uuid.uuid4().hex}"
-        greq = decode.chat_request(req, rid, default_max)
-        meta = Meta(rid, int(time.time()), self.model_name(entry),
+        greq = decode.chat_request(req, rid)
+        meta = Meta(rid, int(time.time()), self.model_name(None),
                     bool(req.stream_options and req.stream_options.include_usage))
+        # Without max_tokens an answer may run to the end of the context, as on OpenAI:
+        # the context of the backend that serves it, known once the pipeline picks it.
+        sized = decode.max_tokens_asked(req) is None
+        serving = _ServedBy(meta, greq, sized)
+        needs = Needs(tools=bool(req.tools))
         if req.stream:
-            await self._stream(scope, receive, out, greq, needs, ChatStream(out, meta))
+            await self._stream(scope, receive, out, serving, needs, ChatStream(out, meta))
         else:
             sink = ChatCollect()
-            await self._generate(scope, receive, out, greq, needs, sink)
+            await self._generate(scope, receive, out, serving, needs, sink)
             await self._whole(out, sink, meta)
 
     async def _completions(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         req = decode.parse(decode.CompletionRequest, await read_body(scope, receive))
         rid = f"cmpl-{uuid.uuid4().hex}"
         greq = decode.completion_request(req, rid)
-        needs = Needs()
-        meta = Meta(rid, int(time.time()), self.model_name(self._serving_entry(needs)),
+        meta = Meta(rid, int(time.time()), self.model_name(None),
                     bool(req.stream_options and req.stream_options.include_usage))
+        serving = _ServedBy(meta, greq, False)
         echo = (greq.prompt or "") if req.echo else ""
         if req.stream:
-            await self._stream(scope, receive, out, greq, needs, CompletionStream(out, meta, echo))
+            await self._stream(scope, receive, out, serving, Needs(), CompletionStream(out, meta, echo))
         else:
             sink = CompletionCollect(echo)
-            await self._generate(scope, receive, out, greq, needs, sink)
+            await self._generate(scope, receive, out, serving, Needs(), sink)
             await self._whole(out, sink, meta)
 
-    async def _stream(self, scope: dict[str, Any], receive: Receive, out: Responder, greq: GenerationRequest,
+    async def _stream(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
                       needs: Needs, sink: ChatStream | CompletionStream) -> None:
-        await self._generate(scope, receive, out, greq, needs, sink)
+        await self._generate(scope, receive, out, serving, needs, sink)
         if sink.error is not None and not out.gone:
-            raise sink.error  # refused before its first chunk: a real status
+            raise sink.error  # the backend failed before the sink wrote its first chunk: a real status
 
     async def _whole(self, out: Responder, sink: ChatCollect | CompletionCollect, meta: Meta) -> None:
         if out.gone:
@@ -236,13 +234,15 @@ class HttpApp:
             raise sink.error
         await out.json(200, sink.body(meta))
 
-    async def _generate(self, scope: dict[str, Any], receive: Receive, out: Responder, greq: GenerationRequest,
+    async def _generate(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
                         needs: Needs, sink: Any) -> None:
         """Run the pipeline while watching for the client to leave; if it does, cancel
         the pipeline call (queued, prefilling or decoding: the slot is freed and the
-        engine stream closed by the pipeline's own cleanup)."""
+        engine stream closed by the pipeline's own cleanup). A refusal before the
+        stream is an HTTP status."""
         pipeline = asyncio.ensure_future(
-            run.generate(self.ctx, greq, sink, surface="http", needs=needs, peer=_peer(scope)))
+            run.generate(self.ctx, serving.request, sink, surface="http", needs=needs, peer=_peer(scope),
+                         serving=serving))
         watcher = asyncio.ensure_future(wait_disconnect(receive))
         try:
             await asyncio.wait((pipeline, watcher), return_when=asyncio.FIRST_COMPLETED)
@@ -259,6 +259,9 @@ class HttpApp:
             out.gone = True
         elif exc is not None:
             raise exc
+        refused = pipeline.result()
+        if refused is not None:
+            raise HttpError.from_fault(refused.kind, refused.message)
 
     # ---- embeddings ----------------------------------------------------------------------
 
@@ -312,6 +315,24 @@ class HttpApp:
         await out.start(200, [(b"content-type", METRICS_CONTENT_TYPE.encode()),
                               (b"content-length", str(len(data)).encode())])
         await out.body(data, more=False)
+
+
+class _ServedBy:
+    """Told by the pipeline which backend serves, before its first event: the answer
+    names that backend's model, and a request without max_tokens gets its context."""
+
+    __slots__ = ("meta", "request", "sized")
+
+    def __init__(self, meta: Meta, request: GenerationRequest, sized: bool) -> None:
+        self.meta = meta
+        self.request = request
+        self.sized = sized
+
+    def __call__(self, entry: BackendEntry) -> GenerationRequest:
+        self.meta.model = HttpApp.model_name(entry)
+        if not self.sized:
+            return self.request
+        return replace(self.request, max_tokens=entry.caps.n_ctx or DEFAULT_MAX_TOKENS)
 
 
 def _peer(scope: dict[str, Any]) -> str:

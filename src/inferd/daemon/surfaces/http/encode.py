@@ -153,11 +153,9 @@ class _Stream:
         self.out = out
         self.meta = meta
         self.started = False
-        self.error: HttpError | None = None  # a refusal before the first chunk
+        self.error: HttpError | None = None  # a failure before the first chunk
+        self._head = b""  # built at the first chunk: the pipeline names the model just before
         tail_usage = b',"usage":null' if meta.include_usage else b""
-        self._head = (b'data: {"id":' + _js(meta.id) + b',"object":"' + self.object_name.encode()
-                      + b'","created":' + str(meta.created).encode() + b',"model":' + _js(meta.model)
-                      + b',"choices":[{"index":0,')
         self._tail = b',"logprobs":null,"finish_reason":null}]' + tail_usage + b"}\n\n"
 
     def _chunk(self, choice: bytes, finish: str | None = None) -> bytes:
@@ -168,6 +166,10 @@ class _Stream:
 
     async def _begin(self) -> None:
         self.started = True
+        meta = self.meta
+        self._head = (b'data: {"id":' + _js(meta.id) + b',"object":"' + self.object_name.encode()
+                      + b'","created":' + str(meta.created).encode() + b',"model":' + _js(meta.model)
+                      + b',"choices":[{"index":0,')
         await self.out.start(200, SSE_HEADERS)
 
     def _final(self, done: Done) -> bytes:
