@@ -183,17 +183,15 @@ class HttpApp:
     # ---- generation --------------------------------------------------------------------
 
     @staticmethod
-    def model_name(entry: BackendEntry | None) -> str:
-        if entry is None:
-            return "inferd"
+    def model_name(entry: BackendEntry) -> str:
         return entry.caps.model or entry.label
 
     async def _chat(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         req = decode.parse(decode.ChatRequest, await read_body(scope, receive))
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         greq = decode.chat_request(req, rid)
-        meta = Meta(rid, int(time.time()), self.model_name(None),
-                    bool(req.stream_options and req.stream_options.include_usage))
+        # The model is named by _ServedBy, once the pipeline knows which backend serves.
+        meta = Meta(rid, int(time.time()), "", bool(req.stream_options and req.stream_options.include_usage))
         # Without max_tokens an answer may run to the end of the context, as on OpenAI:
         # the context of the backend that serves it, known once the pipeline picks it.
         sized = decode.max_tokens_asked(req) is None
@@ -210,8 +208,8 @@ class HttpApp:
         req = decode.parse(decode.CompletionRequest, await read_body(scope, receive))
         rid = f"cmpl-{uuid.uuid4().hex}"
         greq = decode.completion_request(req, rid)
-        meta = Meta(rid, int(time.time()), self.model_name(None),
-                    bool(req.stream_options and req.stream_options.include_usage))
+        # The model is named by _ServedBy, once the pipeline knows which backend serves.
+        meta = Meta(rid, int(time.time()), "", bool(req.stream_options and req.stream_options.include_usage))
         serving = _ServedBy(meta, greq, False)
         echo = (greq.prompt or "") if req.echo else ""
         if req.stream:
