@@ -246,6 +246,7 @@ def test_doctor_local_failure_fails_even_when_daemon_ready(fake_server, fake_con
 
 def test_doctor_without_config_module_prints_one_config_fail(fake_server, monkeypatch):
     monkeypatch.setitem(sys.modules, "inferd.daemon.config", None)  # import now fails
+    monkeypatch.setitem(sys.modules, "inferd.daemon.doctor", None)  # even if another test imported it
     server = fake_server(admin_daemon(READY))
     result = runner.invoke(app, ["doctor", "--admin-addr", server.path])
     assert result.exit_code == 1

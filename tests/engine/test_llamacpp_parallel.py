@@ -382,7 +382,9 @@ async def test_fault_in_one_sequence_leaves_the_others_running(par, monkeypatch)
     with pytest.raises(Unavailable, match="injected fault"):
         async for ev in stream:
             got.append(ev)
-    assert len(got) == 2
+    # Two tokens were sampled before the fault; a piece the output parser holds back
+    # (a possible tag's start) may not have been emitted yet, so at most two arrived.
+    assert len(got) <= 2 and all(isinstance(ev, TextDelta) for ev in got)
     _, done = await ok
     assert done.usage.completion_tokens == 20 and done.reason == FinishReason.LENGTH
     assert reports.together("ok", "bad")
