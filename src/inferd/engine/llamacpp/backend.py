@@ -277,10 +277,12 @@ class LlamaCppBackend(Backend):
         await self.start(request, queue.put_nowait, cancel)
         return WorkerStream(queue, cancel)
 
-    async def start(self, request: GenerationRequest, put: Callable[[object], None], cancel: threading.Event) -> None:
+    async def start(self, request: GenerationRequest, put: Callable[[object], None], cancel: threading.Event,
+                    poster: Any = None) -> None:
         """Start one generation without a stream: `put` gets its events on this loop (a
         decode step's in one wake-up), then Done or a `bridge.Failure`; setting `cancel`
-        stops it within a step. A runner forwards events this way (ADR 0025)."""
+        stops it within a step. A runner passes a `poster` that delivers them on the
+        scheduler's thread instead (ADR 0025)."""
         if not self._ready:
             raise NotReady()
         tokens, plan = await asyncio.to_thread(self._prepare, request)
@@ -297,7 +299,7 @@ class LlamaCppBackend(Backend):
             grammar=plan.grammar,
             max_tokens=request.max_tokens,
             stop=list(request.stop),
-            emit=loop_emitter(asyncio.get_running_loop(), put, cancel),
+            emit=loop_emitter(poster or asyncio.get_running_loop(), put, cancel),
             cancel=cancel,
             new_parser=plan.new_parser,
             request_id=request.id,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import os
+import select
 import signal
 import socket
 import sys
@@ -62,8 +63,11 @@ class FaultPlan:
 
 
 class Runner:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, model_fd: int | None) -> None:
-        self.reader, self.writer = reader, writer
+    def __init__(self, reader: asyncio.StreamReader, channel: socket.socket, model_fd: int | None) -> None:
+        self.reader = reader
+        self.fd = channel.fileno()
+        #: One whole frame at a time, from the loop or the scheduler's thread.
+        self.lock = threading.Lock()
         self.model_fd = model_fd
         self.backend: Any = None
         self.tasks: dict[int, asyncio.Task[None]] = {}
@@ -75,42 +79,43 @@ class Runner:
     # ---- out ---------------------------------------------------------------------------
 
     def send(self, message: dict[str, Any]) -> None:
-        self.writer.write(wire.to_daemon(message))
+        """Write one frame from any thread. The channel is non-blocking (the loop reads
+        it), so a full buffer is waited out here; the daemon is always reading."""
+        data = memoryview(wire.to_daemon(message))
+        with self.lock:
+            while data:
+                try:
+                    data = data[os.write(self.fd, data):]
+                except BlockingIOError:
+                    select.select([], [self.fd], [])
 
-    def emit(self, rid: int, event: Any) -> None:
-        """Queue an event; everything queued by one scheduler step leaves as one message."""
-        if not self.outbox:
-            self.loop.call_soon(self.flush)
-        self.outbox.append([rid, wire.encode_event(event)])
 
     def flush(self) -> None:
+        """Send what the scheduler's step put in the outbox (its thread only)."""
         if self.outbox:
             batch, self.outbox = self.outbox, []
             self.send({"op": "ev", "batch": batch})
-
-    def reply(self, message: dict[str, Any]) -> None:
-        self.flush()  # keep a request's events before its end
-        self.send(message)
 
     # ---- serving ------------------------------------------------------------------------
 
     async def load(self, settings: LlamaCppSettings) -> None:
         from .backend import LlamaCppBackend
 
+        self.direct = _Direct(self)
         if self.fault.applies("load"):
             self.fault.strike()
         self.backend = await asyncio.to_thread(LlamaCppBackend, settings)
-        loop = asyncio.get_running_loop()
         self.backend.observe_sequences(
-            lambda slots: loop.call_soon_threadsafe(self.reply, {"op": "seq", "slots": [s.model_dump() for s in slots]}))
+            lambda slots: self.send({"op": "seq", "slots": [s.model_dump() for s in slots]}))
         caps = self.backend.capabilities().model_dump()
         self.send({"op": "hello", "pid": os.getpid(), "caps": caps, "n_ctx": self.backend.n_ctx,
                    "concurrency": self.backend.concurrency, "label": self.backend.label,
                    "n_embd": self.backend.n_embd})
 
     async def generate(self, rid: int, request: Any) -> None:
-        """Start a generation whose events go straight from the scheduler's step to the
-        channel: one wake-up of this loop per step, no stream or task per request."""
+        """Start a generation whose events go from the scheduler's thread straight to
+        the channel, one frame per step: this process's loop is not woken per token
+        (on a busy CPU a wake-up can preempt one of llama.cpp's threads mid-step)."""
         cancel = threading.Event()
         self.cancels[rid] = cancel
         tokens = 0
@@ -123,25 +128,26 @@ class Runner:
                 return  # cancelled: the daemon has forgotten this request
             if type(item) is Failure:
                 del self.cancels[rid]
-                self.reply({"op": "failed", "rid": rid, **wire.encode_error(item.exc)})  # type: ignore[attr-defined]
+                self.flush()
+                self.send({"op": "failed", "rid": rid, **wire.encode_error(item.exc)})  # type: ignore[attr-defined]
                 return
-            self.emit(rid, item)
+            self.outbox.append([rid, wire.encode_event(item)])
             if type(item) is Done:
                 del self.cancels[rid]
-                self.reply({"op": "end", "rid": rid})
+                self.flush()
+                self.send({"op": "end", "rid": rid})
                 return
             tokens += 1
             if tokens == strike_at:
-                self.flush()
                 fault.strike()
 
         try:
-            await self.backend.start(request, put, cancel)
+            await self.backend.start(request, put, cancel, poster=self.direct)
         except Exception as exc:  # noqa: BLE001 - every refusal crosses the channel
             self.cancels.pop(rid, None)
-            self.reply({"op": "refused", "rid": rid, **wire.encode_error(exc)})
+            self.send({"op": "refused", "rid": rid, **wire.encode_error(exc)})
             return
-        self.reply({"op": "started", "rid": rid})
+        self.send({"op": "started", "rid": rid})
         if fault.applies("prefill", request):
             fault.strike()
 
@@ -156,9 +162,9 @@ class Runner:
             else:
                 value = await self.backend.count_tokens(request)
         except Exception as exc:  # noqa: BLE001
-            self.reply({"op": "refused", "rid": rid, **wire.encode_error(exc)})
+            self.send({"op": "refused", "rid": rid, **wire.encode_error(exc)})
             return
-        self.reply({"op": "result", "rid": rid, "value": value})
+        self.send({"op": "result", "rid": rid, "value": value})
 
     def spawn(self, rid: int, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -169,11 +175,10 @@ class Runner:
         """Decode steps done so far, every second: the daemon's watchdog sees a hung
         decode as steps that stop advancing while requests are in flight."""
         while True:
-            self.reply({"op": "beat", "steps": self.backend.decode_steps})
+            self.send({"op": "beat", "steps": self.backend.decode_steps})
             await asyncio.sleep(HEARTBEAT_SECS)
 
     async def serve(self) -> int:
-        self.loop = asyncio.get_running_loop()
         first = await wire.read_frame(self.reader)
         if first is None:
             return 0
@@ -225,10 +230,22 @@ def _harden() -> tuple[socket.socket, int | None]:
     return channel, (fds[0] if fds else None)
 
 
+class _Direct:
+    """Stands in for an event loop in the engine's emitter: a step's events are
+    delivered on the scheduler's thread and leave as one frame at once."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any) -> None:
+        callback(*args)
+        self.runner.flush()
+
+
 async def _main() -> int:
     channel, model_fd = _harden()
-    reader, writer = await asyncio.open_connection(sock=channel)
-    return await Runner(reader, writer, model_fd).serve()
+    reader, _writer = await asyncio.open_connection(sock=channel)
+    return await Runner(reader, channel, model_fd).serve()
 
 
 def main() -> int:
