@@ -9,7 +9,8 @@ Closing the iterator (`aclose()`) cancels the generation; a backend must stop
 promptly and free what it holds.
 
 Errors carry a *kind*, not a wire code: each surface (v1, v2, embed, HTTP) maps the
-kind to its own code or status once (daemon/pipeline/faults.py).
+kind to its own code or status once (daemon/surfaces/faults.py for the NDJSON wires,
+daemon/surfaces/http/errors.py for HTTP).
 """
 
 from __future__ import annotations

@@ -148,7 +148,7 @@ def test_grammar_size_check():
     small = "root ::= \"x\"\n"
     assert sch.check_grammar_size(small) is small
     with pytest.raises(SchemaError, match="over the 262144-byte limit"):
-        sch.check_grammar_size("x" * (sch.MAX_GRAMMAR_BYTES + 1))
+        sch.check_grammar_size("x" * (sch.MAX_SCHEMA_GRAMMAR_BYTES + 1))
 
 
 def test_huge_bounds_are_advisory_not_expanded():

@@ -19,7 +19,7 @@ passes `check_schema()`, which:
   thousands of levels deep); they are dropped from the copy that gets converted.
 
 Whatever the converter still raises becomes `SchemaError`, and the produced grammar is
-bounded by `MAX_GRAMMAR_BYTES`. Conversion imports `llama_cpp` lazily, so importing this
+bounded by `MAX_SCHEMA_GRAMMAR_BYTES`. Conversion imports `llama_cpp` lazily, so importing this
 module never loads the native library.
 
 Public: `SchemaError`, `response_format_grammar()`, and the helpers the tool-call grammars
@@ -41,7 +41,10 @@ MAX_SCHEMA_BYTES = 64 * 1024
 #: Deepest accepted nesting of JSON containers inside a schema.
 MAX_SCHEMA_DEPTH = 32
 #: Largest grammar we hand to llama.cpp.
-MAX_GRAMMAR_BYTES = 256 * 1024
+#: A grammar *converted* from a JSON schema or tool schemas: the converter's GBNF is far
+#: more verbose than what a client writes, so its bound is not proto.limits'
+#: MAX_GRAMMAR_BYTES (64 KiB, a client-sent `grammar`).
+MAX_SCHEMA_GRAMMAR_BYTES = 256 * 1024
 #: Length/count bounds above this are not enforced (see the module docstring), and regex
 #: quantifiers above it are refused.
 MAX_REPEAT = 1000
@@ -115,8 +118,8 @@ def format_rules(rules: dict[str, str], root: str = "root") -> str:
 
 def check_grammar_size(grammar: str) -> str:
     size = len(grammar.encode("utf-8"))
-    if size > MAX_GRAMMAR_BYTES:
-        raise SchemaError(f"the grammar for this schema would be {size} bytes, over the {MAX_GRAMMAR_BYTES}-byte limit")
+    if size > MAX_SCHEMA_GRAMMAR_BYTES:
+        raise SchemaError(f"the grammar for this schema would be {size} bytes, over the {MAX_SCHEMA_GRAMMAR_BYTES}-byte limit")
     return grammar
 
 
@@ -356,8 +359,8 @@ def schema_rules(schema: Any, prefix: str, *, what: str = "schema") -> tuple[str
     mapping = {name: prefix + name for name in rules}
     renamed = {mapping[name]: _rename_refs(body, mapping) for name, body in rules.items()}
     total = sum(len(k) + len(v) + 6 for k, v in renamed.items())
-    if total > MAX_GRAMMAR_BYTES:
-        raise SchemaError(f"the grammar for the {what} would be {total} bytes, over the {MAX_GRAMMAR_BYTES}-byte limit")
+    if total > MAX_SCHEMA_GRAMMAR_BYTES:
+        raise SchemaError(f"the grammar for the {what} would be {total} bytes, over the {MAX_SCHEMA_GRAMMAR_BYTES}-byte limit")
     return mapping["root"], renamed
 
 
