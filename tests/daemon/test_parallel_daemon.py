@@ -111,8 +111,13 @@ async def test_concurrent_clients_get_their_single_client_text(daemon):
 async def test_client_leaving_mid_stream_changes_nobody_elses_text(daemon):
     alone = [(await roundtrip(daemon.infer, chat(f"b{i}", p), timeout=120))[-1] for i, p in enumerate(PROMPTS[:3])]
     async with held(daemon, PARALLEL):
-        leaver = await send(daemon.infer, chat("leaver", "Describe the harbour at dawn.", max_tokens=400))
+        # The three first, so each is placed in the slot that caches its prompt, as it
+        # was when it ran alone; the leaver takes the fourth. (Placed first, the leaver
+        # could evict one of them, whose prompt would then be evaluated afresh: a near
+        # tie in greedy text can flip with that, ADR 0018, and the test would measure
+        # the cache, not the leaving client.)
         conns = [await send(daemon.infer, chat(f"s{i}", p)) for i, p in enumerate(PROMPTS[:3])]
+        leaver = await send(daemon.infer, chat("leaver", "Describe the harbour at dawn.", max_tokens=400))
     reader, writer = leaver
     for _ in range(2):
         assert (await read_json(reader, timeout=120))["type"] == "token"
