@@ -1,9 +1,11 @@
-"""One accepted client connection: its streams, its identity, and a bounded writer.
+"""One accepted client connection: its streams, its identity, and the bounded write.
 
 THREAT_MODEL F-17: every response write is bounded by the write timeout. A client
-that stops reading fills the socket buffer, our drain() blocks, the timeout fires,
-the transport is aborted and the request's admission slot is released by the
-handler's `finally`. A stalled peer therefore costs one connection, never a slot.
+that stops reading fills the socket buffer, our wait for it to drain times out, the
+transport is aborted and the request's admission slot is released by the handler's
+`finally`. A stalled peer therefore costs one connection, never a slot. The bound is
+defined once here (`ensure_open`, `write_may_wait`, `bounded`) and used by the NDJSON
+surfaces (`PeerConnection.send`) and by HTTP (`surfaces/http/io.py`'s `Responder`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Awaitable
 
 from .peercred import PeerCred
 
@@ -21,6 +24,39 @@ _ids = itertools.count(1)
 
 class WriteTimeout(ConnectionError):
     """The peer did not read a response frame within the write timeout."""
+
+
+def ensure_open(transport: asyncio.WriteTransport) -> None:
+    """Raise ConnectionResetError once the peer is gone (or we aborted it)."""
+    if transport.is_closing():
+        raise ConnectionResetError("peer went away")
+
+
+def write_may_wait(transport: asyncio.WriteTransport) -> bool:
+    """Whether a write now could wait for the peer to read.
+
+    A transport pauses its writer past the high-water mark and resumes it only once the
+    buffer is back at the low-water mark, so at or below that mark nothing waits: no
+    timer is armed for the common case, one small frame per token.
+    """
+    return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[0]
+
+
+async def bounded(waiting: Awaitable[None], transport: asyncio.WriteTransport, timeout: float | None) -> None:
+    """Await `waiting` (a drain, or a send that drains first) for at most `timeout` seconds.
+
+    Past it the connection is aborted and WriteTimeout raised; None waits as long as
+    the peer takes (a daemon configured without a write timeout).
+    """
+    if timeout is None:
+        await waiting
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await waiting
+    except TimeoutError:
+        transport.abort()
+        raise WriteTimeout(f"peer did not read for {timeout:g}s") from None
 
 
 class PeerConnection:
@@ -54,22 +90,11 @@ class PeerConnection:
         """Write one frame; raise ConnectionError if the peer is gone or stalled."""
         writer = self.writer
         transport = writer.transport
-        if transport.is_closing():
-            raise ConnectionResetError("peer went away")
+        ensure_open(transport)
         writer.write(data)
-        # Fast path: below the high-water mark drain() would not wait, so neither do
-        # we (and we skip arming a timer for every token frame).
-        if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
-            return
-        if self.write_timeout is None:
-            await writer.drain()
-            return
-        try:
-            async with asyncio.timeout(self.write_timeout):
-                await writer.drain()
-        except TimeoutError:
-            self.abort()
-            raise WriteTimeout(f"peer did not read for {self.write_timeout:g}s") from None
+        # A stream writer buffers first and waits after (drain), so the check follows the write.
+        if write_may_wait(transport):
+            await bounded(writer.drain(), transport, self.write_timeout)
 
     def abort(self) -> None:
         try:

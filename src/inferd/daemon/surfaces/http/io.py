@@ -5,8 +5,8 @@ the rest is discarded for at most BODY_LINGER_SECS so the client can read our 41
 before the connection closes (closing on unread input resets the connection and
 the client would lose the answer), and nothing past the cap is ever held.
 
-F-17: every write waits for the client to read at most the write timeout; then the
-connection is aborted and the write raises WriteTimeout (a ConnectionError), which
+F-17: every write waits for the client to read at most the write timeout (the bound
+net/conn.py defines for every surface); then the connection is aborted and the write raises WriteTimeout (a ConnectionError), which
 the pipeline treats like a client that left: the generation is cancelled and its
 slot freed. uvicorn's own `send` would wait for a stalled reader forever.
 """
@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ....proto.framing import MAX_FRAME_BYTES
-from ...net.conn import WriteTimeout
+from ...net.conn import WriteTimeout, bounded, ensure_open, write_may_wait
 from .errors import HttpError
 
 MAX_BODY_BYTES = MAX_FRAME_BYTES
@@ -128,17 +128,14 @@ class Responder:
         if transport is None:
             await self._send(message)
             return
-        if transport.is_closing():
-            self.gone = True
-            raise ConnectionResetError("client went away")
-        # Fast path: below the high-water mark the write cannot wait, so no timer.
-        if self.write_timeout is None or transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
-            await self._send(message)
-            return
         try:
-            async with asyncio.timeout(self.write_timeout):
+            ensure_open(transport)
+            # uvicorn's send waits for a paused transport before it writes, so the check
+            # comes first.
+            if write_may_wait(transport):
+                await bounded(self._send(message), transport, self.write_timeout)
+            else:
                 await self._send(message)
-        except TimeoutError:
+        except (ConnectionResetError, WriteTimeout):
             self.gone = True
-            transport.abort()
-            raise WriteTimeout(f"client did not read for {self.write_timeout:g}s") from None
+            raise
