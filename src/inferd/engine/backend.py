@@ -8,9 +8,8 @@ failure: the surface reports `backend_unavailable` after the partial output.
 Closing the iterator (`aclose()`) cancels the generation; a backend must stop
 promptly and free what it holds.
 
-Errors carry a *kind*, not a wire code: each surface (v1, v2, embed, HTTP) maps the
-kind to its own code or status once (daemon/surfaces/faults.py for the NDJSON wires,
-daemon/surfaces/http/errors.py for HTTP).
+Errors carry a *kind*, not a wire code: one table, daemon/surfaces/faults.py, says
+what each surface (v1, v2, embed, HTTP) calls a kind, and with which HTTP status.
 """
 
 from __future__ import annotations

@@ -1,29 +1,56 @@
-"""Each NDJSON wire's name for a fault kind: the one place kinds become error codes."""
+"""Every wire's name for a fault kind: the one table (issue 17).
+
+A row says how v1, v2, embed and HTTP each report one kind. v1's code set is closed
+(upstream), so it folds kinds it has no code for into the nearest one; v2 and HTTP
+name them. HTTP's `type` is OpenAI's class of error (the SDKs pick their exception by
+the status, not by it). A tool call the model wrote but nobody can parse is a 502: the
+request was fine and the server is healthy, but what it relayed from the model was not.
+"""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 from ...engine.backend import Fault
 from ...proto.errors import EmbedErrorCode, ErrorCode
 from ...proto.v2 import ErrorCodeV2
 
-V1_CODES: dict[Fault, str] = {
-    Fault.NOT_READY: ErrorCode.BACKEND_UNAVAILABLE,
-    Fault.UNAVAILABLE: ErrorCode.BACKEND_UNAVAILABLE,
-    Fault.CLOSED: ErrorCode.BACKEND_UNAVAILABLE,
-    Fault.INVALID_REQUEST: ErrorCode.INVALID_REQUEST,
-    Fault.QUEUE_FULL: ErrorCode.QUEUE_FULL,
-    Fault.INTERNAL: ErrorCode.INTERNAL,
-    Fault.UNSUPPORTED: ErrorCode.INTERNAL,
-    # v1 carries neither attachments nor tools; a backend that says so is refusing the request.
-    Fault.ATTACHMENT_UNSUPPORTED: ErrorCode.INVALID_REQUEST,
-    Fault.TOOL_CALL_MALFORMED: ErrorCode.BACKEND_UNAVAILABLE,
-    Fault.ENGINE_CRASHED: ErrorCode.BACKEND_UNAVAILABLE,
+
+class FaultOnWire(NamedTuple):
+    v1: str
+    v2: str
+    embed: str
+    http_status: int
+    http_type: str
+    http_code: str
+
+
+_UNAVAILABLE = FaultOnWire(ErrorCode.BACKEND_UNAVAILABLE, ErrorCodeV2.BACKEND_UNAVAILABLE,
+                           EmbedErrorCode.BACKEND_UNAVAILABLE, 503, "unavailable_error", "backend_unavailable")
+
+FAULTS: dict[Fault, FaultOnWire] = {
+    Fault.NOT_READY: _UNAVAILABLE,
+    Fault.UNAVAILABLE: _UNAVAILABLE,
+    Fault.CLOSED: _UNAVAILABLE,  # draining
+    Fault.ENGINE_CRASHED: _UNAVAILABLE,
+    Fault.INVALID_REQUEST: FaultOnWire(ErrorCode.INVALID_REQUEST, ErrorCodeV2.INVALID_REQUEST,
+                                       EmbedErrorCode.INVALID_REQUEST, 400, "invalid_request_error", "invalid_request"),
+    Fault.QUEUE_FULL: FaultOnWire(ErrorCode.QUEUE_FULL, ErrorCodeV2.QUEUE_FULL, EmbedErrorCode.QUEUE_FULL,
+                                  429, "rate_limit_error", "queue_full"),
+    Fault.INTERNAL: FaultOnWire(ErrorCode.INTERNAL, ErrorCodeV2.INTERNAL, EmbedErrorCode.INTERNAL,
+                                500, "server_error", "internal"),
+    Fault.UNSUPPORTED: FaultOnWire(ErrorCode.INTERNAL, ErrorCodeV2.INTERNAL, EmbedErrorCode.EMBED_UNSUPPORTED,
+                                   501, "not_supported_error", "unsupported"),
+    # v1 and embed carry neither attachments nor tools: a backend that says so refuses the request.
+    Fault.ATTACHMENT_UNSUPPORTED: FaultOnWire(ErrorCode.INVALID_REQUEST, ErrorCodeV2.ATTACHMENT_UNSUPPORTED,
+                                              EmbedErrorCode.INVALID_REQUEST, 400, "invalid_request_error",
+                                              "attachment_unsupported"),
+    Fault.TOOL_CALL_MALFORMED: FaultOnWire(ErrorCode.BACKEND_UNAVAILABLE, ErrorCodeV2.TOOL_CALL_MALFORMED,
+                                           EmbedErrorCode.BACKEND_UNAVAILABLE, 502, "server_error",
+                                           "tool_call_malformed"),
 }
 
-V2_CODES: dict[Fault, str] = {
-    **V1_CODES,
-    Fault.ATTACHMENT_UNSUPPORTED: ErrorCodeV2.ATTACHMENT_UNSUPPORTED,
-    Fault.TOOL_CALL_MALFORMED: ErrorCodeV2.TOOL_CALL_MALFORMED,
-}
-
-EMBED_CODES: dict[Fault, str] = {**V1_CODES, Fault.UNSUPPORTED: EmbedErrorCode.EMBED_UNSUPPORTED}
+#: The NDJSON surfaces' views of the table, by the wire they answer on.
+V1_CODES: dict[Fault, str] = {kind: wire.v1 for kind, wire in FAULTS.items()}
+V2_CODES: dict[Fault, str] = {kind: wire.v2 for kind, wire in FAULTS.items()}
+EMBED_CODES: dict[Fault, str] = {kind: wire.embed for kind, wire in FAULTS.items()}
