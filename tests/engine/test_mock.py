@@ -297,12 +297,24 @@ async def test_max_tokens_is_honoured() -> None:
 
 
 async def test_stop_string_cuts_the_text_even_across_steps() -> None:
+    """The mock scans with llama.cpp's StopScanner: no part of a stop string is sent, not
+    even the part in an earlier step (the mock's own scan used to send "hello wo")."""
     backend = MockBackend(MockConfig(tokens=["hello wo", "rld and", " more"]))
     events = [e async for e in await backend.generate(resolved(stop=["world"]))]
-    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "hello wo"
+    assert events[:-1] == [TextDelta("hello ")]
     assert events[-1].reason == FinishReason.END
     events = [e async for e in await backend.generate(resolved(stop=[" and"]))]
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "hello world"
+
+
+async def test_a_tail_held_for_a_stop_is_sent_in_its_place() -> None:
+    """A tail that could begin a stop is held, and sent once it does not: before the call
+    that follows it, and at the end."""
+    script = [ScriptStep(text="a <"), ScriptStep(tool_name="search"), ScriptStep(text="b <")]
+    backend = MockBackend(MockConfig(script=script))
+    events = [e async for e in await backend.generate(resolved(stop=["<x"]))]
+    assert [type(e) for e in events] == [TextDelta, TextDelta, ToolCall, TextDelta, TextDelta, Done]
+    assert [e.text for e in events if isinstance(e, TextDelta)] == ["a ", "<", "b ", "<"]
 
 
 async def test_mock_honours_max_tokens_and_stop_over_the_socket(daemon_factory):

@@ -31,6 +31,7 @@ from .backend import (
 )
 from .events import ContextUsage, Done, Event, FinishReason, TextDelta, ThinkingDelta, ToolCall, Usage
 from .request import GenerationRequest
+from .text import StopScanner
 
 MAX_MOCK_DIMENSIONS = 4096
 
@@ -147,10 +148,9 @@ class MockBackend(Backend):
         delay = cfg.token_delay_ms / 1000
         completion = thinking = calls = 0
         reason = FinishReason.END
-        stops = request.stop
-        # The tail of the text so far that a stop string spanning two steps could start in.
-        keep = max(map(len, stops)) - 1 if stops else 0
-        emitted = ""
+        # The scanner llama.cpp's scheduler uses: a held tail that could begin a stop
+        # string is sent once the next step shows it does not.
+        stops = StopScanner(request.stop) if request.stop else None
         answering = bool(request.messages) and request.messages[-1].role == "tool"
         for sent, step in enumerate(cfg.steps(answering)):
             if cfg.drop_after is not None and sent >= cfg.drop_after:
@@ -162,6 +162,8 @@ class MockBackend(Backend):
                 break
             if delay:
                 await asyncio.sleep(delay)
+            if step.text is None and stops is not None and (held := stops.flush()):
+                yield TextDelta(held)  # a call or thinking ends the text before it: no stop spans it
             if step.tool_name is not None:
                 if request.tool_choice == "none":
                     continue
@@ -175,14 +177,16 @@ class MockBackend(Backend):
                 yield ThinkingDelta(step.thinking)
                 continue
             text = step.text or ""
-            if stops:
-                cut = _stop_cut(emitted, text, stops)
-                if cut is not None:
-                    if cut:
-                        yield TextDelta(text[:cut])
-                    break
-                emitted = (emitted + text)[-keep:] if keep else ""
-            yield TextDelta(text)
+            if stops is None:
+                yield TextDelta(text)
+                continue
+            text, stopped = stops.push(text)
+            if text:
+                yield TextDelta(text)
+            if stopped:
+                break
+        if stops is not None and (held := stops.flush()):  # empty after a stop: the scanner dropped it
+            yield TextDelta(held)
         if calls and reason is FinishReason.END:
             reason = FinishReason.TOOL_USE
         usage = Usage(prompt_tokens=cfg.prompt_tokens, completion_tokens=completion,
@@ -206,19 +210,3 @@ class MockBackend(Backend):
             vectors.append([(k + 1) / (n + 1) for k in range(dims)])
         return EmbedResult(embeddings=vectors, dimensions=dims, model="mock", input_tokens=total)
 
-
-def _stop_cut(before: str, text: str, stops: list[str]) -> int | None:
-    """Where in `text` the first stop string begins (it may start in `before`), or None."""
-    if not stops:
-        return None
-    joined = before + text
-    base = len(before)
-    best: int | None = None
-    for stop in stops:
-        # Only matches that end inside `text` are new.
-        at = joined.find(stop, max(0, base - len(stop) + 1))
-        if at != -1 and (best is None or at < best):
-            best = at
-    if best is None:
-        return None
-    return max(0, best - base)

@@ -35,9 +35,10 @@ import llama_cpp.llama_cpp as L
 from ...proto.admin import SequenceSlot
 from ..backend import BackendError, Unavailable
 from ..events import ContextUsage, Done, FinishReason, Timings, Usage
+from ..text import StopScanner, Utf8Stream
 from .bridge import StepPost
 from .job import GenerationJob
-from .sampling import Sampler, StopScanner, Utf8Stream, parse_grammar
+from .sampling import Sampler, parse_grammar
 from .settings import PREFILL_STEP_MS
 from .slots import COPY_MIN_TOKENS, GenerationContext, Slot, common_prefix
 from .threads import ContextThread, Job, WorkerStopped
