@@ -30,6 +30,14 @@ class ToolSpec:
                 "function": {"name": self.name, "description": self.description, "parameters": self.parameters}}
 
 
+def openai_tool_call(id: str, name: str, arguments: Any) -> dict[str, Any]:
+    """A call in OpenAI's shape, as servers, clients and chat templates take it.
+
+    `arguments` goes in as given: JSON text on the wire, the object for a template.
+    """
+    return {"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 @dataclass(slots=True)
 class ToolCallSpec:
     """A call the assistant made earlier in the conversation."""
@@ -53,10 +61,7 @@ class ChatMessage:
         """The message as Jinja chat templates (HF convention) expect it."""
         out: dict[str, Any] = {"role": self.role, "content": self.content}
         if self.tool_calls:
-            out["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in self.tool_calls
-            ]
+            out["tool_calls"] = [openai_tool_call(c.id, c.name, c.arguments) for c in self.tool_calls]
         if self.tool_call_id is not None:
             out["tool_call_id"] = self.tool_call_id
         if self.name is not None:

@@ -23,7 +23,7 @@ from ..events import (
     ToolCall,
     Usage,
 )
-from ..request import ChatMessage, GenerationRequest
+from ..request import ChatMessage, GenerationRequest, openai_tool_call
 
 
 class RemoteProtocolError(Exception):
@@ -49,9 +49,7 @@ def message_dict(m: ChatMessage) -> dict[str, Any]:
         # OpenAI: content may be null beside tool calls; arguments travel as a JSON string.
         out["content"] = m.content or None
         out["tool_calls"] = [
-            {"id": c.id, "type": "function",
-             "function": {"name": c.name,
-                          "arguments": c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments)}}
+            openai_tool_call(c.id, c.name, c.arguments if isinstance(c.arguments, str) else json.dumps(c.arguments))
             for c in m.tool_calls
         ]
     else:

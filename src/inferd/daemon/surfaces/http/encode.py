@@ -22,6 +22,7 @@ from typing import Any
 
 from ....engine.backend import Fault
 from ....engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
+from ....engine.request import openai_tool_call
 from .errors import HttpError
 from .io import Responder
 
@@ -60,8 +61,7 @@ def timings(done: Done) -> dict[str, Any] | None:
 
 
 def tool_call(call: ToolCall) -> dict[str, Any]:
-    return {"id": call.id, "type": "function",
-            "function": {"name": call.name, "arguments": json.dumps(call.input, ensure_ascii=False)}}
+    return openai_tool_call(call.id, call.name, json.dumps(call.input, ensure_ascii=False))
 
 
 class Meta:
@@ -232,8 +232,7 @@ class ChatStream(_Stream):
             return (b'{"index":' + str(self.calls).encode() + b',"function":{"arguments":'
                     + _js(piece.arguments) + b"}}")
         self.piecing = piece.id
-        return dumps({"index": self.calls, "id": piece.id, "type": "function",
-                      "function": {"name": piece.name, "arguments": piece.arguments}})
+        return dumps({"index": self.calls, **openai_tool_call(piece.id, piece.name, piece.arguments)})
 
     def _final(self, done: Done) -> bytes:
         return self._chunk(b'"delta":{}', FINISH[done.reason])
