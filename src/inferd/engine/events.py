@@ -27,8 +27,6 @@ class FinishReason(StrEnum):
     END = "end"  # end of generation or a stop string
     LENGTH = "length"  # max_tokens or the context ran out
     TOOL_USE = "tool_use"  # the model emitted at least one tool call
-    CANCELLED = "cancelled"
-    ERROR = "error"
 
 
 @dataclass(slots=True)

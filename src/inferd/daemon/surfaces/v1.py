@@ -13,17 +13,14 @@ from ...engine.events import Done, TextDelta, ThinkingDelta, ToolCall
 from ...engine.request import ChatMessage, GenerationRequest, ResponseFormat
 from ...proto.errors import ErrorCode, InvalidRequest, encode_error
 from ...proto.framing import encode_frame
-from ...proto.v1 import ContextInfo, CountFrame, Request, Resolved, StopReason, TokenLines, encode_done, parse_request
+from ...proto.v1 import ContextInfo, CountFrame, Request, Resolved, TokenLines, encode_done, parse_request
 from ..context import DaemonContext
 from ..net.conn import PeerConnection
 from ..pipeline import policy, run
 from ..pipeline.router import Needs
 from .faults import V1_CODES
+from .finish import FINISH
 from .ndjson import serve_requests
-
-_STOP = {"end": StopReason.END, "tool_use": StopReason.END, "length": StopReason.LENGTH,
-         "cancelled": StopReason.CANCELLED, "error": StopReason.ERROR}
-
 
 def generation_request(req: Resolved) -> GenerationRequest:
     """Raises InvalidRequest for fields that may not go together (the request policy)."""
@@ -65,7 +62,7 @@ class _Sink:
 
     async def done(self, done: Done, backend: str) -> None:
         u = done.usage
-        await self.conn.send(encode_done(self.rid, "".join(self.parts), u, _STOP[done.reason], backend,
+        await self.conn.send(encode_done(self.rid, "".join(self.parts), u, FINISH[done.reason].v1, backend,
                                          done.timings, context_info(done)))
 
     async def fail(self, kind: Fault, message: str) -> None:

@@ -15,7 +15,7 @@ content in v2, so withholding the deltas would lose the answer.
 from __future__ import annotations
 
 from ...engine.backend import Fault
-from ...engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
+from ...engine.events import Done, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from ...engine.request import ChatMessage, GenerationRequest, ResponseFormat, ToolCallSpec, ToolSpec
 from ...proto.errors import ErrorCode, InvalidRequest, encode_error
 from ...proto.framing import encode_frame
@@ -24,7 +24,6 @@ from ...proto.v2 import (
     FrameV2,
     RequestV2,
     ResolvedV2,
-    StopReasonV2,
     TextBlock,
     TextDeltaBlock,
     ThinkingDeltaBlock,
@@ -39,13 +38,9 @@ from ..net.conn import PeerConnection
 from ..pipeline import policy, run
 from ..pipeline.router import Needs
 from .faults import V2_CODES
+from .finish import FINISH
 from .ndjson import serve_requests
 from .v1 import answer_count, answer_refusal, context_info
-
-_STOP = {FinishReason.END: StopReasonV2.END_TURN, FinishReason.LENGTH: StopReasonV2.MAX_TOKENS,
-         FinishReason.TOOL_USE: StopReasonV2.TOOL_USE, FinishReason.CANCELLED: StopReasonV2.CANCELLED,
-         FinishReason.ERROR: StopReasonV2.ERROR}
-
 
 def _text(blocks: list[object]) -> str:
     return "".join(b.text for b in blocks if isinstance(b, TextBlock))
@@ -127,7 +122,7 @@ class _Sink:
             id=self.rid,
             usage=UsageV2(input_tokens=u.prompt_tokens, output_tokens=u.completion_tokens,
                           cached_tokens=u.cached_tokens, thinking_tokens=u.thinking_tokens),
-            stop_reason=_STOP[done.reason],
+            stop_reason=FINISH[done.reason].v2,
             backend=backend,
             tool_choice_unsatisfied=True if done.tool_choice_unsatisfied else None,
             timings=done.timings,

@@ -21,15 +21,11 @@ import json
 from typing import Any
 
 from ....engine.backend import Fault
-from ....engine.events import Done, FinishReason, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
+from ....engine.events import Done, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from ....engine.request import openai_tool_call
+from ..finish import FINISH
 from .errors import HttpError
 from .io import Responder
-
-FINISH = {FinishReason.END: "stop", FinishReason.LENGTH: "length", FinishReason.TOOL_USE: "tool_calls",
-          FinishReason.CANCELLED: "stop", FinishReason.ERROR: "stop"}
-#: A raw completion has no tool calls to finish with.
-FINISH_TEXT = {**FINISH, FinishReason.TOOL_USE: "stop"}
 
 SSE_HEADERS = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"),
                (b"x-accel-buffering", b"no")]
@@ -115,7 +111,7 @@ class ChatCollect(_Collect):
             message["tool_calls"] = [tool_call(c) for c in self.calls]
         out: dict[str, Any] = {
             "id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": FINISH[done.reason]}],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": FINISH[done.reason].chat}],
             "usage": usage(done),
         }
         if done.timings is not None:
@@ -135,7 +131,7 @@ class CompletionCollect(_Collect):
         out: dict[str, Any] = {
             "id": meta.id, "object": "text_completion", "created": meta.created, "model": meta.model,
             "choices": [{"index": 0, "text": "".join(self.text), "logprobs": None,
-                         "finish_reason": FINISH_TEXT[done.reason]}],
+                         "finish_reason": FINISH[done.reason].completion}],
             "usage": usage(done),
         }
         if done.timings is not None:
@@ -235,7 +231,7 @@ class ChatStream(_Stream):
         return dumps({"index": self.calls, **openai_tool_call(piece.id, piece.name, piece.arguments)})
 
     def _final(self, done: Done) -> bytes:
-        return self._chunk(b'"delta":{}', FINISH[done.reason])
+        return self._chunk(b'"delta":{}', FINISH[done.reason].chat)
 
 
 class CompletionStream(_Stream):
@@ -256,4 +252,4 @@ class CompletionStream(_Stream):
         await self.out.body(first + self._chunk(b'"text":' + _js(event.text)))  # type: ignore[union-attr]
 
     def _final(self, done: Done) -> bytes:
-        return self._chunk(b'"text":""', FINISH_TEXT[done.reason])
+        return self._chunk(b'"text":""', FINISH[done.reason].completion)

@@ -1,0 +1,16 @@
+"""The one finish-reason table (daemon/surfaces/finish.py)."""
+
+from __future__ import annotations
+
+from inferd.daemon.surfaces.finish import FINISH
+from inferd.engine.events import FinishReason
+
+
+def test_every_reason_a_backend_gives_has_a_row() -> None:
+    assert set(FINISH) == set(FinishReason)
+
+
+def test_each_wire_names_a_turn_that_called_tools_its_own_way() -> None:
+    row = FINISH[FinishReason.TOOL_USE]
+    assert (row.v1, row.v2, row.chat, row.completion) == ("end", "tool_use", "tool_calls", "stop")
+    assert tuple(FINISH[FinishReason.LENGTH]) == ("length", "max_tokens", "length", "length")
