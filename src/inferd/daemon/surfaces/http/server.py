@@ -15,7 +15,7 @@ ADR 0013 has the why (and the measured cost). What this file adds to uvicorn:
   its requests, so a write that outlives the write timeout can abort it (F-17, io.py).
 
 uvicorn is driven through its public Config/Server API; the few places that reach
-further are listed in ADR 0024 and pinned by tests/http/test_http_server.py.
+further are listed in ADR 0024 and pinned by tests/daemon/surfaces/http/test_http_server.py.
 """
 
 from __future__ import annotations
