@@ -29,10 +29,13 @@ class Needs:
     tools: bool = False
     embed: bool = False
     media: bool = False
+    #: The model a request names (OpenAI's `model`, the `model` extension on v1, v2
+    #: and embed, Ollama's and Anthropic's `model`); None: the default (issue 20).
+    model: str | None = None
 
     def hard(self) -> "Needs":
-        """Only what no backend can work around: the wire (v2) and embeddings."""
-        return Needs(v2=self.v2, embed=self.embed)
+        """Only what no backend can work around: the wire (v2), embeddings, the model named."""
+        return Needs(v2=self.v2, embed=self.embed, model=self.model)
 
     def unmet(self, caps: BackendCapabilities) -> str | None:
         """The first capability `caps` lacks, by its capabilities-frame name, or None."""
