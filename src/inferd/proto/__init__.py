@@ -44,6 +44,7 @@ from .v1 import (
     Request,
     Resolved,
     Response,
+    ProgressFrame,
     Role,
     StatusFrame,
     StopReason,

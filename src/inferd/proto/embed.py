@@ -34,6 +34,8 @@ class EmbedRequest(BaseModel):
     # Any string parses (a newer client's task must not close the connection);
     # resolve() rejects names this daemon does not know.
     task: StrictStr | None = None
+    # inferd extension (issue 20): the embedding model by name; absent = the default.
+    model: StrictStr | None = None
 
     def resolve(self) -> "EmbedResolved":
         limits.check_id(self.id)
@@ -57,7 +59,8 @@ class EmbedRequest(BaseModel):
                 task = EmbedTask(self.task)
             except ValueError:
                 raise InvalidRequest("task uses an unknown variant") from None
-        return EmbedResolved(id=self.id, input=list(self.input), dimensions=self.dimensions, task=task)
+        return EmbedResolved(id=self.id, input=list(self.input), dimensions=self.dimensions, task=task,
+                             model=self.model)
 
 
 class EmbedResolved(BaseModel):
@@ -65,6 +68,7 @@ class EmbedResolved(BaseModel):
     input: list[str]
     dimensions: int | None = None
     task: EmbedTask | None = None
+    model: str | None = None
 
 
 class EmbedUsage(BaseModel):

@@ -112,6 +112,10 @@ class Request(_Wire):
     response_format: ResponseFormat | None = None
     # inferd extension: answer with one `count` frame (the prompt's tokens), generate nothing.
     count_only: StrictBool | None = None
+    # inferd extension (issue 22): `progress` frames before the first token.
+    progress: StrictBool | None = None
+    # inferd extension (issue 20): the model by name; absent = the default model.
+    model: StrictStr | None = None
 
     @model_validator(mode="after")
     def _messages_or_prompt(self) -> "Request":
@@ -153,6 +157,8 @@ class Request(_Wire):
             seed=self.seed,
             response_format=self.response_format,
             count_only=bool(self.count_only),
+            progress=bool(self.progress),
+            model=self.model,
         )
 
 
@@ -177,6 +183,8 @@ class Resolved:
     seed: int | None = None
     response_format: ResponseFormat | None = None
     count_only: bool = False
+    progress: bool = False
+    model: str | None = None
 
 
 class StopReason(StrEnum):
@@ -246,6 +254,30 @@ class CountFrame(BaseModel):
     @property
     def is_terminal(self) -> bool:
         return True
+
+
+class ProgressFrame(BaseModel):
+    """inferd extension (issue 22), sent only to a request that set `progress: true`
+    (v1 and v2 alike): what it waits on before its first token. Never terminal.
+
+    - `queued`: waiting for a slot; `position` 1 is next. Sent again when it changes.
+    - `prefill`: reading the prompt; `done` of `total` prompt tokens (cached ones count
+      as done), sent as chunks are read.
+    - `context`: the context this request will use (`context.used` = prompt tokens,
+      `context.max` = the context size), once, before the first token.
+    """
+
+    type: Literal["progress"] = "progress"
+    id: str
+    stage: Literal["queued", "prefill", "context"]
+    position: int | None = None
+    done: int | None = None
+    total: int | None = None
+    context: ContextInfo | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return False
 
 
 class StatusFrame(BaseModel):
@@ -318,7 +350,8 @@ def _json_str(value: str) -> bytes:
     return encode_basestring(value).encode()
 
 
-Response = Annotated[Union[TokenFrame, DoneFrame, ErrorFrame, StatusFrame, CountFrame], Field(discriminator="type")]
+Response = Annotated[Union[TokenFrame, DoneFrame, ErrorFrame, StatusFrame, CountFrame, ProgressFrame],
+                     Field(discriminator="type")]
 _RESPONSE = TypeAdapter(Response)
 
 
@@ -335,7 +368,7 @@ def parse_request(line: bytes | str) -> Request:
         raise DecodeError(_summarise(exc)) from None
 
 
-def parse_response(line: bytes | str) -> TokenFrame | DoneFrame | ErrorFrame | StatusFrame | CountFrame:
+def parse_response(line: bytes | str) -> TokenFrame | DoneFrame | ErrorFrame | StatusFrame | CountFrame | ProgressFrame:
     try:
         return _RESPONSE.validate_json(line)
     except ValidationError as exc:

@@ -26,7 +26,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Fiel
 
 from .errors import DecodeError, ErrorFrame, InvalidRequest
 from . import limits
-from .v1 import DEFAULT_MAX_TOKENS, U32, ContextInfo, CountFrame, Number, ResponseFormat, Timings, _summarise, error_frame, json_size
+from .v1 import DEFAULT_MAX_TOKENS, U32, ContextInfo, CountFrame, Number, ProgressFrame, ResponseFormat, Timings, _summarise, error_frame, json_size
 
 TOOL_CHOICES = ("auto", "none", "required")
 
@@ -295,6 +295,9 @@ class RequestV2(_Wire):
     # for, because upstream clients know only whole blocks (a new block type is not
     # one they can ignore).
     stream_tool_input: StrictBool | None = None
+    # inferd extensions, as on v1: `progress` frames (issue 22); the model by name (issue 20).
+    progress: StrictBool | None = None
+    model: StrictStr | None = None
 
     @model_serializer(mode="wrap")
     def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -366,6 +369,8 @@ class RequestV2(_Wire):
             grammar=self.grammar,
             count_only=bool(self.count_only),
             stream_tool_input=bool(self.stream_tool_input),
+            progress=bool(self.progress),
+            model=self.model,
         )
 
 
@@ -429,6 +434,8 @@ class ResolvedV2(BaseModel):
     grammar: str = ""
     count_only: bool = False
     stream_tool_input: bool = False
+    progress: bool = False
+    model: str | None = None
 
     def attachment(self, attachment_id: str) -> ImageAttachment | AudioAttachment | VideoAttachment | None:
         for att in self.attachments:
@@ -504,7 +511,7 @@ class DoneFrameV2(BaseModel):
 ErrorFrameV2 = ErrorFrame  # the one error frame shape (errors.py)
 
 
-ResponseV2 = Annotated[Union[FrameV2, DoneFrameV2, ErrorFrameV2, CountFrame], Field(discriminator="type")]
+ResponseV2 = Annotated[Union[FrameV2, DoneFrameV2, ErrorFrameV2, CountFrame, ProgressFrame], Field(discriminator="type")]
 _RESPONSE = TypeAdapter(ResponseV2)
 
 
@@ -518,7 +525,7 @@ def parse_request(line: bytes | str) -> RequestV2:
         raise DecodeError(_summarise(exc)) from None
 
 
-def parse_response(line: bytes | str) -> FrameV2 | DoneFrameV2 | ErrorFrameV2 | CountFrame:
+def parse_response(line: bytes | str) -> FrameV2 | DoneFrameV2 | ErrorFrameV2 | CountFrame | ProgressFrame:
     try:
         return _RESPONSE.validate_json(line)
     except ValidationError as exc:
