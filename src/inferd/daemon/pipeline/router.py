@@ -32,10 +32,13 @@ class Needs:
     #: The model a request names (OpenAI's `model`, the `model` extension on v1, v2
     #: and embed, Ollama's and Anthropic's `model`); None: the default (issue 20).
     model: str | None = None
+    #: How long the named model stays loaded after this request, in seconds
+    #: (keepalive.parse_keep_alive; math.inf = for ever); None: the configured default.
+    keep_alive: float | None = None
 
     def hard(self) -> "Needs":
         """Only what no backend can work around: the wire (v2), embeddings, the model named."""
-        return Needs(v2=self.v2, embed=self.embed, model=self.model)
+        return Needs(v2=self.v2, embed=self.embed, model=self.model, keep_alive=self.keep_alive)
 
     def unmet(self, caps: BackendCapabilities) -> str | None:
         """The first capability `caps` lacks, by its capabilities-frame name, or None."""
