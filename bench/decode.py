@@ -12,11 +12,20 @@ hits each alike (medians reported):
   inproc     the same daemon with `--in-process`: daemon/inproc is what the runner costs
   tools      the same daemon over its v2 socket, two tools declared but not called:
              the output parser (reasoning split, tool-call scan) runs on every token
+  server     llama-server (LLAMA_SERVER; skipped when unset) with inferd's default slots
+             (4 of n_ctx each), fed the same prompt tokens over /completion: the rate
+             and first token a user's first request would get from llama.cpp's server
   raw        the same daemon over v1 with `prompt` set to exactly the text the tools
              leg renders (tools declared in it) and no tools: the same tokens in, the
              same tokens out, no tool parsing. tools/raw is what declaring tools costs
              per token; tools/daemon also holds the longer prompt's attention cost
              (304 prompt tokens instead of 17 on Gemma 3 270M).
+With LLAMA_BENCH set, llama-bench's tg rate (one sequence, no server) is measured
+before and after the legs: the ceiling the daemon leg is held to (issue 18's goal:
+daemon decode >= 0.97x tg and >= server, first token no later than server's).
+The in-process `reference` leg is llama-cpp-python's high-level API, which copies the
+whole vocabulary's logits per token (262,144 on Gemma 3): slower than the daemon, so it
+is a floor, not the bar.
 Time to first token counts from writing the request; decode tok/s counts the tokens
 after the first. Before every round each leg's KV cache is emptied, so every leg
 prefills the whole prompt.
@@ -39,6 +48,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from benchkit import Run, median, model_path, print_legs  # noqa: E402
+from cpptools import http_stream, llama_bench_tg, start_llama_server, tool  # noqa: E402
 from engine_decode import PROMPT, run_backend, run_reference  # noqa: E402
 
 
@@ -118,6 +128,17 @@ async def run_daemon_tools(sock: str, n: int) -> Run:
     return await _stream(sock, _v2("hi", 1), request, _v2_text, "output_tokens")
 
 
+async def run_server(port: int, tokens: list[int], n: int) -> Run:
+    """llama-server's /completion with the daemon's prompt tokens, after a request that
+    moves its cache off them (as `_stream` does for the daemon)."""
+    await http_stream(port, {"prompt": "hi", "n_predict": 1, "temperature": 0, "stream": True})
+    s = await http_stream(port, {"prompt": tokens, "n_predict": n, "temperature": 0, "stream": True,
+                                 "cache_prompt": True})
+    assert s.first is not None and s.last is not None
+    tps = (s.tokens - 1) / (s.last - s.first) if s.tokens > 1 and s.last > s.first else 0.0
+    return Run((s.first - s.sent) * 1000, tps, s.tokens, s.text)
+
+
 def start_daemon(model: str, args: argparse.Namespace, d: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     d.mkdir(exist_ok=True)
     sock = str(d / "infer.sock")
@@ -162,6 +183,12 @@ def main() -> int:
     tokens = backend.tokenize_prompt(backend.render(PROMPT))
     legs: dict[str, list[Run]] = {"reference": [], "backend": [], "daemon": [], "inproc": [], "tools": [],
                                    "raw": []}
+    server_bin, bench_bin = tool("server"), tool("bench")
+    server = None
+    if server_bin:
+        server = start_llama_server(server_bin, path, args.n_ctx, 4, args.threads, d)
+        legs["server"] = []
+    tg = [llama_bench_tg(bench_bin, path, args.threads, args.tokens)] if bench_bin else []
     tool_specs = [ToolSpec(t["name"], t["description"], t["input_schema"]) for t in TOOLS]
     tools_prompt = backend._prepare(GenerationRequest(id="p", messages=[ChatMessage("user", PROMPT[0]["content"])],
                                                       tools=tool_specs, tool_choice="auto"))[1].prompt
@@ -173,6 +200,8 @@ def main() -> int:
         asyncio.run(run_daemon(inproc_sock, 8))
         asyncio.run(run_daemon_tools(v2_sock, 8))
         asyncio.run(run_daemon_raw(sock, tools_prompt, 8))
+        if server:
+            asyncio.run(run_server(server[1], tokens, 8))
         for _ in range(args.rounds):
             legs["reference"].append(run_reference(llm, tokens, args.tokens))
             legs["backend"].append(asyncio.run(run_backend(backend, args.tokens)))
@@ -180,8 +209,10 @@ def main() -> int:
             legs["inproc"].append(asyncio.run(run_daemon(inproc_sock, args.tokens)))
             legs["tools"].append(asyncio.run(run_daemon_tools(v2_sock, args.tokens)))
             legs["raw"].append(asyncio.run(run_daemon_raw(sock, tools_prompt, args.tokens)))
+            if server:
+                legs["server"].append(asyncio.run(run_server(server[1], tokens, args.tokens)))
     finally:
-        for p in (proc, inproc_proc):
+        for p in (proc, inproc_proc, *([server[0]] if server else [])):
             p.terminate()
             p.wait(30)
         backend.close()
@@ -197,7 +228,18 @@ def main() -> int:
                  ("tools", "raw")):
         print(f"{a}/{b}: decode {med(a, 'decode_tps') / med(b, 'decode_tps'):.3f}   "
               f"ttft {med(a, 'ttft_ms') / med(b, 'ttft_ms'):.3f}")
-    texts = {name: runs[-1].text for name, runs in legs.items() if name not in ("tools", "raw")}
+    if server:
+        print(f"daemon/server: decode {med('daemon', 'decode_tps') / med('server', 'decode_tps'):.3f}   "
+              f"ttft {med('daemon', 'ttft_ms') / med('server', 'ttft_ms'):.3f}")
+    if bench_bin:
+        tg.append(llama_bench_tg(bench_bin, path, args.threads, args.tokens))
+        rates = [t for t in tg if t]
+        if rates:
+            ceiling = sum(rates) / len(rates)
+            print(f"llama-bench tg{args.tokens}: {' '.join(f'{t:.1f}' for t in rates)} tok/s (before, after)   "
+                  f"daemon/tg {med('daemon', 'decode_tps') / ceiling:.3f}   inproc/tg "
+                  f"{med('inproc', 'decode_tps') / ceiling:.3f}")
+    texts = {name: runs[-1].text for name, runs in legs.items() if name not in ("tools", "raw", "server")}
     print("same text on the plain legs:", len(set(texts.values())) == 1,
           "  tools and raw:", legs["tools"][-1].text == legs["raw"][-1].text)
     return 0

@@ -39,7 +39,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -52,34 +51,14 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(SRC))
 sys.path.insert(0, str(HERE))
-from benchkit import free_port, model_path  # noqa: E402
+from benchkit import model_path  # noqa: E402
+from cpptools import Stream, batched_bench, http_stream, llama_bench_tg, start_llama_server, tool  # noqa: E402
 
 TOPICS = ["the sea", "a lighthouse", "the moon", "a city at night", "a forest", "a desert caravan", "an old ship",
           "a mountain village", "a robot", "a dragon", "a library", "a storm", "a garden", "a train journey",
           "a winter market", "a volcano", "a space station", "a river", "a clockmaker", "a circus",
           "a detective", "a pirate", "a bakery", "a snowfall", "a cathedral", "an island", "a comet", "a harbour",
           "a farm", "a museum", "a jazz club", "a monastery"]
-TOOLS = {"server": "LLAMA_SERVER", "batched": "LLAMA_BATCHED_BENCH", "bench": "LLAMA_BENCH"}
-
-
-def tool(name: str) -> str | None:
-    var = TOOLS[name]
-    path = os.environ.get(var)
-    if not path:
-        print(f"!! {var} is not set: the {name} legs are skipped", flush=True)
-        return None
-    if not os.access(path, os.X_OK):
-        print(f"!! {var}={path} is not an executable: the {name} legs are skipped", flush=True)
-        return None
-    return path
-
-
-def tool_env(binary: str) -> dict[str, str]:
-    # The tools are linked against the libllama/libggml next to them.
-    lib = str(Path(binary).resolve().parent)
-    return dict(os.environ, LD_LIBRARY_PATH=lib + os.pathsep + os.environ.get("LD_LIBRARY_PATH", ""))
-
-
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -90,16 +69,6 @@ def pct(values: list[float], q: float) -> float:
 
 
 # ---- clients -------------------------------------------------------------------------
-
-@dataclass
-class Stream:
-    sent: float = 0.0
-    first: float | None = None
-    last: float | None = None
-    tokens: int = 0
-    times: list[float] = field(default_factory=list)
-    text: str = ""
-
 
 async def inferd_stream(sock: str, messages: list[dict], n: int, rid: str, keep_times: bool = False,
                         stop: asyncio.Event | None = None) -> Stream:
@@ -131,67 +100,6 @@ async def inferd_stream(sock: str, messages: list[dict], n: int, rid: str, keep_
                 break
             else:
                 raise RuntimeError(f"inferd: {frame}")
-        out.text = "".join(parts)
-    finally:
-        writer.close()
-    return out
-
-
-async def http_stream(port: int, body: dict, keep_times: bool = False, stop: asyncio.Event | None = None) -> Stream:
-    """POST /completion with stream=true to llama-server; one SSE event per token."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 22)
-    out = Stream()
-    payload = json.dumps(body).encode()
-    try:
-        out.sent = time.perf_counter()
-        writer.write(b"POST /completion HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Connection: close\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
-        status = await reader.readline()
-        if b" 200 " not in status:
-            raise RuntimeError(f"llama-server: {status!r}")
-        chunked = False
-        while (h := await reader.readline()) not in (b"\r\n", b""):
-            if h.lower().startswith(b"transfer-encoding:") and b"chunked" in h.lower():
-                chunked = True
-        buf = b""
-        parts = []
-        done = False
-        while not done:
-            if chunked:
-                size_line = await reader.readline()
-                if not size_line:
-                    break
-                size = int(size_line.strip().split(b";")[0] or b"0", 16)
-                if size == 0:
-                    break
-                data = await reader.readexactly(size + 2)
-                buf += data[:-2]
-            else:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                buf += data
-            now = time.perf_counter()
-            while b"\n" in buf:
-                event, buf = buf.split(b"\n", 1)
-                if not event.startswith(b"data: "):
-                    continue
-                obj = json.loads(event[6:])
-                if obj.get("stop"):
-                    out.tokens = obj.get("tokens_predicted", out.tokens)
-                    done = True
-                    break
-                if obj.get("content") or obj.get("tokens"):
-                    out.tokens += 1
-                    parts.append(obj.get("content", ""))
-                    if out.first is None:
-                        out.first = now
-                    out.last = now
-                    if keep_times:
-                        out.times.append(now)
-                    if stop is not None and stop.is_set():
-                        done = True
-                        break
         out.text = "".join(parts)
     finally:
         writer.close()
@@ -235,25 +143,9 @@ class Servers:
         return sock
 
     def _llama_server(self, binary: str) -> int:
-        port = free_port()
-        log = open(self.dir / "llama-server.log", "wb")
-        proc = subprocess.Popen(
-            [binary, "-m", self.model, "-c", str(self.n_ctx * self.parallel), "--parallel", str(self.parallel),
-             "-t", str(self.threads), "-tb", str(self.threads), "--host", "127.0.0.1", "--port", str(port),
-             "--no-webui"], env=tool_env(binary), stdout=log, stderr=subprocess.STDOUT)
+        proc, port = start_llama_server(binary, self.model, self.n_ctx, self.parallel, self.threads, self.dir)
         self.procs.append(proc)
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("llama-server did not start: see " + str(self.dir / "llama-server.log"))
-            try:
-                with socket.create_connection(("127.0.0.1", port), 1) as s:
-                    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                    if b" 200 " in s.recv(200):
-                        return port
-            except OSError:
-                pass
-            time.sleep(0.2)
+        return port
 
     def close(self) -> None:
         for p in self.procs:
@@ -340,32 +232,6 @@ async def one_round(servers: Servers, prompts: Prompts, n_clients: int, n_tokens
                    "cache_prompt": True} for m in chats]
         streams = await asyncio.gather(*(http_stream(servers.port, b) for b in bodies))
         summarise(list(streams), legs["llama-server"])
-
-
-def batched_bench(binary: str, model: str, threads: int, pp: int, tg: int, clients: list[int]) -> dict[int, float]:
-    out = subprocess.run(
-        [binary, "-m", model, "-c", str(max(clients) * (pp + tg + 64)), "-b", "2048", "-ub", "512",
-         "-npp", str(pp), "-ntg", str(tg), "-npl", ",".join(map(str, clients)), "-t", str(threads), "-tb",
-         str(threads), "--output-format", "jsonl"], env=tool_env(binary), capture_output=True, text=True, timeout=1800)
-    rates = {}
-    for line_ in out.stdout.splitlines():
-        if line_.startswith("{"):
-            obj = json.loads(line_)
-            rates[obj["pl"]] = obj["speed_tg"]
-    if not rates:
-        print("!! llama-batched-bench gave no result:", out.stderr[-500:])
-    return rates
-
-
-def llama_bench_tg(binary: str, model: str, threads: int, n: int) -> float | None:
-    out = subprocess.run([binary, "-m", model, "-t", str(threads), "-p", "0", "-n", str(n), "-r", "5", "-o", "json"],
-                         env=tool_env(binary), capture_output=True, text=True, timeout=1800)
-    try:
-        rows = json.loads(out.stdout)
-        return float(rows[0]["avg_ts"])
-    except (ValueError, KeyError, IndexError):
-        print("!! llama-bench gave no result:", out.stderr[-500:])
-        return None
 
 
 async def long_prompts(servers: Servers, prompts: Prompts, sizes: list[int], rounds: int) -> None:
