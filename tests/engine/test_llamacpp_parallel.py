@@ -11,6 +11,7 @@ records (steps, copies, sequence reports), never with sleeps.
 from __future__ import annotations
 
 import asyncio
+import threading
 import concurrent.futures
 from typing import Any
 
@@ -393,7 +394,7 @@ async def test_fault_in_one_sequence_leaves_the_others_running(par, monkeypatch)
 # ---- embeddings ------------------------------------------------------------------------
 
 async def test_embedding_inputs_share_one_pass(embed_backend):
-    state = embed_backend._embed.state
+    state = embed_backend._embed_ctx
     texts = ["hello world", "the sea is calm", "a lighthouse", "tides and currents", "knots"]
     singles = [(await embed_backend.embed(EmbedResolved(id="e", input=[t]))).embeddings[0] for t in texts]
     before = state.passes
@@ -407,7 +408,7 @@ async def test_embedding_inputs_share_one_pass(embed_backend):
 
 
 async def test_cancelled_embedding_stops_between_batches(embed_backend):
-    state = embed_backend._embed.state
+    state = embed_backend._embed_ctx
     long_input = "wave " * 200  # about a whole micro-batch: one pass per input
     before = state.passes
     task = asyncio.ensure_future(embed_backend.embed(EmbedResolved(id="e", input=[long_input] * 40)))
@@ -419,3 +420,20 @@ async def test_cancelled_embedding_stops_between_batches(embed_backend):
     r = await embed_backend.embed(EmbedResolved(id="e", input=["after"]))
     assert len(r.embeddings) == 1
     assert state.passes - before < 40
+
+
+async def test_embeddings_compute_on_the_generation_thread(embed_backend, monkeypatch):
+    # One thread per process computes (embed.py): a second OpenMP team made every
+    # team sleep between regions, chat decoding at 30 instead of 47 tok/s after one embed.
+    state = embed_backend._embed_ctx
+    seen: list[str] = []
+    real = state.run_pass
+
+    def spy(group):
+        seen.append(threading.current_thread().name)
+        return real(group)
+
+    monkeypatch.setattr(state, "run_pass", spy)
+    await embed_backend.embed(EmbedResolved(id="e", input=["one", "two"]))
+    assert seen == ["inferd-llamacpp-generate"]
+    assert {t.name for t in threading.enumerate()}.isdisjoint({"inferd-llamacpp-embed"})

@@ -51,7 +51,6 @@ from .scheduler import BatchScheduler
 from .settings import DEFAULT_PARALLEL, LlamaCppSettings
 from .chatting import ChatPlan, ChatStyle
 from .templates import BUILTIN, KNOWN_TEMPLATES, ChatRenderer, RenderError, resolve_renderer
-from .threads import ContextThread
 from .bridge import WorkerStream, loop_emitter
 from .job import GenerationJob
 from .slots import GenerationContext
@@ -66,7 +65,8 @@ class LlamaCppBackend(Backend):
         self.settings = settings
         self._ready = False
         self._gen: BatchScheduler | None = None
-        self._embed: ContextThread[EmbedContext] | None = None
+        #: The embedding context: created, used and freed on the generation thread.
+        self._embed_ctx: EmbedContext | None = None
         # Pre-stream work reads the vocabulary off the workers' threads; close() must
         # not free the model under it.
         self._prep_cond = threading.Condition()
@@ -119,12 +119,8 @@ class LlamaCppBackend(Backend):
         self.flash_attn = gen.flash_attn
         if settings.embed:
             label = self.label
-            self._embed = ContextThread(
-                "inferd-llamacpp-embed",
-                lambda: EmbedContext(model, settings, label),
-                EmbedContext.close,
-            )
-            self.n_embd: int | None = self._embed.start().n_embd
+            self._embed_ctx = self._gen.call(lambda: EmbedContext(model, settings, label))
+            self.n_embd: int | None = self._embed_ctx.n_embd
         else:
             self.n_embd = None
 
@@ -140,7 +136,7 @@ class LlamaCppBackend(Backend):
             self._gen = BatchScheduler(
                 "inferd-llamacpp-generate",
                 lambda n=n_seq: GenerationContext(model, settings, n),
-                lambda ctx: ctx.close(),
+                self._close_contexts,
                 prefill_chunk=settings.prefill_chunk,
             )
             try:
@@ -150,6 +146,12 @@ class LlamaCppBackend(Backend):
                     raise
                 log.warning("no room for %d sequences of %d tokens; trying %d", n_seq, settings.n_ctx, n_seq // 2)
                 n_seq //= 2
+
+    def _close_contexts(self, ctx: GenerationContext) -> None:
+        """On the generation thread as it exits: both contexts it owns."""
+        if self._embed_ctx is not None:
+            self._embed_ctx.close()
+        ctx.close()
 
     # ---- Backend contract ----------------------------------------------------------
 
@@ -165,7 +167,7 @@ class LlamaCppBackend(Backend):
             # Any model can be offered tools: its template's format, or our built-in one.
             tools=self._chat is not None,
             thinking=self._chat is not None and self._chat.thinks,
-            embed=self._embed is not None,
+            embed=self._embed_ctx is not None,
             accelerator=acc.kind,
             gpu_layers=self._gpu_layers,
             device_name=acc.device_name,
@@ -309,11 +311,11 @@ class LlamaCppBackend(Backend):
     async def embed(self, request: EmbedResolved) -> EmbedResult:
         if not self._ready:
             raise NotReady()
-        if self._embed is None:
+        if self._embed_ctx is None:
             raise Unsupported("embed not supported by this backend")
         future: concurrent.futures.Future[EmbedResult] = concurrent.futures.Future()
-        job = EmbedJob(request, future)
-        self._embed.submit(job)
+        job = EmbedJob(request, future, self._embed_ctx)
+        self._gen.submit(job)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -330,7 +332,7 @@ class LlamaCppBackend(Backend):
         decode would crash the process)."""
         with self._prep_cond:
             self._ready = False
-        workers = [w for w in (self._gen, self._embed) if w is not None]
+        workers = [self._gen] if self._gen is not None else []
         for w in workers:
             w.shutdown()
         deadline = time.monotonic() + max(0.0, timeout)

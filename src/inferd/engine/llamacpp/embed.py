@@ -1,4 +1,11 @@
-"""Embeddings: a second llama context (embeddings=true, pooled) on its own thread.
+"""Embeddings: a second llama context (embeddings=true, pooled), used on the generation
+thread between decode steps, one pass per step (`EmbedJob.advance`).
+
+Not on a thread of its own: llama.cpp's CPU backend runs each calling thread's work
+in an OpenMP team of its own, and with two teams in a process (more OpenMP threads
+than cores) every team waits by sleeping instead of spinning; measured on 2 cores,
+Gemma 3 270M, one embedding request cut chat decoding from 47 to 30 tokens/s for the
+rest of the process's life (ADR 0025). One thread per process computes.
 
 Follows upstream `run_embed` (upstream-engine §3.5): task prefix, MRL truncation to
 `dimensions`, then L2 normalisation of the truncated vector. Unlike upstream's one
@@ -21,6 +28,7 @@ import llama_cpp.llama_cpp as L
 
 from ...proto.embed import EmbedResolved, EmbedTask
 from ..backend import BackendInvalidRequest, EmbedResult, Unavailable
+from .job import SideJob
 from .native import create_context, tokenize
 from .settings import LlamaCppSettings
 
@@ -103,6 +111,16 @@ class EmbedContext:
         return tokenize(self.vocab, text, add_special=True, parse_special=False)
 
     def embed(self, request: EmbedResolved, cancel: threading.Event | None = None) -> EmbedResult:
+        """The whole request at once (what a caller owning this context may do)."""
+        work = self.plan(request)
+        while not work.finished:
+            if cancel is not None and cancel.is_set():
+                raise Unavailable("embedding cancelled")
+            work.step()
+        return work.result()
+
+    def plan(self, request: EmbedResolved) -> "EmbedWork":
+        """Check every input before any compute, then the passes to run (EmbedWork.step)."""
         dims = self.n_embd if request.dimensions is None else request.dimensions
         if dims > self.n_embd:
             raise BackendInvalidRequest(f"dimensions {dims} exceeds model n_embd {self.n_embd}")
@@ -120,17 +138,7 @@ class EmbedContext:
                     f"input exceeds embed context: {len(tokens)} tokens > n_ubatch {self.n_ubatch}"
                 )
             batches.append(tokens)
-        vectors: list[list[float]] = []
-        for group in self._packed(batches):
-            if cancel is not None and cancel.is_set():
-                raise Unavailable("embedding cancelled")
-            vectors.extend(l2_normalise(v[:dims]) for v in self._pass(group))
-        return EmbedResult(
-            embeddings=vectors,
-            dimensions=dims,
-            model=self.label,
-            input_tokens=sum(len(t) for t in batches),
-        )
+        return EmbedWork(self, self._packed(batches), dims, sum(len(t) for t in batches))
 
     def _packed(self, inputs: list[list[int]]) -> list[list[list[int]]]:
         """Consecutive inputs grouped so each group fits one micro-batch."""
@@ -144,7 +152,7 @@ class EmbedContext:
             size += len(tokens)
         return groups
 
-    def _pass(self, group: list[list[int]]) -> list[list[float]]:
+    def run_pass(self, group: list[list[int]]) -> list[list[float]]:
         """One decode over `group` (each input its own sequence); their pooled vectors."""
         if self.mem:
             L.llama_memory_clear(self.mem, True)
@@ -172,22 +180,61 @@ class EmbedContext:
 
 
 @dataclass(eq=False)
-class EmbedJob:
+class EmbedWork:
+    """One request's passes, run one at a time."""
+
+    context: EmbedContext
+    groups: list[list[list[int]]]
+    dims: int
+    input_tokens: int
+    vectors: list[list[float]] = field(default_factory=list)
+    done: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.done == len(self.groups)
+
+    def step(self) -> None:
+        group = self.groups[self.done]
+        self.vectors.extend(l2_normalise(v[: self.dims]) for v in self.context.run_pass(group))
+        self.done += 1
+
+    def result(self) -> EmbedResult:
+        return EmbedResult(embeddings=self.vectors, dimensions=self.dims, model=self.context.label,
+                           input_tokens=self.input_tokens)
+
+
+@dataclass(eq=False)
+class EmbedJob(SideJob):
+    """An embedding request on the generation scheduler's thread: a side job, advanced
+    one pass per scheduler step between decode steps (scheduler.SideJob)."""
+
     request: EmbedResolved
     future: concurrent.futures.Future[EmbedResult]
-    #: Set when nobody waits for the result any more; checked before each batch.
+    context: EmbedContext
+    #: Set when nobody waits for the result any more; checked before each pass.
     cancel: threading.Event = field(default_factory=threading.Event)
+    _work: EmbedWork | None = None
 
-    def run(self, state: EmbedContext) -> None:
-        # False when the awaiting coroutine was cancelled while we queued.
-        if not self.future.set_running_or_notify_cancel():
-            return
+    def advance(self) -> bool:
+        """Run the next pass (the first call plans the request); True when finished."""
         try:
-            result = state.embed(self.request, self.cancel)
+            if self._work is None:
+                # False when the awaiting coroutine was cancelled while we queued.
+                if not self.future.set_running_or_notify_cancel():
+                    return True
+                self._work = self.context.plan(self.request)
+            if self.cancel.is_set():
+                raise Unavailable("embedding cancelled")
+            if not self._work.finished:
+                self._work.step()
+            if not self._work.finished:
+                return False
+            self.future.set_result(self._work.result())
         except BaseException as exc:  # noqa: BLE001 - delivered to the awaiting coroutine
-            self.future.set_exception(exc)
-        else:
-            self.future.set_result(result)
+            if not self.future.done():
+                self.future.set_exception(exc)
+        return True
 
     def abandon(self, exc: BaseException) -> None:
         if not isinstance(exc, (BackendInvalidRequest, Unavailable)):

@@ -1,8 +1,9 @@
-"""The job one generation request becomes on the scheduler's thread."""
+"""The jobs the scheduler's thread runs: a generation request, and side work (embeddings)."""
 
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,3 +48,17 @@ class GenerationJob:
 
     def interrupt(self) -> None:
         self.cancel.set()
+
+
+class SideJob(ABC):
+    """Work on the scheduler's thread that takes no slot: `advance` runs one bounded
+    piece between decode steps (an embedding pass) and says whether it is finished."""
+
+    @abstractmethod
+    def advance(self) -> bool: ...
+
+    @abstractmethod
+    def abandon(self, exc: BaseException) -> None: ...
+
+    @abstractmethod
+    def interrupt(self) -> None: ...

@@ -37,7 +37,7 @@ from ..backend import BackendError, Unavailable
 from ..events import ContextUsage, Done, FinishReason, Timings, Usage
 from ..text import StopScanner, Utf8Stream
 from .bridge import StepPost
-from .job import GenerationJob
+from .job import GenerationJob, SideJob
 from .sampling import Sampler, parse_grammar
 from .settings import PREFILL_STEP_MS
 from .slots import COPY_MIN_TOKENS, GenerationContext, Slot, common_prefix
@@ -113,6 +113,9 @@ class BatchScheduler(ContextThread[GenerationContext]):
         self._token_s: float | None = None
         self._waiting: deque[Job[GenerationContext] | GenerationJob] = deque()
         self._running: list[Sequence] = []
+        #: Work that shares the thread but takes no slot (embeddings): one piece between
+        #: decode steps, taking turns; it never waits for the running sequences.
+        self._side: deque[SideJob] = deque()
         self._observer: SequenceObserver | None = None
         #: (prompt tokens, decode tokens) of recent steps that carried a prompt chunk; tests read it.
         self.prefill_steps: deque[tuple[int, int]] = deque(maxlen=4096)
@@ -128,8 +131,11 @@ class BatchScheduler(ContextThread[GenerationContext]):
     def _interrupt_running(self) -> None:
         with self._lock:
             running = list(self._running)
+            side = list(self._side)
         for seq in running:
             seq.job.interrupt()
+        for job in side:
+            job.interrupt()
 
     # ---- the loop ----------------------------------------------------------------------
 
@@ -138,7 +144,7 @@ class BatchScheduler(ContextThread[GenerationContext]):
         try:
             while True:
                 if not stopping:
-                    stopping = self._intake(block=not self._running and not self._waiting)
+                    stopping = self._intake(block=not self._running and not self._waiting and not self._side)
                     if stopping:
                         # Whatever was admitted after shutdown() looked stops too.
                         self._interrupt_running()
@@ -147,6 +153,8 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 changed = self._reap()
                 if not stopping:
                     changed = self._admit(ctx) or changed
+                if self._side:
+                    self._advance_side()
                 if not self._running:
                     if changed:
                         self._report()
@@ -163,6 +171,20 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 seq.close()
             self._refuse_waiting()
 
+    def _advance_side(self) -> None:
+        job = self._side[0]
+        try:
+            finished = job.advance()
+        except Exception as exc:  # noqa: BLE001 - one bad job must not end the thread
+            log.exception("%s: side job failed", self.name)
+            job.abandon(exc)
+            finished = True
+        with self._lock:
+            if finished:
+                self._side.popleft()
+            else:
+                self._side.rotate(-1)
+
     def _intake(self, block: bool) -> bool:
         """Move submitted jobs to the waiting line. True once shutdown was asked for."""
         jobs = self._jobs
@@ -176,11 +198,19 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 job = jobs.get_nowait()
             if job is None:
                 return True
-            self._waiting.append(job)
+            if isinstance(job, SideJob):
+                with self._lock:
+                    self._side.append(job)
+            else:
+                self._waiting.append(job)
 
     def _refuse_waiting(self) -> None:
         while self._waiting:
             self._waiting.popleft().abandon(WorkerStopped("backend stopped"))
+        with self._lock:
+            side, self._side = self._side, deque()
+        for job in side:
+            job.abandon(WorkerStopped("backend stopped"))
 
     def _take_all(self) -> list[Sequence]:
         with self._lock:

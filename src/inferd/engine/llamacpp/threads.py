@@ -10,11 +10,12 @@ left in the queue at exit stay here.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import queue
 import threading
 from collections.abc import Callable
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 log = logging.getLogger("inferd.engine.llamacpp")
 
@@ -35,6 +36,30 @@ class Job(Protocol[S_contra]):
 
 class WorkerStopped(Exception):
     pass
+
+
+T = TypeVar("T")
+
+
+class _Call:
+    """`ContextThread.call`'s job: a function run on the owner thread."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run(self, state: object) -> None:
+        try:
+            self.future.set_result(self.fn())
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller
+            self.future.set_exception(exc)
+
+    def abandon(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+    def interrupt(self) -> None:
+        pass
 
 
 class ContextThread(Generic[S]):
@@ -67,6 +92,12 @@ class ContextThread(Generic[S]):
                 self._jobs.put(job)
                 return
         job.abandon(WorkerStopped("backend stopped"))
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on this thread (after the jobs before it) and return its result."""
+        job = _Call(fn)
+        self.submit(job)
+        return job.future.result()
 
     @property
     def closing(self) -> bool:
