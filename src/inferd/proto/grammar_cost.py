@@ -45,6 +45,7 @@ class _Item:
     alts: list[list[_Item]] = field(default_factory=list)
     empty_term: bool = False
     optional: bool = False  # ?, *, {0,...}
+    first: int = 0  # memo of stack_bound's `first` (0: not yet known)
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -142,26 +143,32 @@ def stack_bound(text: str) -> int:
             return value
         return rule
 
-    def window(seq: list[_Item], start: int) -> int:
-        # Standing before item `start`: it, and every item after it while the ones
-        # before could match nothing, up to the first that must match.
-        total = 0
-        for item in seq[start:]:
-            total += first(item)
-            if not item_nullable(item):
-                break
-        return total
+    def windows(seq: list[_Item]) -> list[int]:
+        # Standing before item j: it, and every item after it while the ones before
+        # could match nothing, up to the first that must match. From the end: linear.
+        out = [0] * len(seq)
+        after = 0
+        for j in range(len(seq) - 1, -1, -1):
+            item = seq[j]
+            after = first(item) + (after if item_nullable(item) else 0)
+            out[j] = after
+        return out
+
+    def lead(seq: list[_Item]) -> int:
+        return windows(seq)[0] if seq else 1
 
     @memo
     def rule_first(alts: list[list[_Item]]) -> int:
-        return sum(window(alt, 0) if alt else 1 for alt in alts)
+        return sum(lead(alt) for alt in alts)
 
     def first(item: _Item) -> int:
         """Stacks when the parser stands just before `item`."""
         if item.kind == "ref":
             return rule_first(item.ref)
         if item.kind == "group":
-            return sum(window(alt, 0) if alt else 1 for alt in item.alts)
+            if not item.first:
+                item.first = sum(lead(alt) for alt in item.alts)
+            return item.first
         return 1
 
     @memo
@@ -170,9 +177,8 @@ def stack_bound(text: str) -> int:
 
     def seq_inner(seq: list[_Item]) -> int:
         """Stacks when the parser stands anywhere inside `seq` (one alternative)."""
-        best = 1
-        for j, item in enumerate(seq):
-            best = max(best, window(seq, j))
+        best = max(windows(seq), default=1)
+        for item in seq:
             if item.kind == "ref":
                 best = max(best, rule_inner(item.ref))
             elif item.kind == "group":

@@ -119,6 +119,9 @@ def check_grammar_stacks(grammar: str, what: str = "grammar") -> None:
         stacks = stack_bound(grammar)
     except GrammarShapeError:
         return
+    except RecursionError:
+        raise InvalidRequest(f"{what} nests groups or rules too deeply to measure its parse stacks "
+                             "(MAX_GRAMMAR_STACKS)") from None
     if stacks > MAX_GRAMMAR_STACKS:
         raise InvalidRequest(
             f"{what} can hold about {stacks} parse stacks at once (optional or repeated items in a row, "
