@@ -7,7 +7,7 @@ streams a greedy `/v1/completions` of --tokens tokens twice, alternated:
 
   alone    nobody else is connected;
   beside   while another client's request decodes with the grammar
-           `root ::= "zq"? ... (K times) "\\x01"` (K+1 parse stacks; under the
+           `root ::= ("zq"? ... (K times) "\\x01")+` (about K parse stacks; under the
            per-token CPU budget at the default K, so it keeps decoding all along).
 
 Reported: the client's decode rate (tokens after its first over the time since the
@@ -31,15 +31,18 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# bench/http.py would shadow the standard library's `http` (httpx needs it): this
+# directory goes last on the path, only for benchkit.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE] + [str(HERE)]
 sys.path.insert(0, str(HERE.parent / "src"))
-sys.path.insert(0, str(HERE))
 from benchkit import free_port, model_path  # noqa: E402
 
 import httpx  # noqa: E402
 
 
 def optionals(k: int) -> str:
-    return "root ::= " + " ".join(['"zq"?'] * k) + ' "\\x01"\n'
+    # Repeated, so every token of the request stands before about K optionals.
+    return "root ::= (" + " ".join(['"zq"?'] * k) + ' "\\x01")+\n'
 
 
 def start(model: str, args: argparse.Namespace, d: Path) -> tuple[subprocess.Popen, str]:
@@ -51,7 +54,7 @@ def start(model: str, args: argparse.Namespace, d: Path) -> tuple[subprocess.Pop
         [sys.executable, "-m", "inferd.cli.main", "serve", "--backend", "llamacpp", "--model-path", model,
          "--n-ctx", "2048", "--n-threads", str(args.threads), "--parallel", "2", "--no-embed",
          "--uds", str(d / "infer.sock"), "--admin-addr", str(d / "admin.sock"), "--lock", str(d / "inferd.lock"),
-         "--no-v2", "--http", f"127.0.0.1:{port}"],
+         "--no-v2", "--http", f"127.0.0.1:{port}", *(["--in-process"] if args.in_process else [])],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -90,6 +93,9 @@ async def run(base: str, args: argparse.Namespace) -> None:
                 "prompt": "Say something.", "grammar": optionals(args.k), "max_tokens": 10_000}))
             await asyncio.sleep(1.0)  # its prompt is in, its grammar passes running
             beside.append(await stream(h, base, args.tokens))
+            if hostile.done():
+                print("!! the grammar request ended before the other stream did: "
+                      f"{hostile.result().status_code} {hostile.result().text[:200]}", flush=True)
             hostile.cancel()
             await asyncio.sleep(1.0)  # its slot frees
     for name, legs in (("alone", alone), ("beside", beside)):
@@ -108,6 +114,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--src", help="run the daemon from this source tree (a baseline)")
+    ap.add_argument("--in-process", action="store_true", help="llama.cpp in the daemon's process, no runner")
     args = ap.parse_args()
     model = model_path(args.model)
     with tempfile.TemporaryDirectory(prefix="inferd-grammar-") as tmp:

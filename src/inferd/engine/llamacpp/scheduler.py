@@ -383,6 +383,7 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 seq.wait_for = None
             return
         prompt_tokens = sum(e - s for _, s, e in fed)
+        ctx.share_cores(any(s.pass_ is not None for s in running))
         t0 = time.perf_counter()
         StepPost.begin()
         try:
