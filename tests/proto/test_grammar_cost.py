@@ -32,6 +32,8 @@ def test_alternatives_add_up_and_nested_rules_multiply():
     assert stack_bound(nested) == 901
     # Empty alternatives and empty strings make an item optional too.
     assert stack_bound('root ::= e e e "x"\ne ::= "a" | ""\n') == 7
+    # Emptiness found through a cycle of rules (b can be empty only through a).
+    assert stack_bound('root ::= b b b "x"\nb ::= a\na ::= b "y" | d\nd ::= ""\n') >= 4
 
 
 def test_deep_nesting_that_does_not_multiply_stays_small():

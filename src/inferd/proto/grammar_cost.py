@@ -21,7 +21,7 @@ also bounds each token's grammar pass in CPU time.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 _TOKEN = re.compile(r'''
     (?P<space>[ \t\r\n]+|\#[^\n]*)
@@ -40,12 +40,14 @@ class GrammarShapeError(ValueError):
 
 @dataclass
 class _Item:
-    kind: str  # "term", "ref", "group"
+    """A terminal (`ref` empty) or a rule reference; a group is an anonymous rule."""
+
     ref: str = ""
-    alts: list[list[_Item]] = field(default_factory=list)
     empty_term: bool = False
     optional: bool = False  # ?, *, {0,...}
-    first: int = 0  # memo of stack_bound's `first` (0: not yet known)
+
+
+Rules = dict[str, list[list[_Item]]]
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:
@@ -62,9 +64,10 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def _parse(text: str) -> dict[str, list[list[_Item]]]:
+def _parse(text: str) -> Rules:
+    """Rule name -> alternatives -> items; each `( ... )` becomes a rule named `(n)`."""
     toks = _tokens(text)
-    rules: dict[str, list[list[_Item]]] = {}
+    rules: Rules = {}
     i = 0
 
     def alternatives(depth: int) -> list[list[_Item]]:
@@ -82,16 +85,18 @@ def _parse(text: str) -> dict[str, list[list[_Item]]]:
                     raise GrammarShapeError("unbalanced ')'")
                 return alts
             elif kind == "op" and val == "(":
-                alts[-1].append(_Item("group", alts=alternatives(depth + 1)))
+                group = f"({len(rules)})"
+                rules[group] = []  # reserve the name before the inner groups take theirs
+                rules[group] = alternatives(depth + 1)
+                alts[-1].append(_Item(ref=group))
             elif kind == "name":
-                alts[-1].append(_Item("ref", ref=val))
+                alts[-1].append(_Item(ref=val))
             elif kind in ("string", "cls") or val == ".":
-                alts[-1].append(_Item("term", empty_term=val == '""'))
+                alts[-1].append(_Item(empty_term=val == '""'))
             elif kind in ("rep", "op") and alts[-1]:
-                last = alts[-1][-1]
                 low = val.strip("{} ").split(",")[0].strip() if kind == "rep" else ""
                 if val in ("?", "*") or (kind == "rep" and low in ("", "0")):
-                    last.optional = True
+                    alts[-1][-1].optional = True
             else:
                 raise GrammarShapeError(f"unexpected {val!r}")
         if depth:
@@ -107,26 +112,48 @@ def _parse(text: str) -> dict[str, list[list[_Item]]]:
     return rules
 
 
+def _nullable(rules: Rules) -> set[str]:
+    """The rules that can match nothing, in time linear in the grammar (a worklist:
+    an alternative is empty once each of its items is optional or an empty rule)."""
+    waiting: list[int] = []  # per alternative: items not yet known to match nothing
+    owner: list[str] = []
+    users: dict[str, list[int]] = {}  # rule -> the alternatives that wait for it
+    found: set[str] = set()
+    ready: list[str] = []
+    for name, alts in rules.items():
+        for alt in alts:
+            k = len(waiting)
+            owner.append(name)
+            pending = 0
+            for item in alt:
+                if item.optional or item.empty_term:
+                    continue
+                if not item.ref:
+                    pending = -1  # a terminal that must match: never empty
+                    break
+                pending += 1
+                users.setdefault(item.ref, []).append(k)
+            waiting.append(pending)
+            if pending == 0 and name not in found:
+                found.add(name)
+                ready.append(name)
+    while ready:
+        for k in users.get(ready.pop(), ()):
+            if waiting[k] > 0:
+                waiting[k] -= 1
+                if waiting[k] == 0 and owner[k] not in found:
+                    found.add(owner[k])
+                    ready.append(owner[k])
+    return found
+
+
 def stack_bound(text: str) -> int:
     """The estimated largest number of parse stacks `text` can hold at once."""
     rules = _parse(text)
-    nullable: dict[str, bool] = {name: False for name in rules}
+    empty = _nullable(rules)
 
     def item_nullable(item: _Item) -> bool:
-        if item.optional or item.empty_term:
-            return True
-        if item.kind == "ref":
-            return nullable.get(item.ref, False)
-        if item.kind == "group":
-            return any(all(item_nullable(x) for x in alt) for alt in item.alts)
-        return False
-
-    changed = True
-    while changed:  # a fixpoint: rules can be empty through other rules
-        changed = False
-        for name, alts in rules.items():
-            if not nullable[name] and any(all(item_nullable(x) for x in alt) for alt in alts):
-                nullable[name] = changed = True
+        return item.optional or item.empty_term or item.ref in empty
 
     def memo(fn):  # noqa: ANN001, ANN202 - per-rule memo, recursion counted once
         done: dict[str, int] = {}
@@ -154,35 +181,23 @@ def stack_bound(text: str) -> int:
             out[j] = after
         return out
 
-    def lead(seq: list[_Item]) -> int:
-        return windows(seq)[0] if seq else 1
-
     @memo
     def rule_first(alts: list[list[_Item]]) -> int:
-        return sum(lead(alt) for alt in alts)
+        """Stacks when the parser stands just before the rule: its alternatives add up."""
+        return sum(windows(alt)[0] if alt else 1 for alt in alts)
 
     def first(item: _Item) -> int:
-        """Stacks when the parser stands just before `item`."""
-        if item.kind == "ref":
-            return rule_first(item.ref)
-        if item.kind == "group":
-            if not item.first:
-                item.first = sum(lead(alt) for alt in item.alts)
-            return item.first
-        return 1
+        return rule_first(item.ref) if item.ref else 1
 
     @memo
     def rule_inner(alts: list[list[_Item]]) -> int:
-        return max((seq_inner(alt) for alt in alts), default=1)
-
-    def seq_inner(seq: list[_Item]) -> int:
-        """Stacks when the parser stands anywhere inside `seq` (one alternative)."""
-        best = max(windows(seq), default=1)
-        for item in seq:
-            if item.kind == "ref":
-                best = max(best, rule_inner(item.ref))
-            elif item.kind == "group":
-                best = max(best, max((seq_inner(alt) for alt in item.alts), default=1))
+        """Stacks when the parser stands anywhere inside one of the rule's alternatives."""
+        best = 1
+        for alt in alts:
+            best = max(best, *windows(alt)) if alt else best
+            for item in alt:
+                if item.ref:
+                    best = max(best, rule_inner(item.ref))
         return best
 
     # The worst place the parser can stand: before a rule's alternatives, or inside one.
