@@ -180,6 +180,6 @@ async def test_legitimate_schemas_still_pass(base):
             "response_format": {"type": "json_schema", "json_schema": {"name": "order", "schema": ORDER}}})
         assert r.status_code == 200, r.text
         r = await h.post(base + "/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 80, "temperature": 0,
+            "messages": [{"role": "user", "content": "Weather in Paris?"}], "max_tokens": 60, "temperature": 0,
             "tools": [WEATHER], "tool_choice": "required"})
         assert r.status_code == 200, r.text
