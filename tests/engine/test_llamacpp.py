@@ -267,7 +267,7 @@ async def test_worker_fault_ends_stream_with_error_and_worker_survives(backend, 
     from inferd.engine.llamacpp import sampling
 
     calls = {"n": 0}
-    real = sampling.Sampler.sample
+    real = sampling.Sampler.quick
 
     def flaky(self, ctx):
         calls["n"] += 1
@@ -275,14 +275,14 @@ async def test_worker_fault_ends_stream_with_error_and_worker_survives(backend, 
             raise RuntimeError("injected fault")
         return real(self, ctx)
 
-    monkeypatch.setattr(sampling.Sampler, "sample", flaky)
+    monkeypatch.setattr(sampling.Sampler, "quick", flaky)
     stream = await backend.generate(req(max_tokens=10))
     got = []
     with pytest.raises(Unavailable, match="injected fault"):
         async for ev in stream:
             got.append(ev)
     assert len(got) == 2 and all(isinstance(e, TextDelta) for e in got)
-    monkeypatch.setattr(sampling.Sampler, "sample", real)
+    monkeypatch.setattr(sampling.Sampler, "quick", real)
     tokens, done = await run(backend, req(max_tokens=3))
     assert done.usage.completion_tokens == 3
     # The fault dropped the cache, so this prompt was evaluated in full.

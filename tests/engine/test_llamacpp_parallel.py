@@ -363,7 +363,7 @@ async def test_fault_in_one_sequence_leaves_the_others_running(par, monkeypatch)
     from inferd.engine.backend import Unavailable
     from inferd.engine.llamacpp import sampling
 
-    real = sampling.Sampler.sample
+    real = sampling.Sampler.quick
     sampled = {"bad": 0}
 
     def flaky(self, ctx):
@@ -373,7 +373,7 @@ async def test_fault_in_one_sequence_leaves_the_others_running(par, monkeypatch)
                 raise RuntimeError("injected fault")
         return real(self, ctx)
 
-    monkeypatch.setattr(sampling.Sampler, "sample", flaky)
+    monkeypatch.setattr(sampling.Sampler, "quick", flaky)
     reports = Reports(par)
     async with held(par):
         good = await par.generate(req(ENDLESS[0], id="ok", max_tokens=20))

@@ -12,6 +12,7 @@ checked before parsing or before anything is echoed (`check_json_budget`,
 from __future__ import annotations
 
 from .errors import InvalidRequest
+from .grammar_cost import GrammarShapeError, stack_bound
 
 # ---- identity -----------------------------------------------------------------------
 
@@ -46,6 +47,14 @@ MAX_SCHEMA_BYTES = 65_536
 MAX_ATTACHMENTS = 100
 #: A client's GBNF grammar (THREAT_MODEL F-11; the llama.cpp backend checks it again).
 MAX_GRAMMAR_BYTES = 65_536
+#: Parse stacks a grammar may hold at once, as `grammar_cost.stack_bound` estimates them
+#: (THREAT_MODEL F-11, ADR 0032): each costs a full-vocabulary pass per constrained
+#: token, and optional or repeated items in a row, alternatives and nested rules
+#: multiply them while adding only bytes. The same limit holds for a client's
+#: `grammar` and for the grammars converted from `response_format` and tool schemas
+#: (`check_grammar_stacks`). Converted JSON schemas of nested objects, arrays of objects
+#: and enums stay far below (tens; an enum holds one stack per value).
+MAX_GRAMMAR_STACKS = 1024
 
 # ---- embeddings -----------------------------------------------------------------------
 
@@ -99,6 +108,24 @@ def check_grammar(grammar: str) -> None:
     size = utf8_len(grammar)
     if size > MAX_GRAMMAR_BYTES:
         raise InvalidRequest(f"grammar is {size} bytes; at most {MAX_GRAMMAR_BYTES} (MAX_GRAMMAR_BYTES)")
+    check_grammar_stacks(grammar)
+
+
+def check_grammar_stacks(grammar: str, what: str = "grammar") -> None:
+    """Refuse a grammar (a client's or one converted from a schema) whose estimated parse
+    stacks exceed MAX_GRAMMAR_STACKS (F-11). Text that cannot be read is left to
+    libllama's parser, which names the fault."""
+    try:
+        stacks = stack_bound(grammar)
+    except GrammarShapeError:
+        return
+    except RecursionError:
+        raise InvalidRequest(f"{what} nests groups or rules too deeply to measure its parse stacks "
+                             "(MAX_GRAMMAR_STACKS)") from None
+    if stacks > MAX_GRAMMAR_STACKS:
+        raise InvalidRequest(
+            f"{what} can hold about {stacks} parse stacks at once (optional or repeated items in a row, "
+            f"alternatives, nested rules); at most {MAX_GRAMMAR_STACKS} (MAX_GRAMMAR_STACKS)")
 
 
 def json_values_bound(line: bytes) -> int:

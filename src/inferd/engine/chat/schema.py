@@ -34,6 +34,8 @@ import json
 import re
 from typing import Any
 
+from ...proto.errors import InvalidRequest
+from ...proto.limits import check_grammar_stacks
 from ..request import ResponseFormat
 
 #: Largest accepted schema, serialized as compact UTF-8 JSON.
@@ -120,6 +122,11 @@ def check_grammar_size(grammar: str) -> str:
     size = len(grammar.encode("utf-8"))
     if size > MAX_SCHEMA_GRAMMAR_BYTES:
         raise SchemaError(f"the grammar for this schema would be {size} bytes, over the {MAX_SCHEMA_GRAMMAR_BYTES}-byte limit")
+    try:
+        # THREAT_MODEL F-11: the same stack limit as a client's grammar (proto/limits.py).
+        check_grammar_stacks(grammar, "the grammar for this schema")
+    except InvalidRequest as exc:
+        raise SchemaError(str(exc)) from None
     return grammar
 
 

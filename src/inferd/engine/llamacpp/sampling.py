@@ -8,18 +8,27 @@ which every backend shares and which needs no llama.cpp.
 from __future__ import annotations
 
 import ctypes
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 import llama_cpp.llama_cpp as L
 
-from ...proto.limits import MAX_GRAMMAR_BYTES
+from ...proto.errors import InvalidRequest
+from ...proto.limits import MAX_GRAMMAR_BYTES, check_grammar_stacks
 from .native import capture_native_log
 
 # THREAT_MODEL F-11: bound the grammar before libllama parses it. The size limit is the
 # wire's (proto/limits.py); the alternation count only libllama's parser cares about.
 MAX_GRAMMAR_ALTERNATIONS = 4096
+
+#: THREAT_MODEL F-11 (ADR 0032): CPU seconds one token's full-vocabulary grammar pass may
+#: take before the request ends with `invalid_request` ("grammar too costly"). Legitimate
+#: grammars (JSON schemas, tool calls) take a few tens of ms on a 262k vocabulary; the
+#: pass runs on the scheduler's grammar thread, so this bounds wasted CPU, not the
+#: other sequences' token gaps (those never wait for a pass).
+GRAMMAR_TOKEN_CPU_S = 0.5
 
 # llama.cpp reads this seed value as "pick a random one".
 _LLAMA_RANDOM_SEED = 0xFFFFFFFF
@@ -38,6 +47,10 @@ def check_grammar_limits(grammar: str) -> None:
         raise GrammarError(
             f"grammar has {alternations} '|' alternations, limit {MAX_GRAMMAR_ALTERNATIONS}"
         )
+    try:
+        check_grammar_stacks(grammar)  # what multiplies each token's cost (ADR 0032)
+    except InvalidRequest as exc:
+        raise GrammarError(str(exc)) from None
 
 
 def parse_grammar(vocab: L.llama_vocab_p, grammar: str, *, checked: bool = True) -> L.llama_sampler_p:
@@ -86,13 +99,23 @@ def _chain(params: SamplingParams) -> L.llama_sampler_p:
     return chain
 
 
+class GrammarTooCostly(ValueError):
+    """One token's grammar pass used more CPU than GRAMMAR_TOKEN_CPU_S; client-facing."""
+
+
 class Sampler:
     """One request's sampling state. Lives on the worker thread; `close()` frees it.
 
     With a grammar the full-vocabulary grammar pass is expensive (tens of ms on a
-    262k vocabulary), so we sample unconstrained first and only fall back to the
-    constrained pass when the grammar rejects that token, as llama.cpp's own
-    common sampler does. For greedy decoding the result is identical either way.
+    262k vocabulary, and a hostile grammar multiplies that by its number of stacks),
+    so we sample unconstrained first (`quick`) and only when the grammar rejects that
+    token run the constrained pass (`constrained`), as llama.cpp's own common sampler
+    does. For greedy decoding the result is identical either way.
+
+    THREAT_MODEL F-11 (ADR 0032): `quick` needs the context and runs in the decode
+    step; `constrained` reads only this sampler's copy of the logits (`quick` takes
+    it), so the scheduler runs it off the step, on its grammar thread, and it refuses
+    to go on once one pass used more than GRAMMAR_TOKEN_CPU_S of CPU.
     """
 
     def __init__(self, params: SamplingParams, grammar: L.llama_sampler_p | None,
@@ -105,13 +128,20 @@ class Sampler:
         # and picks the same (first) maximum as the greedy sampler.
         self._argmax = params.greedy and grammar is None
         self._full: np.ndarray | None = None
+        self._logits: np.ndarray | None = None
         self._one = (L.llama_token_data * 1)()
         self._one_arr = L.llama_token_data_array(self._one, 1, -1, False)
-        #: The batch row whose logits `sample` reads (-1: the last one). Several
+        #: The batch row whose logits `quick` reads (-1: the last one). Several
         #: sequences decoded in one batch each read their own row.
         self.row = -1
 
-    def sample(self, ctx: L.llama_context_p) -> int:
+    @property
+    def constrained_by_grammar(self) -> bool:
+        return self._grammar is not None
+
+    def quick(self, ctx: L.llama_context_p) -> int | None:
+        """The next token, or None when the grammar refused the unconstrained choice:
+        then the row's logits are copied and `constrained()` must pick the token."""
         row = self.row
         if self._argmax:
             logits = L.llama_get_logits_ith(ctx, row)
@@ -120,7 +150,6 @@ class Sampler:
         grammar = self._grammar
         if grammar is None:
             return token
-        logits = L.llama_get_logits_ith(ctx, row)
         one = self._one[0]
         one.id = token
         one.logit = 1.0
@@ -128,11 +157,20 @@ class Sampler:
         self._one_arr.selected = -1
         L.llama_sampler_apply(grammar, ctypes.byref(self._one_arr))
         if one.logit == float("-inf"):
-            token = self._constrained(logits)
+            # The next decode overwrites the context's logits: keep this row's.
+            if self._logits is None:
+                self._logits = np.empty(self._n_vocab, dtype=np.float32)
+            self._logits[:] = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, row), shape=(self._n_vocab,))
+            return None
         L.llama_sampler_accept(grammar, token)
         return token
 
-    def _constrained(self, logits: ctypes.POINTER(ctypes.c_float)) -> int:
+    def constrained(self) -> int:
+        """The grammar's pass over the whole vocabulary on the logits `quick` kept, then
+        the chain; accepts the token into the grammar. Needs no context (any thread).
+        Raises GrammarTooCostly when the pass used more than GRAMMAR_TOKEN_CPU_S of this
+        thread's CPU (thread CPU, so a loaded machine does not make a grammar costly)."""
+        started = time.thread_time()
         n = self._n_vocab
         if self._full is None:
             self._full_c = (L.llama_token_data * n)()
@@ -141,16 +179,24 @@ class Sampler:
         view = self._full
         # Earlier passes reorder and truncate the array in place: rebuild it whole.
         view["id"] = self._ids
-        view["logit"] = np.ctypeslib.as_array(logits, shape=(n,))
+        view["logit"] = self._logits
         view["p"] = 0.0
         arr = L.llama_token_data_array(self._full_c, n, -1, False)
         L.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        used = time.thread_time() - started
+        if used > GRAMMAR_TOKEN_CPU_S:
+            raise GrammarTooCostly(
+                f"grammar too costly: one token's grammar pass took {used * 1000:.0f} ms of CPU, "
+                f"at most {GRAMMAR_TOKEN_CPU_S * 1000:.0f} ms (GRAMMAR_TOKEN_CPU_S); "
+                "fewer optional or repeated items in a row make it cheaper")
         L.llama_sampler_apply(self._chain, ctypes.byref(arr))
         if arr.selected < 0:
             raise RuntimeError("the sampler chain selected no token")
         # No accept into the chain here: llama_sampler_sample already did, and none
         # of our chain's samplers keeps per-token state.
-        return int(arr.data[arr.selected].id)
+        token = int(arr.data[arr.selected].id)
+        L.llama_sampler_accept(self._grammar, token)
+        return token
 
     def close(self) -> None:
         if self._chain:

@@ -17,6 +17,12 @@ owns it). Instead of one job at a time, each iteration of its loop is one decode
    stream, stop strings and output parser to its own stream. The step's events reach
    the event loop in one wake-up.
 
+A grammar sequence whose grammar refuses the unconstrained token needs a pass over
+the whole vocabulary for every stack of its grammar; a hostile grammar makes that
+seconds per token (THREAT_MODEL F-11). That pass runs on the scheduler's one grammar
+thread, off the step (ADR 0032): the sequence sits out of the batch until its token is
+ready, the others keep decoding, and a cancelled one frees its slot at once.
+
 A request whose prompt starts with what another running sequence is still evaluating
 (a shared system prompt sent by several clients at once) waits for it and copies
 those cells instead of evaluating them twice. A job that is not a generation (a
@@ -29,16 +35,17 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 import llama_cpp.llama_cpp as L
 
 from ...proto.admin import SequenceSlot
-from ..backend import BackendError, Unavailable
+from ..backend import BackendError, BackendInvalidRequest, Unavailable
 from ..events import ContextUsage, Done, FinishReason, Timings, Usage
 from ..text import StopScanner, Utf8Stream
 from .bridge import StepPost
 from .job import GenerationJob, SideJob
-from .sampling import Sampler, parse_grammar
+from .sampling import GrammarTooCostly, Sampler, parse_grammar
 from .settings import PREFILL_STEP_MS
 from .slots import COPY_MIN_TOKENS, GenerationContext, Slot, common_prefix
 from .threads import ContextThread, Job, WorkerStopped
@@ -54,6 +61,9 @@ MIN_CHUNK = 64
 FIRST_CHUNK = 128
 #: Weight of the newest measurement in the running estimates of a step's costs.
 EMA = 0.3
+#: How long the loop waits for a grammar pass when nothing else can step, before it
+#: looks for new requests and cancellations again.
+GRAMMAR_POLL_S = 0.01
 
 SequenceObserver = Callable[[list[SequenceSlot]], None]
 
@@ -62,7 +72,7 @@ class Sequence:
     """One request running in a slot: its sampler and everything its text goes through."""
 
     __slots__ = ("job", "slot", "prompt", "sampler", "utf8", "stops", "parser", "started", "prompt_done",
-                 "cached", "placed", "next", "completion", "thinking", "wait_for", "wait_len")
+                 "cached", "placed", "next", "completion", "thinking", "wait_for", "wait_len", "pass_")
 
     def __init__(self, job: GenerationJob, slot: Slot, ctx: GenerationContext) -> None:
         self.job = job
@@ -85,8 +95,15 @@ class Sequence:
         #: A sequence still evaluating a prefix of this prompt, and how long that prefix is.
         self.wait_for: Sequence | None = None
         self.wait_len = 0
+        #: The grammar pass choosing this sequence's next token, while one runs (F-11).
+        self.pass_: Future[int] | None = None
 
     def close(self) -> None:
+        running = self.pass_
+        if running is not None and not running.done():
+            # The grammar thread still uses the sampler: free it when its pass ends.
+            running.add_done_callback(lambda _: self.sampler.close())
+            return
         self.sampler.close()
 
     @property
@@ -119,8 +136,10 @@ class BatchScheduler(ContextThread[GenerationContext]):
         self._observer: SequenceObserver | None = None
         #: (prompt tokens, decode tokens) of recent steps that carried a prompt chunk; tests read it.
         self.prefill_steps: deque[tuple[int, int]] = deque(maxlen=4096)
-        #: llama_decode calls done; a runner's watchdog reads it (ADR 0025).
+        #: llama_decode calls done, plus grammar passes; a runner's watchdog reads it (ADR 0025).
         self.steps = 0
+        #: The one thread grammar passes run on (F-11, ADR 0032); made on first use.
+        self._grammar_pool: ThreadPoolExecutor | None = None
 
     # ---- outside the thread ----------------------------------------------------------
 
@@ -155,6 +174,7 @@ class BatchScheduler(ContextThread[GenerationContext]):
                     changed = self._admit(ctx) or changed
                 if self._side:
                     self._advance_side()
+                changed = self._collect_passes(ctx) or changed
                 if not self._running:
                     if changed:
                         self._report()
@@ -163,6 +183,12 @@ class BatchScheduler(ContextThread[GenerationContext]):
                     continue
                 if changed:
                     self._report()
+                if all(seq.pass_ is not None for seq in self._running):
+                    # Only grammar passes are running: wait for one, a little at a time,
+                    # so new requests and cancellations are still seen.
+                    wait([seq.pass_ for seq in self._running if seq.pass_ is not None],
+                         timeout=GRAMMAR_POLL_S, return_when=FIRST_COMPLETED)
+                    continue
                 self._step(ctx)
                 self.steps += 1
         finally:
@@ -170,6 +196,8 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 seq.job.abandon(Unavailable("generation cancelled"))
                 seq.close()
             self._refuse_waiting()
+            if self._grammar_pool is not None:
+                self._grammar_pool.shutdown(wait=False, cancel_futures=True)
 
     def _advance_side(self) -> None:
         job = self._side[0]
@@ -385,6 +413,7 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 seq.wait_for = None
             return
         prompt_tokens = sum(e - s for _, s, e in fed)
+        ctx.share_cores(any(s.pass_ is not None for s in running))
         t0 = time.perf_counter()
         StepPost.begin()
         try:
@@ -420,6 +449,32 @@ class BatchScheduler(ContextThread[GenerationContext]):
         finally:
             StepPost.flush()
 
+    def _collect_passes(self, ctx: GenerationContext) -> bool:
+        """Take the tokens of finished grammar passes (F-11); True if anything changed."""
+        changed = False
+        for seq in [s for s in self._running if s.pass_ is not None and s.pass_.done()]:
+            done, seq.pass_ = seq.pass_, None
+            self.steps += 1  # progress for the runner's watchdog, as a decode step is
+            exc = done.exception()
+            StepPost.begin()
+            try:
+                if exc is None:
+                    changed = self._take(ctx, seq, done.result()) or changed
+                else:
+                    if isinstance(exc, GrammarTooCostly):
+                        exc = BackendInvalidRequest(str(exc))
+                    changed = self._failed(ctx, seq, exc)  # type: ignore[arg-type]
+            finally:
+                StepPost.flush()
+        return changed
+
+    def _grammar_pass(self, seq: Sequence) -> None:
+        """Start the constrained pass of `seq` on the grammar thread (F-11, ADR 0032)."""
+        pool = self._grammar_pool
+        if pool is None:
+            pool = self._grammar_pool = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-grammar")
+        seq.pass_ = pool.submit(seq.sampler.constrained)
+
     def _place(self, ctx: GenerationContext, seq: Sequence) -> None:
         own = ctx.reusable(seq.slot, seq.prompt)
         seq.cached = ctx.place(seq.slot, seq.prompt)
@@ -435,7 +490,18 @@ class BatchScheduler(ContextThread[GenerationContext]):
             if job.max_tokens <= 0:
                 self._finish(ctx, seq, FinishReason.LENGTH)
                 return True
-            token = seq.sampler.sample(ctx.ctx)
+            token = seq.sampler.quick(ctx.ctx)
+            if token is None:
+                self._grammar_pass(seq)
+                return False
+        except Exception as exc:  # noqa: BLE001 - one request's fault must not end the others
+            return self._failed(ctx, seq, exc)
+        return self._take(ctx, seq, token)
+
+    def _take(self, ctx: GenerationContext, seq: Sequence, token: int) -> bool:
+        """Send the text of `seq`'s sampled `token`; True if the sequence finished."""
+        job = seq.job
+        try:
             if L.llama_vocab_is_eog(ctx.vocab, token):
                 self._finish(ctx, seq, FinishReason.END)
                 return True
@@ -454,23 +520,24 @@ class BatchScheduler(ContextThread[GenerationContext]):
             if seq.completion >= job.max_tokens or len(seq.slot.kv) >= ctx.n_ctx:
                 self._finish(ctx, seq, FinishReason.LENGTH)
                 return True
-        except BackendError as exc:
-            # The output could not be read (an unparseable tool call): the partial
-            # output stays sent, the request ends with this error. The cache is sound.
-            self._drop(seq)
-            job.abandon(exc)
-            return True
         except Exception as exc:  # noqa: BLE001 - one request's fault must not end the others
-            log.exception("%s: generation failed", self.name)
-            self._drop(seq)
+            return self._failed(ctx, seq, exc)
+        seq.next = token
+        return False
+
+    def _failed(self, ctx: GenerationContext, seq: Sequence, exc: Exception) -> bool:
+        """End `seq` with `exc`; the others go on. Always True (it finished)."""
+        self._drop(seq)
+        if not isinstance(exc, BackendError):
+            log.error("%s: generation failed", self.name, exc_info=exc)
             # Trust no cache nobody is using: a fault we cannot name may have left it wrong.
             for slot in ctx.slots:
                 if not slot.busy:
                     ctx.forget(slot)
-            job.abandon(exc)
-            return True
-        seq.next = token
-        return False
+        # A BackendError (an unparseable tool call): the partial output stays sent, the
+        # request ends with this error. The cache is sound.
+        seq.job.abandon(exc)
+        return True
 
     def _finish(self, ctx: GenerationContext, seq: Sequence, reason: FinishReason) -> None:
         job, parser = seq.job, seq.parser
