@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import typer
 from typer.testing import CliRunner
@@ -75,3 +76,50 @@ def test_doctor_shows_the_budget_and_fails_a_model_larger_than_it(tiny_gguf):
     assert ok and label == "memory budget" and detail.startswith("8.00 GiB of ") and "tiny ~6" in detail
     ok, _, detail = budget_check(parse_config({"backends": [entry], "memory_budget": "100MiB"}))
     assert not ok and detail.endswith("larger than the whole budget: tiny")
+
+
+# ---- pull hf.co/OWNER/REPO:QUANT -------------------------------------------------------
+
+async def test_pull_from_the_hub_adds_a_working_entry(daemon_factory, sockdir, tmp_path, tiny_gguf, monkeypatch):
+    import shutil
+
+    from fake_hub import COMMIT, serving_hub
+    from inferd.cli import models as models_cli
+
+    q8 = tmp_path / "tiny-q8.gguf"
+    shutil.copy(tiny_gguf, q8)
+    with q8.open("ab") as f:
+        f.write(b"\0" * 32)  # another file: another sha256
+    pull_app = typer.Typer()
+
+    @pull_app.callback()
+    def _root() -> None:
+        """Subcommands."""
+
+    models_cli.register(pull_app)
+    cfg = tmp_path / "conf" / "config.json"
+    monkeypatch.setenv("MODELS_HOME", str(tmp_path / "store"))
+    with serving_hub() as hub:
+        hub.add(Path(tiny_gguf), repo="acme/Tiny-GGUF", filename="tiny-Q4_K_M.gguf", revision=COMMIT)
+        hub.add(q8, repo="acme/Tiny-GGUF", filename="tiny-Q8_0.gguf", revision=COMMIT)
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        result = CliRunner().invoke(pull_app, ["pull", "hf.co/acme/Tiny-GGUF:Q4_K_M", "--config", str(cfg)])
+        assert result.exit_code == 0, result.output
+        assert 'as \'tiny:q4_k_m\'' in result.stdout and 'model="tiny:q4_k_m"' in result.stdout
+        wrong = CliRunner().invoke(pull_app, ["pull", "hf.co/acme/Tiny-GGUF:Q2_K", "--config", str(cfg)])
+        assert wrong.exit_code == 1 and "no GGUF file for Q2_K; it has: Q4_K_M, Q8_0" in wrong.output
+    data = json.loads(cfg.read_text())
+    # No config before: the first one keeps the embedded default (still the default) beside it.
+    assert [b["name"] for b in data["backends"]] == ["gemma-3-270m", "tiny:q4_k_m"]
+    pulled = data["backends"][-1]
+    assert pulled["on_demand"] is True
+    assert pulled["name"] == "tiny:q4_k_m" and pulled["aliases"] == ["hf.co/acme/Tiny-GGUF:Q4_K_M"]
+    assert pulled["model"]["filename"] == "tiny-Q4_K_M.gguf" and pulled["model"]["revision"] == COMMIT
+    assert pulled["model"]["sha256"] == hub.sha_of(Path(tiny_gguf))
+    # The daemon boots from the written config and serves the pulled model by either name.
+    pulled.update({"n_ctx": 512, "parallel": 1})
+    data["backends"] = [{"kind": "mock", "name": "chat"}, pulled]
+    cfg.write_text(json.dumps(data))
+    d = await daemon_factory(config=str(cfg))
+    done = await roundtrip(d.infer, req("p", model="hf.co/acme/Tiny-GGUF:Q4_K_M", max_tokens=2), timeout=60)
+    assert (done[-1]["type"], done[-1]["backend"]) == ("done", "tiny:q4_k_m")
