@@ -47,6 +47,13 @@ async def test_ps_shows_what_is_loaded_its_memory_slots_and_expiry(daemon_factor
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert rows["chat"][2:] == ["-", "0/1", "never"]
     assert rows["coder"][2:5] == ["300", "MiB", "0/1"] and rows["coder"][5:] in (["in", "60m"], ["in", "59m"])
+    from inferd.cli.admin_cmds import register as register_admin
+
+    status_app = app()
+    register_admin(status_app)
+    status = await asyncio.to_thread(CliRunner().invoke, status_app, ["status", "--admin-addr", d.admin])
+    assert status.exit_code == 0
+    assert "note: model coder is idle: unloaded in 3" in status.stderr  # 3599s or 3600s
 
 
 def test_ls_lists_every_model_and_rm_removes_one(tmp_path):

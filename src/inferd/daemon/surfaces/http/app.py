@@ -315,7 +315,9 @@ class HttpApp:
 
     async def _health(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         state = getattr(self.ctx.broadcaster.snapshot, "status", "unknown")
-        ok = state == "ready" and self.ctx.router.first_ready() is not None
+        # Ready with a model loaded, or one a request would load (issue 20: on demand).
+        ok = state == "ready" and (self.ctx.router.first_ready() is not None
+                                   or any(m.loadable for m in self.ctx.models.catalog.models))
         await out.json(200 if ok else 503, {"status": "ok" if ok else "unavailable", "state": state})
 
     async def _metrics(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
