@@ -208,3 +208,44 @@ async def test_when_every_loaded_model_is_busy_the_refusal_names_needed_and_free
             "memory budget is free") in err["message"]
     assert loaded(d) == {"chat", "a"}
     w.close()
+
+
+async def test_a_load_whose_client_left_still_counts_down(daemon_factory, sockdir):
+    d = await daemon_factory(config=write(sockdir, keep_alive="50ms", backends=[
+        mock("chat"), mock("slow", on_demand=True, ready_delay_ms=300)]))
+    r, w = await dial(d.infer)
+    w.write(json.dumps(req("gone", model="slow")).encode() + b"\n")
+    slow = d.server.ctx.models.catalog.find("slow")
+    await wait_until(lambda: slow.task is not None, what="the load starts")
+    w.close()  # the only client leaves while its model loads
+    await wait_until(lambda: slow.loaded is not None, what="the load goes on for others")
+    await wait_until(lambda: slow.loaded is None, what="its keep_alive unloads it all the same")
+
+
+async def test_a_reload_forgets_on_demand_models_and_they_load_again(daemon_factory, sockdir):
+    path = write(sockdir, backends=[mock("chat"), mock("coder", on_demand=True)])
+    d = await daemon_factory(config=path)
+    assert (await roundtrip(d.infer, req("a", model="coder")))[-1]["backend"] == "coder"
+    sub = d.server.broadcaster.subscribe()
+    while json.loads(await sub.next())["status"] != "ready":
+        pass  # the replay
+    d.server.request_reload()
+    while json.loads(await sub.next())["status"] != "restarting":
+        pass
+    while json.loads(await sub.next())["status"] != "ready":
+        pass
+    assert [e.label for e in d.server.router.entries] == ["chat"] and loaded(d) == {"chat"}
+    assert (await roundtrip(d.infer, req("b", model="coder")))[-1]["backend"] == "coder"
+    d.server.broadcaster.unsubscribe(sub)
+
+
+async def test_a_group_falls_back_to_its_on_demand_member_when_the_first_refuses(daemon_factory, sockdir):
+    d = await daemon_factory(config=write(sockdir, backends=[
+        mock("near", aliases=["qwen"], pre_stream_error="Unavailable"),
+        mock("far", aliases=["qwen"], on_demand=True),
+        mock("other", aliases=["solo"], pre_stream_error="InvalidRequest")]))
+    frames = await roundtrip(d.infer, req("a", model="qwen"))
+    assert frames[-1]["backend"] == "far"  # near refused before its stream; far was loaded for it
+    assert loaded(d) == {"near", "far", "other"}
+    (err,) = await roundtrip(d.infer, req("b", model="solo"))  # the request at fault: no fallback
+    assert err["code"] == "invalid_request"

@@ -175,8 +175,10 @@ class ModelManager:
             lease.entries = list(self.router.entries)
             return lease
         try:
-            if not any(m.loaded is not None and m.loaded.backend.ready() for m in group):
-                target = next((m for m in group if m.loadable), None)
+            if not any(_usable(m) for m in group):
+                # None can take it: load the first member that is not loaded (a local
+                # fallback behind a remote whose circuit is open, or the model itself).
+                target = next((m for m in group if m.loadable and m.loaded is None), None)
                 if target is not None:
                     await self.ensure_loaded(target)
             lease.entries = [m.loaded for m in group if m.loaded is not None]
@@ -184,6 +186,20 @@ class ModelManager:
             lease.release()
             raise
         return lease
+
+    async def fallback(self, lease: Lease) -> BackendEntry | None:
+        """Every loaded member refused before its stream: load the group's next member
+        that is not loaded (a local fallback behind a remote), or None."""
+        for model in lease.models:
+            if model.loadable and model.loaded is None:
+                try:
+                    entry = await self.ensure_loaded(model)
+                except ModelRefused as exc:
+                    log.warning("fallback %s for a refused request: %s", model.name, exc.message)
+                    continue
+                lease.entries.append(entry)
+                return entry
+        return None
 
     async def ensure_loaded(self, model: Model) -> BackendEntry:
         while model.loaded is None:
@@ -226,6 +242,10 @@ class ModelManager:
                     self._publish(model, "failed", reason=model.error)
                     raise ModelRefused(Fault.UNAVAILABLE, f"model {model.name!r} could not be loaded: {exc}") from None
                 model.loaded, model.error, model.last_used = entry, None, self._now()
+                if model.users == 0 and math.isfinite(model.keep_alive):
+                    # Everyone who asked for it left while it loaded: count down at once.
+                    model.expires_at = self._now() + model.keep_alive
+                    self._arm()
                 self.hooks.install(entry)
                 self.catalog.learn(model, entry.caps.model)
                 secs = round(time.monotonic() - started, 3)
@@ -367,6 +387,11 @@ class ModelManager:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), ModelRefused):
             log.error("model task failed", exc_info=task.exception())
+
+
+def _usable(model: Model) -> bool:
+    entry = model.loaded
+    return entry is not None and entry.backend.ready() and entry.breaker.would_admit()
 
 
 def _estimate(model: Model, models_home: str | None) -> Estimate | None:

@@ -121,7 +121,18 @@ class _Serving:
             raise Refused(Fault.QUEUE_FULL, "queue full") from None
         lease, entries = await _route(ctx, self.needs)
         try:
-            entry, result, attempt = await self._first(entries)
+            while True:
+                try:
+                    entry, result, attempt = await self._first(entries)
+                    break
+                except Refused as exc:
+                    if exc.kind in _REQUEST_FAULTS or exc.kind is Fault.CLOSED:
+                        raise
+                    # Its group's next member, loaded for it (issue 20), may serve it.
+                    more = await ctx.models.fallback(lease)
+                    if more is None:
+                        raise
+                    entries = [more]
         except BaseException:
             lease.release()
             raise
