@@ -14,11 +14,14 @@ import os
 import re
 from dataclasses import dataclass
 
+from urllib.parse import urlsplit
+
 from .spec import ModelSpec, StoreError
 
 #: Ollama's default when a reference names no quantisation.
 DEFAULT_QUANT = "Q4_K_M"
 _REF = re.compile(r"^(?:https?://)?(?:hf\.co|huggingface\.co)/([A-Za-z0-9][\w.-]*)/([\w.-]+?)(?::([\w.-]+))?$")
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 _SPLIT = re.compile(r"-\d{5}-of-\d{5}\.gguf$", re.IGNORECASE)
 
 
@@ -58,7 +61,8 @@ def choose(files: dict[str, tuple[str | None, int | None]], ref: HubRef) -> tupl
     if not hits and ref.quant is None and len(ggufs) == 1:
         hits, quant = ggufs, ""
     if not hits:
-        tags = sorted({t for f in ggufs for t in re.findall(r"(?<![A-Za-z0-9])(I?Q\d\w*|F16|BF16|F32)", f.rsplit("/", 1)[-1])})
+        tags = sorted({t.upper() for f in ggufs for t in re.findall(
+            r"(?<![A-Za-z0-9])(I?Q\d\w*|F16|BF16|F32)", f.rsplit("/", 1)[-1].removesuffix(".gguf"), re.IGNORECASE)})
         raise StoreError(f"{ref}: no GGUF file for {quant}; it has: {', '.join(tags) or ', '.join(ggufs)}")
     whole = [f for f in hits if not _SPLIT.search(f)]
     if not whole:
@@ -73,6 +77,11 @@ def resolve(ref: HubRef, endpoint: str | None = None) -> tuple[ModelSpec, str]:
     from huggingface_hub.utils import HfHubHTTPError
 
     endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    parts = urlsplit(endpoint)
+    # THREAT_MODEL F-25: the Hub token rides on this request too; plain http only to a
+    # mirror on this machine, as the downloader (fetch.py) requires.
+    if parts.scheme != "https" and not (parts.scheme == "http" and parts.hostname in _LOOPBACK):
+        raise StoreError(f"refusing model source {endpoint}: use https:// (plain http only on loopback)")
     try:
         info = HfApi(endpoint=endpoint).model_info(ref.repo_id, revision="main", files_metadata=True)
     except (HfHubHTTPError, OSError, ValueError) as exc:

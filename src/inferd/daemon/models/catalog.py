@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 
 class UnknownModel(LookupError):
-    """A name no configured model answers to; the message lists what is available."""
+    """A name no configured model answers to; the message lists what is available.
+    THREAT_MODEL F-25: a name only ever selects a configured entry, never a path."""
 
     def __init__(self, name: str, available: list[str]) -> None:
         self.name = name

@@ -92,7 +92,7 @@ class ModelManager:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._joiners: set[asyncio.Task[Any]] = set()
-        #: Seconds since the epoch minus loop time: `expires_at` on the wire is wall time.
+        #: The clock expiries are counted on (monotonic); the wire says them in wall time.
         self._clock = time.monotonic
 
     # ---- configuration ------------------------------------------------------------------
@@ -271,6 +271,7 @@ class ModelManager:
         self._publish(model, "unloaded", reason=reason)
 
     async def _make_room(self, model: Model) -> None:
+        """THREAT_MODEL F-25: a request never makes the daemon take more than the budget."""
         need = await self._size(model)
         if not self.budget or not need:
             return
