@@ -1,6 +1,7 @@
 """`inferd pull` and `inferd import`: fill the model store without a running daemon.
 
-`pull` fetches what the config pins (so a service can boot with `auto_pull: false`);
+`pull` fetches what the config pins (so a service can boot with `auto_pull: false`),
+or, given `hf.co/OWNER/REPO:QUANT`, that GGUF, and adds it to the config (issue 20);
 `import` is the airgapped path (upstream ADR 0028): hash a local file into the store.
 """
 

@@ -308,6 +308,10 @@ class ModelManager:
         """A model loaded at boot is announced by its capabilities; its memory follows."""
         if await self._size(model) and model.loaded is not None:
             self._publish(model, "loaded")
+            used = self.used_bytes()
+            if self.budget and used > self.budget:
+                log.warning("the models loaded at boot take about %s, over the %s memory budget; "
+                            "on-demand models will find no room", human(used), human(self.budget))
 
     # ---- keep_alive ---------------------------------------------------------------------
 
