@@ -8,6 +8,7 @@ rules; test_models_llamacpp.py runs the same rules on real runner processes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -249,3 +250,16 @@ async def test_a_group_falls_back_to_its_on_demand_member_when_the_first_refuses
     assert loaded(d) == {"near", "far", "other"}
     (err,) = await roundtrip(d.infer, req("b", model="solo"))  # the request at fault: no fallback
     assert err["code"] == "invalid_request"
+
+
+async def test_a_load_that_a_reload_overtakes_is_not_installed(daemon_factory, sockdir):
+    d = await daemon_factory(config=write(sockdir, backends=[mock("chat"), mock("slow", on_demand=True,
+                                                                                ready_delay_ms=2000)]))
+    slow = d.server.ctx.models.catalog.find("slow")
+    pending = asyncio.ensure_future(roundtrip(d.infer, req("a", model="slow")))
+    await wait_until(lambda: slow.task is not None, what="the load starts")
+    d.server.request_reload()
+    (err,) = await pending
+    assert err["code"] == "backend_unavailable" and "reloaded while it loaded" in err["message"]
+    assert [e.label for e in d.server.router.entries] == ["chat"]
+    assert (await roundtrip(d.infer, req("b", model="slow")))[-1]["backend"] == "slow"  # loads afresh

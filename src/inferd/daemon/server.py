@@ -447,6 +447,8 @@ class Server:
             await self._wait_idle(old_entries)
             await self._evict(old_entries)
             self.ctx.models.detach()
+            # ...and any model that finished loading on demand since the reload began.
+            old_entries += [e for e in self.router.entries if e not in old_entries]
             for entry in old_entries:
                 await stop_quietly(entry.backend, 5.0)
             error = None

@@ -127,6 +127,7 @@ class ModelManager:
         for task in self._joiners:
             task.cancel()
         self._joiners.clear()
+        self.catalog = Catalog()  # a load still in flight sees it was overtaken and stops
 
     def join_later(self, models: list[Model]) -> None:
         """Remotes that did not answer at boot: each joins its group when it answers
@@ -219,6 +220,7 @@ class ModelManager:
                 if model.loaded is not None:
                     return
                 await self._make_room(model)
+                catalog = self.catalog
                 self._publish(model, "loading")
                 started = time.monotonic()
 
@@ -241,6 +243,9 @@ class ModelManager:
                     model.error = str(exc)
                     self._publish(model, "failed", reason=model.error)
                     raise ModelRefused(Fault.UNAVAILABLE, f"model {model.name!r} could not be loaded: {exc}") from None
+                if self.catalog is not catalog:  # a reload replaced the models meanwhile
+                    await self.hooks.stop(entry)
+                    raise ModelRefused(Fault.UNAVAILABLE, f"model {model.name!r}: the daemon reloaded while it loaded")
                 model.loaded, model.error, model.last_used = entry, None, self._now()
                 if model.users == 0 and math.isfinite(model.keep_alive):
                     # Everyone who asked for it left while it loaded: count down at once.
