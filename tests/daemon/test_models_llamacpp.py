@@ -144,3 +144,14 @@ async def test_an_embedding_model_serves_by_name_beside_the_chat_model(daemon_fa
                                                        "messages": [{"role": "user", "content": "hi"}]})
         assert chat.status_code == 200
     assert runner_pids() == {pid_of(d, "chat"), pid_of(d, "embedder")}
+
+
+async def test_a_shutdown_during_a_load_leaves_no_runner_behind(daemon_factory, sockdir, tiny_gguf):
+    d = await daemon_factory(config=write(sockdir, default_model="tiny", backends=[
+        llama("tiny", tiny_gguf, on_demand=True)]))
+    tiny = d.server.ctx.models.catalog.find("tiny")
+    pending = asyncio.ensure_future(roundtrip(d.infer, req("a", model="tiny"), timeout=60))
+    await wait_until(lambda: tiny.task is not None and runner_pids(), timeout=20, what="the runner starts")
+    assert await d.stop(60) == 0
+    await wait_until(lambda: not runner_pids(), timeout=30, what="the half-loaded runner ends")
+    pending.cancel()
