@@ -185,12 +185,13 @@ async def test_the_budget_evicts_the_idle_model_not_the_busy_one_and_refuses_wit
     assert loaded(d) == {"chat", "a", "b"}
     assert (await roundtrip(d.infer, req("c1", model="c")))[-1]["backend"] == "c"
     assert loaded(d) == {"chat", "a", "c"}
-    # Now a is busy and c idle: c goes for b again; but with a busy and b needing
-    # room beside it, a request for "huge" (more than the whole budget) is refused.
+    # A model larger than the whole budget is refused at once, naming both sizes,
+    # and nothing is evicted for it.
     (err,) = await roundtrip(d.infer, req("h", model="huge"))
     assert err["code"] == "backend_unavailable"
     assert f"needs about 300 MiB ({300 * mib} bytes)" in err["message"]
     assert f"memory budget is 200 MiB ({200 * mib} bytes)" in err["message"]
+    assert loaded(d) == {"chat", "a", "c"}
     w.close()
 
 
