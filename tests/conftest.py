@@ -9,7 +9,7 @@ from daemon_harness import cleanup, short_tmpdir, start_daemon
 
 #: Fixtures that hand out the real GGUF; a test using any of them (directly or through
 #: another fixture) is marked `model` at collection, so `-m "not model"` leaves it out.
-MODEL_FIXTURES = frozenset({"model_path"})
+MODEL_FIXTURES = frozenset({"model_path", "tiny_gguf"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own hook deselects by marker
@@ -44,6 +44,15 @@ def model_path() -> Iterator[str]:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("INFERD_FORCE_BACKEND", "cpu")
         yield path
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(model_path, tmp_path_factory) -> str:
+    """A second real model: a tiny random-weight Gemma 3 GGUF written for the session
+    (tests/tiny_gguf.py), sharing the embedded model's tokenizer (issue 20)."""
+    from tiny_gguf import write_tiny_gguf
+
+    return str(write_tiny_gguf(tmp_path_factory.mktemp("tiny") / "tiny-gemma3.gguf", model_path))
 
 
 @pytest.fixture

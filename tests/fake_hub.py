@@ -8,6 +8,7 @@ a "CDN" path (as the Hub does for LFS/Xet files), and Range requests.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 import time
@@ -78,9 +79,37 @@ def _handler(hub: FakeHub):
             self.send_header("X-Repo-Commit", COMMIT)
             self.send_header("Accept-Ranges", "bytes")
 
+        def _api(self) -> None:
+            """`/api/models/{repo}[/revision/{rev}]`: the file list with each file's size and
+            LFS sha256, as `HfApi.model_info(files_metadata=True)` reads it (`inferd pull hf.co/...`)."""
+            path = self.path.split("?", 1)[0][len("/api/models/"):]
+            repo = path.split("/revision/", 1)[0]
+            siblings = []
+            for key, file in hub.files.items():
+                m = re.fullmatch(rf"/{re.escape(repo)}/resolve/[^/]+/(.+)", key)
+                if m:
+                    size = file.stat().st_size
+                    siblings.append({"rfilename": m.group(1), "size": size,
+                                     "lfs": {"sha256": hub.sha_of(file), "size": size, "pointerSize": 134}})
+            if not siblings:
+                body = b'{"error":"Repository not found"}'
+                self.send_response(404)
+                self.send_header("X-Error-Code", "RepoNotFound")
+            else:
+                body = json.dumps({"id": repo, "modelId": repo, "sha": COMMIT, "private": False,
+                                   "siblings": siblings}).encode()
+                self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
         def _serve(self, body: bool) -> Seen:
             seen = Seen(self.command, self.path, self.headers.get("Range"))
             hub.seen.append(seen)
+            if self.path.startswith("/api/models/"):
+                self._api()
+                return seen
             found = self._lookup()
             if found is None:
                 self.send_response(404)

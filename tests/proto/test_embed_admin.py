@@ -210,6 +210,7 @@ def test_embed_error_code_set() -> None:
         "frame_too_large",
         "internal",
         "embed_unsupported",
+        "model_not_found",
     }
 
 

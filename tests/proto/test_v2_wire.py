@@ -303,7 +303,7 @@ def test_error_codes_round_trip(code):
 def test_error_code_set():
     assert {c.value for c in v2.ErrorCodeV2} == {
         "queue_full", "backend_unavailable", "invalid_request", "frame_too_large", "internal",
-        "attachment_unsupported", "tool_call_malformed",
+        "attachment_unsupported", "tool_call_malformed", "model_not_found", "insufficient_memory",
     }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Annotated, Optional
 
 import typer
@@ -65,6 +66,10 @@ async def status(addr: str) -> int:
                 notes.append(f"waiting for the remote at {event.path} (attempt {event.attempt}): {event.reason}")
             if event.status == "capabilities" and event.parallel:
                 notes.append(describe_slots(event.backend or "?", event.parallel, event.sequences or []))
+            if event.status == "capabilities" and event.expires_at is not None:
+                left = max(0, round(event.expires_at - time.time()))
+                notes.append(f"model {event.backend} is idle: unloaded in {left}s unless a request comes "
+                             "(keep_alive; `inferd ps` lists the loaded models)")
             if event.status != "capabilities":
                 break
     if seen == 0:

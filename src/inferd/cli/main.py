@@ -13,7 +13,7 @@ import typer
 
 from inferd import __version__
 
-from . import admin_cmds, doctor, gen_cmds
+from . import admin_cmds, doctor, gen_cmds, model_cmds
 from . import serve, models, service
 from .common import EXIT_ERROR, describe
 
@@ -46,6 +46,7 @@ def _root(
 serve.register(app)
 models.register(app)
 admin_cmds.register(app)
+model_cmds.register(app)
 gen_cmds.register(app)
 doctor.register(app)
 service.register(app)

@@ -1,6 +1,7 @@
 """`inferd pull` and `inferd import`: fill the model store without a running daemon.
 
-`pull` fetches what the config pins (so a service can boot with `auto_pull: false`);
+`pull` fetches what the config pins (so a service can boot with `auto_pull: false`),
+or, given `hf.co/OWNER/REPO:QUANT`, that GGUF, and adds it to the config (issue 20);
 `import` is the airgapped path (upstream ADR 0028): hash a local file into the store.
 """
 
@@ -96,6 +97,66 @@ def pull(config: Optional[str]) -> None:
         _say(f"blob ready at {blob}")
 
 
+def pull_ref(text: str, config: Optional[str]) -> None:
+    """`inferd pull hf.co/OWNER/REPO:QUANT`: resolve, download and verify the GGUF, then
+    add (or update) a config entry named after it (issue 20)."""
+    from inferd.daemon.config import resolve_config_path
+    from inferd.models.hub import entry_name, parse_ref, resolve
+    from inferd.models.store import ModelStore, StoreError, default_store_root
+
+    from .model_cmds import _config, write_config
+
+    try:
+        ref = parse_ref(text)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    path = resolve_config_path(config)
+    if path.exists():
+        _, data = _config(config)
+    else:
+        data = {"backends": _embedded_entries()}
+    try:
+        spec, quant = resolve(ref)
+    except StoreError as exc:
+        raise _fail(str(exc)) from None
+    root = default_store_root(data.get("models_home"))
+    _say(f"pulling {ref.repo_id}/{spec.filename}@{spec.revision[:12]} -> {root}")
+    bar = ProgressBar()
+    try:
+        ModelStore(root).ensure(spec, bar.on_phase, auto_pull=True)
+    except (StoreError, OSError) as exc:
+        bar.end_line()
+        raise _fail(str(exc)) from None
+    bar.end_line()
+    name = entry_name(ref, quant)
+    aliases = [a for a in dict.fromkeys([text.strip(), str(ref)]) if a != name]
+    entry = {"kind": "llamacpp", "name": name, "aliases": aliases, "on_demand": bool(data["backends"]),
+             "model": spec.model_dump(exclude_none=True)}
+    backends = [b for b in data["backends"] if b.get("name") != name]
+    kept = next((b for b in data["backends"] if b.get("name") == name), None)
+    if kept is not None:  # a pull again: new file, same place in the order and settings
+        entry = {**kept, "model": entry["model"]}
+        backends.insert(data["backends"].index(kept), entry)
+    else:
+        backends.append(entry)
+    write_config(path, {**data, "backends": backends})
+    print(f"pulled {ref} as {name!r} into {path}")
+    print(f'use it: model="{name}" in OpenAI clients, {{"model": "{name}"}} on inferd\'s sockets; '
+          "run `inferd reload` if the daemon is running")
+
+
+def _embedded_entries() -> list[dict[str, Any]]:
+    """A first config keeps serving what the daemon served without one (the embedded
+    default), with the pulled model beside it; none when that is not installed."""
+    from inferd.daemon.config import ConfigError, embedded_default_config
+
+    try:
+        cfg = embedded_default_config()
+    except ConfigError:
+        return []
+    return [b.model_dump(exclude_unset=True) for b in cfg.backends]
+
+
 def import_model(name: str, file: Path, expect_sha256: Optional[str], models_home: Optional[str]) -> None:
     from inferd.models.store import ModelStore, ShaMismatch, StoreError, default_store_root
 
@@ -117,13 +178,21 @@ def import_model(name: str, file: Path, expect_sha256: Optional[str], models_hom
 def register(app: typer.Typer) -> None:
     @app.command("pull")
     def pull_cmd(
+        ref: Annotated[
+            Optional[str],
+            typer.Argument(help="hf.co/OWNER/REPO[:QUANT]: pull that GGUF and add it to the config.",
+                           show_default=False),
+        ] = None,
         config: Annotated[
             Optional[str],
             typer.Option("--config", envvar="INFERD_CONFIG", help="Config file (default: the platform config dir)."),
         ] = None,
     ) -> None:
-        """Download and verify every model the config pins, without starting the daemon."""
-        pull(config)
+        """Download and verify every model the config pins (or the one named), without starting the daemon."""
+        if ref is not None:
+            pull_ref(ref, config)
+        else:
+            pull(config)
 
     @app.command("import")
     def import_cmd(

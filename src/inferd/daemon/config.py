@@ -52,9 +52,44 @@ class MockStep(_Entry):
         return self
 
 
-class MockEntry(_Entry):
+#: A model name or alias: what a request's `model` says (Ollama's `qwen2.5:0.5b`, a file name).
+ModelName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\s\x00-\x1f]+$")]
+#: keep_alive as the config writes it: seconds or a duration ("5m"); negative = for ever.
+KeepAlive = Union[float, str]
+
+
+class _Named(_Entry):
+    """What makes a backend entry a model a request can name (issue 20, ADR 0034)."""
+
+    #: More names for this model. Entries sharing an alias form a failover group,
+    #: tried in config order (a remote first, a local fallback after it).
+    aliases: list[ModelName] = Field(default_factory=list)
+    #: Loaded when a request names it rather than at boot (llama.cpp and mock entries).
+    on_demand: bool = False
+    #: How long it stays loaded after a request; None: for ever if loaded at boot,
+    #: else the config's `keep_alive`.
+    keep_alive: KeepAlive | None = None
+
+    @model_validator(mode="after")
+    def _keep_alive(self) -> "_Named":
+        _seconds(self.keep_alive, "keep_alive")
+        return self
+
+
+def _seconds(value: KeepAlive | None, where: str) -> float | None:
+    from .pipeline.keepalive import KeepAliveError, parse_keep_alive
+
+    try:
+        return parse_keep_alive(value)
+    except KeepAliveError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+class MockEntry(_Named):
     kind: Literal["mock"]
     name: str = "mock"
+    #: What the memory budget counts for this model (tests of eviction without llama.cpp).
+    memory_bytes: int = Field(default=0, ge=0)
     tokens: list[str] = Field(default_factory=lambda: ["mock-response"])
     token_delay_ms: int = Field(default=0, ge=0)
     drop_after: int | None = Field(default=None, ge=0)
@@ -72,7 +107,7 @@ class MockEntry(_Entry):
     n_ctx: int | None = Field(default=None, gt=0)
 
 
-class LlamaCppEntry(LlamaCppOptions):
+class LlamaCppEntry(LlamaCppOptions, _Named):
     """A llama.cpp backend: the engine's options (one definition, in the engine's
     settings module) plus the entry's name and where its model comes from."""
 
@@ -106,6 +141,8 @@ class OpenAIEntry(_Entry):
 
     kind: Literal["openai"]
     name: str = "openai"
+    #: More names for the remote's model (a shared alias makes a failover group).
+    aliases: list[ModelName] = Field(default_factory=list)
     #: The API root: `http://host:8000/v1`, or a bare host meaning `<host>/v1`.
     base_url: str
     #: The model to ask for; omitted = the first one the remote's /models lists.
@@ -187,6 +224,18 @@ class ConfigFile(BaseModel):
     #: The OpenAI-compatible HTTP surface: `[HOST:]PORT` on loopback (`--http` wins).
     #: Read at boot only: changing it takes a restart, not a reload.
     http: str | None = None
+    #: How long a model loaded on demand stays loaded after its last request
+    #: (Ollama's default: 5 minutes); a request's `keep_alive` overrides it.
+    keep_alive: KeepAlive = "5m"
+    #: Most memory the loaded llama.cpp models may take together: bytes, "12GiB",
+    #: or "70%" of the machine's RAM. None: what leaves the machine usable (ADR 0034).
+    memory_budget: int | str | None = None
+    #: The model a request that names none gets; None: the entries loaded at boot,
+    #: in config order (as before models had names).
+    default_model: ModelName | None = None
+    #: A request naming a model nobody here has: "error" (model_not_found) or
+    #: "default" (served by the default, for apps that hard-code a cloud model's name).
+    unknown_model: Literal["error", "default"] = "error"
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ConfigFile":
@@ -197,6 +246,20 @@ class ConfigFile(BaseModel):
             if entry.name in seen:
                 raise ValueError(f"backend name {entry.name!r} is used twice")
             seen.add(entry.name)
+        for entry in self.backends:
+            for alias in entry.aliases:
+                if alias in seen and alias != entry.name:
+                    raise ValueError(f"alias {alias!r} of backend {entry.name!r} is another backend's name")
+        _seconds(self.keep_alive, "keep_alive")
+        if self.memory_budget is not None:
+            from .models.budget import parse_budget
+
+            parse_budget(self.memory_budget)
+        if self.default_model is not None and not any(
+                self.default_model == e.name or self.default_model in e.aliases for e in self.backends):
+            raise ValueError(f"default_model {self.default_model!r} names no backend or alias")
+        if not any(not getattr(e, "on_demand", False) for e in self.backends) and self.default_model is None:
+            raise ValueError("every backend is on_demand: set `default_model` (or load one at boot)")
         return self
 
 

@@ -1,5 +1,6 @@
 """What every connection handler shares: the router (with each backend's admission
-gate and circuit breaker), the status broadcaster, the activity log and the metrics."""
+gate and circuit breaker), the models by name, the status broadcaster, the activity
+log and the metrics."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass, field
 
 from ..proto.admin import BackendState
 from .observe.activity import ActivityLog, NullActivityLog, activity_record
+from .models.manager import ModelManager
 from .observe.metrics import Metrics
 from .pipeline.breaker import CircuitState, StateChange
 from .pipeline.router import Router
@@ -20,9 +22,13 @@ class DaemonContext:
     broadcaster: StatusBroadcaster
     activity: ActivityLog | NullActivityLog
     metrics: Metrics = field(default_factory=Metrics)
+    #: The configured models by name, loaded on demand (issue 20).
+    models: ModelManager = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         self.router.on_change = self.publish_backend_state
+        if self.models is None:
+            self.models = ModelManager(self.router, self.broadcaster, self.activity)
 
     def publish_backend_state(self, change: StateChange) -> None:
         """A circuit change goes to admin subscribers and to the activity log (F-10)."""

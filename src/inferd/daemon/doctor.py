@@ -26,12 +26,38 @@ def local_checks(config_path: str | None) -> list[Check]:
         detail = f"no config file at {resolve_config_path(None)}; embedded default (backends: [{names}])"
     else:
         detail = f"loaded {source} (backends: [{names}], auto_pull={cfg.auto_pull})"
-    checks: list[Check] = [(True, "config", detail)]
+    checks: list[Check] = [(True, "config", detail), budget_check(cfg)]
     for entry in cfg.backends:
         if isinstance(entry, LlamaCppEntry):
             checks.extend(_model_checks(entry, cfg))
             checks.append(selftest_check(entry, cfg))
     return checks
+
+
+def budget_check(cfg: ConfigFile) -> Check:
+    """The memory budget (ADR 0034) and what each llama.cpp model is estimated to take:
+    one that alone exceeds the budget can never load."""
+    from ..models.gguf import GGUFError, read_gguf
+    from .models.budget import estimate, human, parse_budget, total_ram
+
+    budget = parse_budget(cfg.memory_budget)
+    parts, too_big = [], []
+    for entry in cfg.backends:
+        if not isinstance(entry, LlamaCppEntry):
+            continue
+        path = _model_file(entry, cfg)
+        try:
+            need = estimate(read_gguf(path), entry.options()).total if path is not None else None
+        except (OSError, GGUFError):
+            need = None
+        parts.append(f"{entry.name} ~{human(need)}" if need else f"{entry.name} (not sized: file missing)")
+        if need and need > budget:
+            too_big.append(entry.name)
+    source = "memory_budget" if cfg.memory_budget is not None else "default: RAM less a quarter"
+    detail = f"{human(budget)} of {human(total_ram())} RAM ({source}); " + ("; ".join(parts) or "no llama.cpp models")
+    if too_big:
+        detail += f"; larger than the whole budget: {', '.join(too_big)}"
+    return not too_big, "memory budget", detail
 
 
 #: A one-token decode of a small model takes a second or two; a large one loads longer.

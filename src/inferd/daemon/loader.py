@@ -178,8 +178,13 @@ def _mock(entry: MockEntry) -> MockBackend:
     )
 
 
-async def prepare_remote(entry: OpenAIEntry, phase: PhaseSink) -> Backend:
-    """An OpenAIBackend whose remote has answered its probe (retried until it does)."""
+class RemoteDown(LoadError):
+    """A remote that did not answer within the attempts it was given."""
+
+
+async def prepare_remote(entry: OpenAIEntry, phase: PhaseSink, attempts: int | None = None) -> Backend:
+    """An OpenAIBackend whose remote has answered its probe (retried until it does, or
+    `attempts` probes: then RemoteDown)."""
     try:
         from ..engine.remote import OpenAIBackend
     except ImportError as exc:
@@ -197,15 +202,17 @@ async def prepare_remote(entry: OpenAIEntry, phase: PhaseSink) -> Backend:
     except ValueError as exc:
         raise LoadError(f"backend {entry.name!r}: {exc}") from None
     try:
-        await probe_until_ready(backend, entry.name, settings.base_url, phase)
+        await probe_until_ready(backend, entry.name, settings.base_url, phase, attempts)
     except BaseException:
         await stop_quietly(backend, 1.0)
         raise
     return backend
 
 
-async def probe_until_ready(backend: Any, name: str, url: str, phase: PhaseSink) -> None:
-    """Call `backend.probe()` until it succeeds, publishing why it did not each time."""
+async def probe_until_ready(backend: Any, name: str, url: str, phase: PhaseSink,
+                            attempts: int | None = None) -> None:
+    """Call `backend.probe()` until it succeeds, publishing why it did not each time;
+    after `attempts` failures (None: never) raise RemoteDown."""
     attempt = 0
     while True:
         try:
@@ -214,6 +221,8 @@ async def probe_until_ready(backend: Any, name: str, url: str, phase: PhaseSink)
         except BackendError as exc:
             reason = exc.message
         attempt += 1
+        if attempts is not None and attempt >= attempts:
+            raise RemoteDown(f"backend {name!r}: remote {url} not answering ({reason})")
         delay = min(PROBE_FIRST_DELAY * 2 ** min(attempt - 1, 30), PROBE_MAX_DELAY)
         log.warning("backend %s: remote %s not answering (%s); attempt %d, retrying in %g s",
                     name, url, reason, attempt, delay)
@@ -252,23 +261,40 @@ class Planned:
 _closing: set[asyncio.Task[None]] = set()
 
 
-async def prepare_all(cfg: ConfigFile, phase: PhaseSink) -> list[Planned]:
+async def prepare_all(cfg: ConfigFile, phase: PhaseSink,
+                      deferred: list[OpenAIEntry] | None = None) -> list[Planned]:
+    """Every entry of `cfg` prepared. With `deferred` (at boot), a remote that does not
+    answer its first probe while a local entry is there goes into it instead of keeping
+    the daemon loading (issue 20): it joins once it answers."""
     planned: list[Planned] = []
     policy = breaker_policy(cfg)
+    local = any(not isinstance(e, OpenAIEntry) for e in cfg.backends)
     try:
         for entry in cfg.backends:
-            if isinstance(entry, MockEntry):
-                phase(CheckingLocal(path="(mock)"))
-                planned.append(Planned(entry, breaker=policy))
-            elif isinstance(entry, OpenAIEntry):
-                planned.append(Planned(entry, remote=await prepare_remote(entry, phase), breaker=policy))
-            else:
-                planned.append(Planned(entry, await resolve_model_file(entry, cfg, phase), breaker=policy))
+            if isinstance(entry, OpenAIEntry) and deferred is not None and local:
+                try:
+                    planned.append(Planned(entry, remote=await prepare_remote(entry, phase, 1), breaker=policy))
+                except RemoteDown as exc:
+                    log.warning("%s; the daemon starts without it and it joins when it answers", exc)
+                    deferred.append(entry)
+                continue
+            planned.append(await prepare(entry, cfg, phase))
     except BaseException:
         for p in planned:
             p.close()
         raise
     return planned
+
+
+async def prepare(entry: MockEntry | LlamaCppEntry | OpenAIEntry, cfg: ConfigFile, phase: PhaseSink) -> Planned:
+    """One entry prepared: its model file found and verified, or its remote answering."""
+    policy = breaker_policy(cfg)
+    if isinstance(entry, MockEntry):
+        phase(CheckingLocal(path="(mock)"))
+        return Planned(entry, breaker=policy)
+    if isinstance(entry, OpenAIEntry):
+        return Planned(entry, remote=await prepare_remote(entry, phase), breaker=policy)
+    return Planned(entry, await resolve_model_file(entry, cfg, phase), breaker=policy)
 
 
 async def construct(plan: Planned, phase: PhaseSink) -> Backend:
@@ -334,8 +360,21 @@ async def construct_all(planned: list[Planned], phase: PhaseSink, *, permits: in
 
 
 async def build_all(cfg: ConfigFile, phase: PhaseSink, *, permits: int | None = None,
-                    queue_depth: int = 10) -> list[BackendEntry]:
-    return await construct_all(await prepare_all(cfg, phase), phase, permits=permits, queue_depth=queue_depth)
+                    queue_depth: int = 10, deferred: list[OpenAIEntry] | None = None) -> list[BackendEntry]:
+    return await construct_all(await prepare_all(cfg, phase, deferred), phase, permits=permits,
+                               queue_depth=queue_depth)
+
+
+async def build_one(entry: MockEntry | LlamaCppEntry | OpenAIEntry, cfg: ConfigFile, phase: PhaseSink, *,
+                    permits: int | None = None, queue_depth: int = 10) -> BackendEntry:
+    """One model brought up on demand (issue 20): prepared, then constructed."""
+    return (await construct_all([await prepare(entry, cfg, phase)], phase, permits=permits,
+                                queue_depth=queue_depth))[0]
+
+
+def boot_config(cfg: ConfigFile) -> ConfigFile:
+    """The entries loaded at boot: all but those marked `on_demand`."""
+    return cfg.model_copy(update={"backends": [e for e in cfg.backends if not getattr(e, "on_demand", False)]})
 
 
 def breaker_policy(cfg: ConfigFile) -> BreakerPolicy:

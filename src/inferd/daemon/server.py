@@ -39,7 +39,8 @@ from .surfaces.embed import serve_embed
 from .surfaces.v1 import serve_inference
 from .net.listeners import (MAX_ADMIN_CONNECTIONS, ConnectionTracker, Listener, ListenerError, ListenerSecurity, bind_pipe,
                             bind_tcp, bind_unix)
-from .loader import LoadError, Planned, build_all, construct_all, prepare_all, stop_quietly
+from .loader import LoadError, Planned, boot_config, build_all, build_one, construct_all, prepare_all, stop_quietly
+from .models.catalog import Model
 from .lock import InstanceLock, LockError
 from .net.paths import SocketPathError
 from .net.peercred import PeerPolicy, resolve_group
@@ -173,9 +174,13 @@ class Server:
             raise BootError(str(exc)) from None
         log.info("configuration: %s (%s)", source, ", ".join(f"{e.kind}:{e.name}" for e in cfg.backends))
         load_started = time.monotonic()
-        entries = await self._interruptible(self._build(cfg, self._phase_sink(LoadingModel)))
+        self.ctx.models.configure(cfg, _ModelHooks(self))
+        deferred: list[Any] = []
+        entries = await self._interruptible(self._build(cfg, self._phase_sink(LoadingModel), deferred))
         self.config = cfg
         self._install(entries)
+        self.ctx.models.adopt(entries)
+        self.ctx.models.join_later([m for m in self.ctx.models.catalog.models if m.entry in deferred])
         await self._await_ready()
         self.ctx.metrics.model_loaded(time.monotonic() - load_started)
         self.broadcaster.publish(Ready())
@@ -257,18 +262,23 @@ class Server:
         except LoadError as exc:
             raise BootError(str(exc)) from None
 
-    def _build(self, cfg: ConfigFile, sink: Any) -> Any:
-        return build_all(cfg, sink, permits=self.opts.active_permits, queue_depth=self.opts.queue_depth)
+    def _build(self, cfg: ConfigFile, sink: Any, deferred: list[Any] | None = None) -> Any:
+        """The models loaded at boot (all but `on_demand` ones, issue 20)."""
+        return build_all(boot_config(cfg), sink, permits=self.opts.active_permits,
+                         queue_depth=self.opts.queue_depth, deferred=deferred)
 
     def _install(self, entries: list[BackendEntry]) -> None:
         self.router.entries = entries
         self.broadcaster.clear_capabilities()
-        loop = asyncio.get_running_loop()
         for entry in entries:
-            self.broadcaster.publish(Capabilities(backend=entry.label, version=__version__, **entry.caps.model_dump()))
-            # Running sequences by slot, for `inferd status` (ADR 0018).
-            entry.backend.observe_sequences(self.broadcaster.sequence_sink(loop, entry.label))
-            entry.backend.watch_lifecycle(self._lifecycle_sink(entry))
+            self._announce(entry)
+
+    def _announce(self, entry: BackendEntry) -> None:
+        loop = asyncio.get_running_loop()
+        self.broadcaster.publish(Capabilities(backend=entry.label, version=__version__, **entry.caps.model_dump()))
+        # Running sequences by slot, for `inferd status` (ADR 0018).
+        entry.backend.observe_sequences(self.broadcaster.sequence_sink(loop, entry.label))
+        entry.backend.watch_lifecycle(self._lifecycle_sink(entry))
 
     def _lifecycle_sink(self, entry: BackendEntry) -> Any:
         """A runner that ended and comes back (ADR 0025): `restarting`, then `ready` (or
@@ -319,8 +329,8 @@ class Server:
         async def embed(conn: Any) -> None:
             await serve_embed(conn, ctx)
 
-        want_embed = opts.embed is not False and self.router.can_embed
-        if opts.embed and not self.router.can_embed:
+        want_embed = opts.embed is not False and self.ctx.models.can_embed
+        if opts.embed and not self.ctx.models.can_embed:
             log.warning("--embed given but no backend can embed; the embed socket is not bound")
         plan: list[tuple[str, Any, str | None, str | None, tuple[str, int]]] = []
         if want_embed:
@@ -384,6 +394,7 @@ class Server:
         self.broadcaster.publish(Draining())
         self.activity.logger.info("draining", extra=activity_record("lifecycle", in_flight=self.router.outstanding))
         await self._quiesce()
+        await self.ctx.models.close()
         for entry in self.router.entries:
             await stop_quietly(entry.backend, 5.0)
         await self._teardown()
@@ -427,7 +438,7 @@ class Server:
         sink = self._phase_sink(Restarting)
         self.broadcaster.publish(Restarting(phase=CheckingLocal(path=source)))
         try:
-            planned = await prepare_all(new_cfg, sink)
+            planned = await prepare_all(boot_config(new_cfg), sink)
         except Exception as exc:  # noqa: BLE001 - nothing was touched: keep serving
             self._reload_failed(f"reload failed, still serving the previous model: {exc}")
             return
@@ -435,6 +446,9 @@ class Server:
         try:
             await self._wait_idle(old_entries)
             await self._evict(old_entries)
+            self.ctx.models.detach()
+            # ...and any model that finished loading on demand since the reload began.
+            old_entries += [e for e in self.router.entries if e not in old_entries]
             for entry in old_entries:
                 await stop_quietly(entry.backend, 5.0)
             error = None
@@ -444,8 +458,10 @@ class Server:
             except Exception as exc:  # noqa: BLE001 - keep serving something
                 error = f"reload failed, serving the previous model again: {exc}"
                 assert old_cfg is not None
-                entries = await self._construct_ready(await prepare_all(old_cfg, sink), sink)
+                entries = await self._construct_ready(await prepare_all(boot_config(old_cfg), sink), sink)
+            self.ctx.models.configure(self.config, _ModelHooks(self))
             self._install(entries)
+            self.ctx.models.adopt(entries)
         finally:
             self.router.resume()
         self.broadcaster.publish(Ready(reload_error=error))
@@ -486,6 +502,43 @@ class Server:
         self.ctx.metrics.reloaded(False)
         self.activity.logger.error("%s", reason, extra=activity_record("lifecycle", "reload_failed", reason=reason))
         self.broadcaster.publish(Ready(reload_error=reason))
+
+
+class _ModelHooks:
+    """What the model manager asks of the daemon (daemon/models/manager.py's Hooks)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    async def build(self, model: Model, phase: Any) -> BackendEntry:
+        server = self.server
+        assert server.config is not None
+        entry = await build_one(model.entry, server.config, phase, permits=server.opts.active_permits,
+                                queue_depth=server.opts.queue_depth)
+        try:
+            deadline = time.monotonic() + server.opts.ready_timeout_secs
+            while not entry.backend.ready():
+                if time.monotonic() >= deadline:
+                    raise LoadError(f"not ready within {server.opts.ready_timeout_secs:g}s")
+                await asyncio.sleep(READY_POLL_SECS)
+        except BaseException:
+            await stop_quietly(entry.backend, 5.0)
+            raise
+        return entry
+
+    def install(self, entry: BackendEntry) -> None:
+        self.server.router.add(entry)
+        self.server._announce(entry)
+
+    def uninstall(self, entry: BackendEntry) -> None:
+        self.server.router.remove(entry)
+        entry.backend.observe_sequences(None)
+        entry.backend.watch_lifecycle(None)
+        self.server.broadcaster.forget(entry.label)
+
+    async def stop(self, entry: BackendEntry) -> None:
+        entry.admission.close()
+        await stop_quietly(entry.backend, 5.0)
 
 
 class _Interrupted(Exception):

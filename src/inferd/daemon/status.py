@@ -10,6 +10,9 @@ has its own bounded queue: one that falls more than LAG_LIMIT events behind is
 dropped (EOF) and may reconnect for a fresh snapshot; nobody else waits for it and
 its memory stays bounded.
 
+A model's memory estimate and expiry (`model` events, issue 20) are live news too;
+while known they ride on its backend's replayed capabilities frame (`inferd ps`).
+
 A backend's running sequences (`sequences`, ADR 0018) are live news of the same kind:
 the latest list per backend rides on its replayed capabilities frame while non-empty.
 A backend reports them from its decode thread through `sequence_sink`, which keeps
@@ -28,7 +31,7 @@ from collections.abc import Callable
 
 from pydantic import BaseModel
 
-from ..proto.admin import BackendState, Capabilities, SequenceSlot, Sequences, Starting, encode_status
+from ..proto.admin import BackendState, Capabilities, ModelState, SequenceSlot, Sequences, Starting, encode_status
 
 log = logging.getLogger("inferd.status")
 
@@ -92,6 +95,7 @@ class StatusBroadcaster:
         self._caps: dict[str, bytes] = {}
         self._health: dict[str, BackendState] = {}  # backends whose circuit is not closed
         self._sequences: dict[str, list[dict[str, object]]] = {}  # backends decoding something
+        self._models: dict[str, dict[str, object]] = {}  # loaded models' memory and expiry (issue 20)
         self._epoch = 0  # bumped when the backends are replaced: late news of old ones is dropped
         self._subs: set[Subscription] = set()
         self._closed = False
@@ -113,6 +117,14 @@ class StatusBroadcaster:
                 self._health.pop(event.backend, None)
             else:
                 self._health[event.backend] = event
+        elif isinstance(event, ModelState):
+            if event.backend is not None and event.state in ("loaded", "idle"):
+                extra = {"memory_bytes": event.memory_bytes, "expires_at": event.expires_at}
+                extra = {k: v for k, v in extra.items() if v is not None}
+                if extra:
+                    self._models[event.backend] = extra
+                else:
+                    self._models.pop(event.backend, None)
         elif isinstance(event, Sequences):
             if event.sequences:
                 self._sequences[event.backend] = [s.model_dump() for s in event.sequences]
@@ -130,11 +142,19 @@ class StatusBroadcaster:
     def publish_threadsafe(self, loop: asyncio.AbstractEventLoop, event: BaseModel) -> None:
         loop.call_soon_threadsafe(self.publish, event)
 
+    def forget(self, backend: str) -> None:
+        """A backend unloaded on its own (a model past its keep_alive): no replay of it."""
+        self._caps.pop(backend, None)
+        self._health.pop(backend, None)
+        self._sequences.pop(backend, None)
+        self._models.pop(backend, None)
+
     def clear_capabilities(self) -> None:
         """Forget the previous backends' capabilities and health (before a reload publishes new ones)."""
         self._caps.clear()
         self._health.clear()
         self._sequences.clear()
+        self._models.clear()
         self._epoch += 1
 
     def sequence_sink(self, loop: asyncio.AbstractEventLoop, backend: str) -> Callable[[list[SequenceSlot]], None]:
@@ -178,9 +198,12 @@ class StatusBroadcaster:
     def _capabilities_frame(self, name: str) -> bytes:
         health = self._health.get(name)
         running = self._sequences.get(name)
-        if health is None and running is None:
+        model = self._models.get(name)
+        if health is None and running is None and model is None:
             return self._caps[name]
         obj = json.loads(self._caps[name])
+        if model is not None:
+            obj.update(model)
         if health is not None:
             obj["state"] = health.state
             if health.reason is not None:

@@ -58,6 +58,10 @@ class Fault(StrEnum):
     # Raised by the daemon's pipeline, never by a backend:
     QUEUE_FULL = "queue_full"
     CLOSED = "closed"  # admission closed: shutting down
+    #: The request names a model nobody here answers to (issue 20).
+    MODEL_NOT_FOUND = "model_not_found"
+    #: The model it names does not fit in the memory budget beside those serving (issue 20).
+    INSUFFICIENT_MEMORY = "insufficient_memory"
 
 
 class BackendError(Exception):

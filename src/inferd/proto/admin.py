@@ -228,8 +228,28 @@ class Sequences(BaseModel):
     sequences: list[SequenceSlot] = Field(default_factory=list)
 
 
+class ModelState(BaseModel):
+    """A model's life (issue 20, ADR 0034): `loading` (with the load phase, as at boot),
+    `loaded`, `idle` (counting down to `expires_at`), `unloaded` (with the reason:
+    expired, keep_alive 0, evicted to make room), `failed`. Live news like
+    `backend_state`: it never replaces the lifecycle snapshot; a loaded model's memory
+    and expiry ride on its backend's replayed capabilities frame (what `inferd ps` reads)."""
+
+    status: Literal["model"] = "model"
+    model: str
+    state: Literal["loading", "loaded", "idle", "unloaded", "failed"]
+    phase: LoadPhase | None = None
+    reason: str | None = None
+    #: The memory the budget counts for it (estimated before loading).
+    memory_bytes: int | None = None
+    #: Unix time when it is unloaded if still idle; absent = not counting down.
+    expires_at: float | None = None
+    #: Its backend entry, when loaded (`capabilities` frames are named by it).
+    backend: str | None = None
+
+
 StatusEvent = Annotated[
-    Union[Starting, LoadingModel, Capabilities, Ready, Restarting, Draining, BackendState, Sequences],
+    Union[Starting, LoadingModel, Capabilities, Ready, Restarting, Draining, BackendState, Sequences, ModelState],
     Field(discriminator="status"),
 ]
 
@@ -306,6 +326,9 @@ class AdminEvent(BaseModel):
     attempt: int | None = None
     # sequences (and a replayed capabilities frame of a backend that is decoding)
     sequences: list[dict[str, Any]] | None = None
+    # model (issue 20)
+    memory_bytes: int | None = None
+    expires_at: float | None = None
 
     @property
     def is_ready(self) -> bool:

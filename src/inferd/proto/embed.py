@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
 
 from . import limits
 from .errors import DecodeError, EmbedErrorCode, ErrorFrame, InvalidRequest
@@ -36,6 +36,9 @@ class EmbedRequest(BaseModel):
     task: StrictStr | None = None
     # inferd extension (issue 20): the embedding model by name; absent = the default.
     model: StrictStr | None = None
+    # inferd extension (issue 20): how long the model stays loaded after this request,
+    # Ollama's keep_alive (seconds or "5m"; 0 = unload after it; negative = for ever).
+    keep_alive: StrictInt | StrictFloat | StrictStr | None = None
 
     def resolve(self) -> "EmbedResolved":
         limits.check_id(self.id)
@@ -60,7 +63,7 @@ class EmbedRequest(BaseModel):
             except ValueError:
                 raise InvalidRequest("task uses an unknown variant") from None
         return EmbedResolved(id=self.id, input=list(self.input), dimensions=self.dimensions, task=task,
-                             model=self.model)
+                             model=self.model, keep_alive=self.keep_alive)
 
 
 class EmbedResolved(BaseModel):
@@ -69,6 +72,7 @@ class EmbedResolved(BaseModel):
     dimensions: int | None = None
     task: EmbedTask | None = None
     model: str | None = None
+    keep_alive: int | float | str | None = None
 
 
 class EmbedUsage(BaseModel):

@@ -19,6 +19,8 @@ class ErrorCode(StrEnum):
     INVALID_REQUEST = "invalid_request"
     FRAME_TOO_LARGE = "frame_too_large"
     INTERNAL = "internal"
+    #: inferd extension (issue 20): only a request that names a model can get it.
+    MODEL_NOT_FOUND = "model_not_found"
 
 
 class EmbedErrorCode(StrEnum):
@@ -28,6 +30,7 @@ class EmbedErrorCode(StrEnum):
     FRAME_TOO_LARGE = "frame_too_large"
     INTERNAL = "internal"
     EMBED_UNSUPPORTED = "embed_unsupported"
+    MODEL_NOT_FOUND = "model_not_found"
 
 
 class ProtoError(Exception):

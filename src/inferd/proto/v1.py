@@ -116,6 +116,9 @@ class Request(_Wire):
     progress: StrictBool | None = None
     # inferd extension (issue 20): the model by name; absent = the default model.
     model: StrictStr | None = None
+    # inferd extension (issue 20): how long the model stays loaded after this request,
+    # Ollama's keep_alive (seconds or "5m"; 0 = unload after it; negative = for ever).
+    keep_alive: StrictInt | StrictFloat | StrictStr | None = None
 
     @model_validator(mode="after")
     def _messages_or_prompt(self) -> "Request":
@@ -159,6 +162,7 @@ class Request(_Wire):
             count_only=bool(self.count_only),
             progress=bool(self.progress),
             model=self.model,
+            keep_alive=self.keep_alive,
         )
 
 
@@ -185,6 +189,7 @@ class Resolved:
     count_only: bool = False
     progress: bool = False
     model: str | None = None
+    keep_alive: int | float | str | None = None
 
 
 class StopReason(StrEnum):

@@ -21,7 +21,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, JsonValue, PlainSerializer, PlainValidator,
-                      SerializerFunctionWrapHandler, StrictBool, StrictStr, Tag, TypeAdapter, ValidationError,
+                      SerializerFunctionWrapHandler, StrictBool, StrictFloat, StrictInt, StrictStr, Tag, TypeAdapter, ValidationError,
                       model_serializer)
 
 from .errors import DecodeError, ErrorFrame, InvalidRequest
@@ -76,6 +76,8 @@ class ErrorCodeV2(StrEnum):
     INTERNAL = "internal"
     ATTACHMENT_UNSUPPORTED = "attachment_unsupported"
     TOOL_CALL_MALFORMED = "tool_call_malformed"
+    MODEL_NOT_FOUND = "model_not_found"
+    INSUFFICIENT_MEMORY = "insufficient_memory"
 
 
 class _Wire(BaseModel):
@@ -298,6 +300,9 @@ class RequestV2(_Wire):
     # inferd extensions, as on v1: `progress` frames (issue 22); the model by name (issue 20).
     progress: StrictBool | None = None
     model: StrictStr | None = None
+    # inferd extension (issue 20): how long the model stays loaded after this request,
+    # Ollama's keep_alive (seconds or "5m"; 0 = unload after it; negative = for ever).
+    keep_alive: StrictInt | StrictFloat | StrictStr | None = None
 
     @model_serializer(mode="wrap")
     def _compact(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -371,6 +376,7 @@ class RequestV2(_Wire):
             stream_tool_input=bool(self.stream_tool_input),
             progress=bool(self.progress),
             model=self.model,
+            keep_alive=self.keep_alive,
         )
 
 
@@ -436,6 +442,7 @@ class ResolvedV2(BaseModel):
     stream_tool_input: bool = False
     progress: bool = False
     model: str | None = None
+    keep_alive: int | float | str | None = None
 
     def attachment(self, attachment_id: str) -> ImageAttachment | AudioAttachment | VideoAttachment | None:
         for att in self.attachments:

@@ -25,6 +25,8 @@ from typing import Any
 from ...engine.request import ChatMessage, GenerationRequest, ResponseFormat, ToolSpec
 from ...proto.errors import InvalidRequest
 from ...proto.v1 import DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, DEFAULT_TOP_P
+from .keepalive import KeepAliveError, parse_keep_alive
+from .router import Needs
 
 
 class InvalidCombination(InvalidRequest):
@@ -83,3 +85,13 @@ def generation_request(
         stop=list(stop),
         attachments=attachments or {},
     )
+
+
+def model_needs(model: str | None, keep_alive: object, **needs: Any) -> Needs:
+    """The routing needs of a request naming `model` with `keep_alive` (issue 20), for
+    every wire: an unreadable keep_alive is an InvalidCombination blaming it."""
+    try:
+        seconds = parse_keep_alive(keep_alive)
+    except KeepAliveError as exc:
+        raise InvalidCombination(str(exc), "keep_alive") from None
+    return Needs(model=model, keep_alive=seconds, **needs)

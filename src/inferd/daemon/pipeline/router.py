@@ -97,6 +97,16 @@ class Router:
         for entry in entries:
             entry.breaker.listener = self._changed
 
+    def add(self, entry: BackendEntry) -> None:
+        """A model loaded on demand joins the served backends (issue 20)."""
+        entry.breaker.listener = self._changed
+        self._entries = [*self._entries, entry]
+
+    def remove(self, entry: BackendEntry) -> None:
+        """A model unloaded leaves them; its stragglers stay silent."""
+        entry.breaker.listener = None
+        self._entries = [e for e in self._entries if e is not entry]
+
     def _changed(self, change: StateChange) -> None:
         if self.on_change is not None:
             self.on_change(change)

@@ -28,6 +28,7 @@ from ..observe.activity import activity_record
 from ..observe.metrics import RequestClock
 from .admission import AdmissionClosed, QueueFull
 from .breaker import BACKEND_FAULTS, Attempt
+from ..models.manager import Lease, ModelRefused
 from .router import BackendEntry, Needs
 
 log = logging.getLogger("inferd.pipeline")
@@ -56,21 +57,37 @@ class Sink(Protocol):
     async def fail(self, kind: Fault, message: str) -> None: ...
 
 
-def _route(ctx: DaemonContext, needs: Needs) -> list[BackendEntry]:
+def _candidates(entries: list[BackendEntry], needs: Needs) -> list[BackendEntry]:
     """Backends to try, best first: those with everything the request needs; failing
     that, those with its hard needs (v2, embed), which then judge tools and media
     themselves (a mock ignores an image; llama.cpp without a projector refuses it)."""
-    entries = list(ctx.router.candidates(needs))
-    if not entries:
-        entries = list(ctx.router.candidates(needs.hard()))
-    if entries:
-        return entries
-    ready = ctx.router.first_ready()
-    if ready is None:
+    ready = [e for e in entries if e.backend.ready()]
+    found = [e for e in ready if needs.unmet(e.caps) is None]
+    if not found:
+        hard = needs.hard()
+        found = [e for e in ready if hard.unmet(e.caps) is None]
+    if found:
+        return found
+    if not ready:
         raise Refused(Fault.UNAVAILABLE, "no backend available")
-    if needs.unmet(ready.caps) == "v2":
-        raise Refused(Fault.INTERNAL, f'backend "{ready.label}" does not advertise v2 capability')
+    if needs.unmet(ready[0].caps) == "v2":
+        raise Refused(Fault.INTERNAL, f'backend "{ready[0].label}" does not advertise v2 capability')
     raise Refused(Fault.UNAVAILABLE, "no embed-capable backend available")
+
+
+async def _route(ctx: DaemonContext, needs: Needs) -> tuple[Lease, list[BackendEntry]]:
+    """The model the request names (the default when it names none), loaded if it was
+    not (daemon/models/manager.py), under a lease the caller releases; and its backends
+    to try, best first."""
+    try:
+        lease = await ctx.models.route(needs)
+    except ModelRefused as exc:
+        raise Refused(exc.kind, exc.message) from None
+    try:
+        return lease, _candidates(lease.entries, needs)
+    except BaseException:
+        lease.release()
+        raise
 
 
 class _Serving:
@@ -89,7 +106,7 @@ class _Serving:
     generator machinery cost more than the routing it wraps.
     """
 
-    __slots__ = ("ctx", "needs", "call", "ticket", "live", "attempt")
+    __slots__ = ("ctx", "needs", "call", "ticket", "live", "attempt", "lease")
 
     def __init__(self, ctx: DaemonContext, needs: Needs, call: Callable[[BackendEntry], Awaitable[T]]) -> None:
         self.ctx = ctx
@@ -102,8 +119,29 @@ class _Serving:
             await ctx.router.wait_open()  # a reload in progress: wait for the new backends
         except QueueFull:
             raise Refused(Fault.QUEUE_FULL, "queue full") from None
+        lease, entries = await _route(ctx, self.needs)
+        try:
+            while True:
+                try:
+                    entry, result, attempt = await self._first(entries)
+                    break
+                except Refused as exc:
+                    if exc.kind in _REQUEST_FAULTS or exc.kind is Fault.CLOSED:
+                        raise
+                    # Its group's next member, loaded for it (issue 20), may serve it.
+                    more = await ctx.models.fallback(lease)
+                    if more is None:
+                        raise
+                    entries = [more]
+        except BaseException:
+            lease.release()
+            raise
+        lease.served, self.lease = entry, lease
+        return entry, result, attempt
+
+    async def _first(self, entries: list[BackendEntry]) -> tuple[BackendEntry, T, Attempt]:  # type: ignore[type-var]
         last: Refused | None = None
-        for entry in _route(ctx, self.needs):
+        for entry in entries:
             attempt = entry.breaker.admit()
             if attempt is None:
                 last = Refused(Fault.UNAVAILABLE, entry.breaker.refusal())
@@ -156,6 +194,7 @@ class _Serving:
             self.ticket.release()
             self.live.untrack()
             self.attempt.release()  # no-op once settled
+            self.lease.release()
 
 
 def _evicted(live: "_InFlight") -> None:
@@ -333,8 +372,16 @@ async def count(ctx: DaemonContext, req: GenerationRequest, *, needs: Needs = Ne
         await ctx.router.wait_open()
     except QueueFull:
         raise Refused(Fault.QUEUE_FULL, "queue full") from None
+    lease, entries = await _route(ctx, needs)
+    try:
+        return await _count_on(entries, req)
+    finally:
+        lease.release()
+
+
+async def _count_on(entries: list[BackendEntry], req: GenerationRequest) -> tuple[int, int | None]:
     last: Refused | None = None
-    for entry in _route(ctx, needs):
+    for entry in entries:
         if not entry.breaker.would_admit():
             last = Refused(Fault.UNAVAILABLE, entry.breaker.refusal())
             continue  # generation would skip it too
@@ -352,11 +399,13 @@ async def count(ctx: DaemonContext, req: GenerationRequest, *, needs: Needs = Ne
 
 
 async def embed(ctx: DaemonContext, req: EmbedResolved, *, surface: str = "embed",
-                peer: str = "") -> tuple[str, EmbedResult]:
-    """Serve one embed request: (the serving backend's config name, the result). Raises Refused."""
+                peer: str = "", keep_alive: float | None = None) -> tuple[str, EmbedResult]:
+    """Serve one embed request on the model it names (`req.model`; None: the default):
+    (the serving backend's config name, the result). Raises Refused."""
     outcome, tokens = "cancelled", 0
+    needs = Needs(embed=True, model=req.model, keep_alive=keep_alive)
     try:
-        async with _Serving(ctx, Needs(embed=True), lambda e: e.backend.embed(req)) as (entry, result, attempt):
+        async with _Serving(ctx, needs, lambda e: e.backend.embed(req)) as (entry, result, attempt):
             attempt.succeeded()
             outcome, tokens = "ok", result.input_tokens
             ctx.activity.traffic.info(_event_name(surface, "embed_request_done"), extra=activity_record(

@@ -48,6 +48,13 @@ FAULTS: dict[Fault, FaultOnWire] = {
     Fault.TOOL_CALL_MALFORMED: FaultOnWire(ErrorCode.BACKEND_UNAVAILABLE, ErrorCodeV2.TOOL_CALL_MALFORMED,
                                            EmbedErrorCode.BACKEND_UNAVAILABLE, 502, "server_error",
                                            "tool_call_malformed"),
+    # Issue 20: only a request that names a model meets these.
+    Fault.MODEL_NOT_FOUND: FaultOnWire(ErrorCode.MODEL_NOT_FOUND, ErrorCodeV2.MODEL_NOT_FOUND,
+                                       EmbedErrorCode.MODEL_NOT_FOUND, 404, "invalid_request_error",
+                                       "model_not_found"),
+    Fault.INSUFFICIENT_MEMORY: FaultOnWire(ErrorCode.BACKEND_UNAVAILABLE, ErrorCodeV2.INSUFFICIENT_MEMORY,
+                                           EmbedErrorCode.BACKEND_UNAVAILABLE, 503, "unavailable_error",
+                                           "insufficient_memory"),
 }
 
 #: The NDJSON surfaces' views of the table, by the wire they answer on.

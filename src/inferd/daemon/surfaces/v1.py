@@ -94,14 +94,15 @@ async def serve_inference(conn: PeerConnection, ctx: DaemonContext) -> None:
         try:
             resolved = request.resolve()
             request_ = generation_request(resolved)
+            needs = policy.model_needs(resolved.model, resolved.keep_alive)
         except InvalidRequest as exc:
             await conn.send(encode_error(request.id, ErrorCode.INVALID_REQUEST, exc.message))
             return True
         if resolved.count_only:
-            await answer_count(conn, ctx, request_, V1_CODES)
+            await answer_count(conn, ctx, request_, V1_CODES, needs)
             return True
         sink = _Sink(conn, resolved.id, resolved.stream)
         return await answer_refusal(sink, await run.generate(ctx, request_, sink, surface="inference",
-                                                             peer=conn.peer_label))
+                                                             needs=needs, peer=conn.peer_label))
 
     await serve_requests(conn, parse_request, handle)

@@ -138,10 +138,11 @@ async def serve_inference_v2(conn: PeerConnection, ctx: DaemonContext) -> None:
         try:
             resolved = request.resolve()
             request_ = generation_request(resolved)
+            needs = policy.model_needs(resolved.model, resolved.keep_alive, v2=True, tools=bool(resolved.tools),
+                                       media=bool(resolved.attachments))
         except InvalidRequest as exc:
             await conn.send(encode_error(request.id, ErrorCode.INVALID_REQUEST, exc.message))
             return True
-        needs = Needs(v2=True, tools=bool(resolved.tools), media=bool(resolved.attachments))
         if resolved.count_only:
             await answer_count(conn, ctx, request_, V2_CODES, needs)
             return True

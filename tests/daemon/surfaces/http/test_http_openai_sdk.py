@@ -73,8 +73,8 @@ def async_client(base: str, **kw) -> openai.AsyncOpenAI:
 async def test_sync_chat_whole_and_streamed_agree(base, model_name):
     def run() -> tuple[object, list[object]]:
         with sync_client(base) as client:
-            whole = client.chat.completions.create(model="gpt-4o", messages=USER, max_tokens=24, temperature=0)
-            chunks = list(client.chat.completions.create(model="gpt-4o", messages=USER, max_tokens=24,
+            whole = client.chat.completions.create(model="llamacpp", messages=USER, max_tokens=24, temperature=0)
+            chunks = list(client.chat.completions.create(model="llamacpp", messages=USER, max_tokens=24,
                                                          temperature=0, stream=True,
                                                          stream_options={"include_usage": True}))
             return whole, chunks
@@ -96,9 +96,9 @@ async def test_sync_chat_whole_and_streamed_agree(base, model_name):
 
 async def test_async_chat_whole_and_streamed(base, model_name):
     async with async_client(base) as client:
-        whole = await client.chat.completions.create(model="whatever", messages=USER, max_completion_tokens=12,
+        whole = await client.chat.completions.create(model="llamacpp", messages=USER, max_completion_tokens=12,
                                                      temperature=0)
-        stream = await client.chat.completions.create(model="whatever", messages=USER, max_completion_tokens=12,
+        stream = await client.chat.completions.create(model="llamacpp", messages=USER, max_completion_tokens=12,
                                                       temperature=0, stream=True)
         parts = [c.choices[0].delta.content or "" async for c in stream]
     assert whole.model == model_name
@@ -109,7 +109,7 @@ async def test_forced_tool_call_round_trip(base):
     """tool_choice "required" (a named function is test_streamed_tool_call_delta's)."""
     async with async_client(base) as client:
         messages = [{"role": "user", "content": "What is the weather in Paris?"}]
-        first = await client.chat.completions.create(model="m", messages=messages, tools=[WEATHER, TIME],
+        first = await client.chat.completions.create(model="llamacpp", messages=messages, tools=[WEATHER, TIME],
                                                      tool_choice="required", temperature=0, max_tokens=64)
         choice = first.choices[0]
         assert choice.finish_reason == "tool_calls"
@@ -122,7 +122,7 @@ async def test_forced_tool_call_round_trip(base):
         messages += [choice.message.model_dump(exclude_none=True),
                      {"role": "tool", "tool_call_id": call.id, "content": '{"temp": 21, "sky": "sunny"}'}]
         second = await client.chat.completions.create(
-            model="m", messages=messages, tools=[WEATHER, TIME], temperature=0, max_tokens=32,
+            model="llamacpp", messages=messages, tools=[WEATHER, TIME], temperature=0, max_tokens=32,
             extra_body={"grammar": 'root ::= "It is sunny in Paris."'})
     assert second.choices[0].message.content == "It is sunny in Paris."
     assert second.choices[0].finish_reason == "stop" and not second.choices[0].message.tool_calls
@@ -132,7 +132,7 @@ async def test_streamed_tool_call_delta(base):
     """The arguments stream in pieces, in OpenAI's shape (the first delta names the call,
     the next carry only its index and a piece), and the SDK's own accumulation of the
     stream rebuilds the call a request without `stream` gets."""
-    request = dict(model="m", messages=[{"role": "user", "content": "Time in UTC?"}], tools=[WEATHER, TIME],
+    request = dict(model="llamacpp", messages=[{"role": "user", "content": "Time in UTC?"}], tools=[WEATHER, TIME],
                    tool_choice={"type": "function", "function": {"name": "get_time"}}, temperature=0, max_tokens=64)
     async with async_client(base) as client:
         whole = await client.chat.completions.create(**request)
@@ -158,11 +158,11 @@ async def test_response_format_json_schema_validates(base):
               "required": ["name", "age"]}
     async with async_client(base) as client:
         r = await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "A person:"}], temperature=0, max_tokens=80,
+            model="llamacpp", messages=[{"role": "user", "content": "A person:"}], temperature=0, max_tokens=80,
             response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema,
                                                                     "strict": True}})
         obj = await client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": '{"ok": true}'}], temperature=0, max_tokens=200,
+            model="llamacpp", messages=[{"role": "user", "content": '{"ok": true}'}], temperature=0, max_tokens=200,
             response_format={"type": "json_object"})
     jsonschema.validate(json.loads(r.choices[0].message.content), schema)
     assert isinstance(json.loads(obj.choices[0].message.content), dict)
@@ -171,9 +171,9 @@ async def test_response_format_json_schema_validates(base):
 async def test_raw_completions_sync_and_streamed(base, model_name):
     def run() -> tuple[object, str]:
         with sync_client(base) as client:
-            whole = client.completions.create(model="babbage", prompt="The sea is", max_tokens=12, temperature=0)
+            whole = client.completions.create(model="llamacpp", prompt="The sea is", max_tokens=12, temperature=0)
             streamed = "".join(c.choices[0].text for c in client.completions.create(
-                model="babbage", prompt="The sea is", max_tokens=12, temperature=0, stream=True))
+                model="llamacpp", prompt="The sea is", max_tokens=12, temperature=0, stream=True))
             return whole, streamed
 
     whole, streamed = await asyncio.to_thread(run)
@@ -187,9 +187,9 @@ async def test_raw_completions_sync_and_streamed(base, model_name):
 async def test_embeddings_unit_norm_and_dimensions(base, daemon):
     def run() -> tuple[object, object, object]:
         with sync_client(base) as client:  # the SDK asks for base64 and decodes it
-            return (client.embeddings.create(model="text-embedding-3-small", input=["a cat", "a kitten"]),
-                    client.embeddings.create(model="x", input="a dog", dimensions=64),
-                    client.embeddings.create(model="x", input="a cat"))
+            return (client.embeddings.create(model="llamacpp", input=["a cat", "a kitten"]),
+                    client.embeddings.create(model="llamacpp", input="a dog", dimensions=64),
+                    client.embeddings.create(model="llamacpp", input="a cat"))
 
     full, short, single = await asyncio.to_thread(run)
     n_embd = daemon.server.router.entries[0].backend.n_embd
@@ -199,7 +199,7 @@ async def test_embeddings_unit_norm_and_dimensions(base, daemon):
         assert math.sqrt(sum(x * x for x in vec)) == pytest.approx(1.0, abs=1e-4)
     assert full.usage.prompt_tokens > 0
     async with async_client(base) as client:
-        floats = await client.embeddings.create(model="x", input=["a cat"], encoding_format="float")
+        floats = await client.embeddings.create(model="llamacpp", input=["a cat"], encoding_format="float")
     # The same vector either way (base64 carries float32: equal to ~1e-7).
     assert floats.data[0].embedding == pytest.approx(single.data[0].embedding, abs=1e-6)
 
@@ -209,15 +209,17 @@ async def test_models_list(base, model_name):
         with sync_client(base) as client:
             return [m.id for m in client.models.list()]
 
-    assert await asyncio.to_thread(run) == [model_name]
+    # Every configured model by the name a request gives (issue 20); the name the model
+    # reports (the id before names existed) is one of its aliases.
+    assert await asyncio.to_thread(run) == ["llamacpp"]
     async with async_client(base) as client:
-        assert (await client.models.retrieve(model_name)).id == model_name
+        assert (await client.models.retrieve(model_name)).id == "llamacpp"
 
 
 async def test_wrong_key_is_authentication_error(base):
     def run() -> None:
         with sync_client(base, api_key="wrong", max_retries=0) as client:
-            client.chat.completions.create(model="m", messages=USER, max_tokens=1)
+            client.chat.completions.create(model="llamacpp", messages=USER, max_tokens=1)
 
     with pytest.raises(openai.AuthenticationError):
         await asyncio.to_thread(run)
@@ -231,14 +233,14 @@ async def test_full_queue_is_rate_limit_error(base, daemon):
     """One permit, no queue: while a stream holds the slot, the next request is a 429
     (RateLimitError, Retry-After: 1); closing the stream frees the slot."""
     async with async_client(base) as holder, async_client(base, max_retries=0) as other:
-        stream = await holder.chat.completions.create(model="m", messages=USER, max_tokens=1500, stream=True)
+        stream = await holder.chat.completions.create(model="llamacpp", messages=USER, max_tokens=1500, stream=True)
         await stream.__anext__()
         with pytest.raises(openai.RateLimitError) as info:
-            await other.chat.completions.create(model="m", messages=USER, max_tokens=1)
+            await other.chat.completions.create(model="llamacpp", messages=USER, max_tokens=1)
         assert info.value.response.headers["retry-after"] == "1" and info.value.code == "queue_full"
         await stream.close()
         await wait_until(lambda: daemon.server.router.outstanding == 0, 30, "the slot to be released")
-        r = await other.chat.completions.create(model="m", messages=USER, max_tokens=1)
+        r = await other.chat.completions.create(model="llamacpp", messages=USER, max_tokens=1)
         assert r.usage.completion_tokens == 1
 
 
@@ -250,7 +252,7 @@ async def test_disconnect_mid_stream_stops_the_generation(daemon):
     try:
         host, port = host_port(daemon)
         reader, writer = await asyncio.open_connection(host, port)
-        body = json.dumps({"model": "m", "messages": USER, "max_tokens": 1500, "stream": True}).encode()
+        body = json.dumps({"model": "llamacpp", "messages": USER, "max_tokens": 1500, "stream": True}).encode()
         writer.write(raw_request("POST", "/v1/chat/completions", body, {"authorization": f"Bearer {KEY}"}))
         assert (await read_head(reader, 60))[0] == 200
         await asyncio.wait_for(spy.first.wait(), 60)
@@ -276,8 +278,8 @@ async def test_metrics_follow_the_sdk_usage(base):
 
     async with async_client(base) as client:
         before = await scrape()
-        r = await client.chat.completions.create(model="m", messages=USER, max_tokens=10, temperature=0)
-        e = await client.embeddings.create(model="m", input=["one", "two"])
+        r = await client.chat.completions.create(model="llamacpp", messages=USER, max_tokens=10, temperature=0)
+        e = await client.embeddings.create(model="llamacpp", input=["one", "two"])
         after = await scrape()
     delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     assert delta["inferd_requests_total"] == 2  # one generation, one embed request
@@ -304,7 +306,7 @@ async def test_cli_run_raw_equals_the_raw_completion(base, daemon):
 
     def sdk() -> str:
         with sync_client(base) as client:
-            return client.completions.create(model="m", prompt="The sea is", max_tokens=12,
+            return client.completions.create(model="llamacpp", prompt="The sea is", max_tokens=12,
                                              temperature=0).choices[0].text
 
     assert await asyncio.to_thread(cli) == await asyncio.to_thread(sdk) + "\n"

@@ -12,7 +12,7 @@ from http_helpers import base_url, chunks_of, sse_events
 from inferd.daemon.pipeline.breaker import CircuitState
 
 TOKENS = [f"t{i} " for i in range(12)]
-CHAT = {"model": "anything", "messages": [{"role": "user", "content": "hi"}]}
+CHAT = { "messages": [{"role": "user", "content": "hi"}]}
 
 
 async def test_an_unavailable_first_backend_is_not_the_one_named_nor_sized(http_daemon, sockdir):

@@ -29,7 +29,7 @@ from daemon_harness import RecordingActivityLog, roundtrip, wait_until
 
 SCRIPT = [{"thinking": "let me see"}, {"text": "Hel"}, {"text": "lo"},
           {"tool_call": {"name": "get_weather", "input": {"city": "Oslo"}}}]
-CHAT = {"model": "anything-at-all", "messages": [{"role": "user", "content": "hi"}]}
+CHAT = {"model": "mock", "messages": [{"role": "user", "content": "hi"}]}
 
 
 # ---- shapes ---------------------------------------------------------------------------
@@ -101,26 +101,26 @@ async def test_chat_stream_without_usage_has_no_usage_key(http_daemon):
 async def test_completions_raw_prompt_echo_and_stream(http_daemon):
     d = await http_daemon(mock={"tokens": ["a", "b", "c"]})
     async with httpx.AsyncClient(base_url=base_url(d)) as c:
-        r = await c.post("/v1/completions", json={"model": "m", "prompt": "The sea is", "echo": True})
+        r = await c.post("/v1/completions", json={"model": "mock", "prompt": "The sea is", "echo": True})
         body = r.json()
         assert body["object"] == "text_completion" and body["choices"][0]["text"] == "The sea isabc"
         assert body["choices"][0]["finish_reason"] == "stop"
         # OpenAI's default max_tokens for completions is 16; max_tokens=2 stops at 2.
-        r = await c.post("/v1/completions", json={"model": "m", "prompt": ["x"], "max_tokens": 2, "stream": True})
+        r = await c.post("/v1/completions", json={"model": "mock", "prompt": ["x"], "max_tokens": 2, "stream": True})
         chunks = chunks_of(sse_events(r.content))
         assert [ch["choices"][0]["text"] for ch in chunks] == ["a", "b", ""]
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
         for bad, param in (({"prompt": [1, 2, 3]}, "prompt"), ({"prompt": ["a", "b"]}, "prompt"),
                            ({"prompt": "x", "suffix": "y"}, "suffix"), ({"prompt": "x", "best_of": 2}, "best_of"),
                            ({"prompt": "x", "logprobs": 3}, "logprobs")):
-            r = await c.post("/v1/completions", json={"model": "m", **bad})
+            r = await c.post("/v1/completions", json={"model": "mock", **bad})
             assert r.status_code == 400 and r.json()["error"]["param"] == param, bad
 
 
 async def test_embeddings_float_base64_dimensions_and_refusals(http_daemon):
     d = await http_daemon()
     async with httpx.AsyncClient(base_url=base_url(d)) as c:
-        r = await c.post("/v1/embeddings", json={"model": "m", "input": ["ab", "abcd"], "dimensions": 3})
+        r = await c.post("/v1/embeddings", json={"model": "mock", "input": ["ab", "abcd"], "dimensions": 3})
         body = r.json()
         assert body["object"] == "list" and body["model"] == "mock"
         assert [e["index"] for e in body["data"]] == [0, 1]
@@ -164,7 +164,7 @@ async def test_models_and_health(http_daemon):
 @pytest.mark.parametrize("body,status,code,param", [
     (b"{not json", 400, "invalid_json", None),
     (b"[" * 100_000, 400, "invalid_json", None),
-    (json.dumps({"model": "m"}).encode(), 400, "invalid_request", "messages"),
+    (json.dumps({"model": "mock"}).encode(), 400, "invalid_request", "messages"),
     (json.dumps({**CHAT, "n": 2}).encode(), 400, "invalid_request", "n"),
     (json.dumps({**CHAT, "logprobs": True}).encode(), 400, "invalid_request", "logprobs"),
     (json.dumps({**CHAT, "temperature": "hot"}).encode(), 400, "invalid_request", "temperature"),

@@ -37,11 +37,11 @@ from ....proto.v1 import DEFAULT_MAX_TOKENS
 from ...context import DaemonContext
 from ...observe.activity import ActivityLog, NullActivityLog, activity_record
 from ...observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from ...pipeline import run
+from ...pipeline import policy, run
 from ...pipeline.router import BackendEntry, Needs
 from . import decode
 from .encode import ChatCollect, ChatStream, CompletionCollect, CompletionStream, Meta
-from .errors import HttpError
+from .errors import HttpError, invalid
 from .io import ClientGone, Receive, Responder, Send, header, read_body, wait_disconnect
 
 #: The open connections' transports by client address (`scope["client"]`), kept by the
@@ -196,7 +196,7 @@ class HttpApp:
         # the context of the backend that serves it, known once the pipeline picks it.
         sized = decode.max_tokens_asked(req) is None
         serving = _ServedBy(meta, greq, sized)
-        needs = Needs(tools=bool(req.tools))
+        needs = _needs(req, tools=bool(req.tools))
         if req.stream:
             await self._stream(scope, receive, out, serving, needs, ChatStream(out, meta))
         else:
@@ -212,11 +212,12 @@ class HttpApp:
         meta = Meta(rid, int(time.time()), "", bool(req.stream_options and req.stream_options.include_usage))
         serving = _ServedBy(meta, greq, False)
         echo = (greq.prompt or "") if req.echo else ""
+        needs = _needs(req)
         if req.stream:
-            await self._stream(scope, receive, out, serving, Needs(), CompletionStream(out, meta, echo))
+            await self._stream(scope, receive, out, serving, needs, CompletionStream(out, meta, echo))
         else:
             sink = CompletionCollect(echo)
-            await self._generate(scope, receive, out, serving, Needs(), sink)
+            await self._generate(scope, receive, out, serving, needs, sink)
             await self._whole(out, sink, meta)
 
     async def _stream(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
@@ -265,13 +266,14 @@ class HttpApp:
 
     async def _embeddings(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         req = decode.parse(decode.EmbeddingsRequest, await read_body(scope, receive))
-        if not self.ctx.router.can_embed:
+        keep_alive = _needs(req).keep_alive
+        if not self.ctx.models.can_embed:
             raise HttpError(501, "no backend here serves embeddings: start the daemon with --llamacpp-embed, "
                             'or set "embed": true on a backend in the config', "not_supported_error",
                             "embed_unsupported")
         resolved = decode.embed_request(req, f"embd-{uuid.uuid4().hex}")
         try:
-            _, result = await run.embed(self.ctx, resolved, surface="http", peer=_peer(scope))
+            _, result = await run.embed(self.ctx, resolved, surface="http", peer=_peer(scope), keep_alive=keep_alive)
         except run.Refused as exc:
             raise HttpError.from_fault(exc.kind, exc.message) from None
         as_base64 = req.encoding_format == "base64"
@@ -284,13 +286,21 @@ class HttpApp:
     # ---- the rest ------------------------------------------------------------------------
 
     def _model_cards(self) -> list[dict[str, Any]]:
-        cards = []
-        for entry in self.ctx.router.entries:
-            cards.append({"id": self.model_name(entry), "object": "model", "created": self.created,
-                          "owned_by": "inferd", "backend": entry.label, "n_ctx": entry.caps.n_ctx,
-                          "capabilities": {"tools": entry.caps.tools, "thinking": entry.caps.thinking,
-                                           "embed": entry.caps.embed}})
-        return cards
+        """Every configured model, loaded or not (issue 20): its id is the name a request
+        gives; `loaded`, `aliases` and, once loaded, what it can do."""
+        models = self.ctx.models.catalog.models
+        if not models:  # a bare router (no catalog): what is loaded
+            return [self._card(self.model_name(e), e, []) for e in self.ctx.router.entries]
+        return [self._card(m.name, m.loaded, [n for n in m.names if n != m.name]) for m in models]
+
+    def _card(self, name: str, entry: BackendEntry | None, aliases: list[str]) -> dict[str, Any]:
+        card: dict[str, Any] = {"id": name, "object": "model", "created": self.created, "owned_by": "inferd",
+                                "aliases": aliases, "loaded": entry is not None}
+        if entry is not None:
+            card.update({"backend": entry.label, "n_ctx": entry.caps.n_ctx,
+                         "capabilities": {"tools": entry.caps.tools, "thinking": entry.caps.thinking,
+                                          "embed": entry.caps.embed}})
+        return card
 
     async def _models(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         await out.json(200, {"object": "list", "data": self._model_cards()})
@@ -298,14 +308,16 @@ class HttpApp:
     async def _model(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         wanted = scope["path"].split("/models/", 1)[1]
         for card in self._model_cards():
-            if card["id"] == wanted:
+            if card["id"] == wanted or wanted in card["aliases"]:
                 await out.json(200, card)
                 return
         raise HttpError(404, f"no model {wanted!r} here", "not_found_error", "model_not_found", "model")
 
     async def _health(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         state = getattr(self.ctx.broadcaster.snapshot, "status", "unknown")
-        ok = state == "ready" and self.ctx.router.first_ready() is not None
+        # Ready with a model loaded, or one a request would load (issue 20: on demand).
+        ok = state == "ready" and (self.ctx.router.first_ready() is not None
+                                   or any(m.loadable for m in self.ctx.models.catalog.models))
         await out.json(200 if ok else 503, {"status": "ok" if ok else "unavailable", "state": state})
 
     async def _metrics(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
@@ -331,6 +343,14 @@ class _ServedBy:
         if not self.sized:
             return self.request
         return replace(self.request, max_tokens=entry.caps.n_ctx or DEFAULT_MAX_TOKENS)
+
+
+def _needs(req: Any, **needs: Any) -> Needs:
+    """The model the body names (OpenAI's `model`) and its keep_alive, for routing."""
+    try:
+        return policy.model_needs(req.model, req.keep_alive, **needs)
+    except policy.InvalidCombination as exc:
+        raise invalid(exc.message, exc.param) from None
 
 
 def _peer(scope: dict[str, Any]) -> str:

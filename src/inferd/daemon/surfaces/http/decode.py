@@ -95,6 +95,8 @@ class StreamOptions(_Body):
 
 class _Sampling(_Body):
     model: StrictStr | None = None
+    # inferd extension (issue 20), Ollama's: seconds or "5m"; 0 = unload after this request.
+    keep_alive: StrictInt | float | StrictStr | None = None
     temperature: Number | None = None
     top_p: Number | None = None
     top_k: U32 | None = None  # llama-server and vLLM extension
@@ -134,6 +136,7 @@ class CompletionRequest(_Sampling):
 class EmbeddingsRequest(_Body):
     input: StrictStr | list[StrictStr] | list[StrictInt] | list[list[StrictInt]]
     model: StrictStr | None = None
+    keep_alive: StrictInt | float | StrictStr | None = None  # as on chat (issue 20)
     dimensions: U32 | None = None
     encoding_format: Literal["float", "base64"] = "float"
     task: StrictStr | None = None  # inferd extension (the embed socket's task prefixes)
@@ -370,6 +373,6 @@ def embed_request(req: EmbeddingsRequest, rid: str) -> EmbedResolved:
     if req.dimensions is not None and req.dimensions < 1:
         raise invalid("dimensions must be at least 1", "dimensions")
     try:
-        return EmbedRequest(id=rid, input=texts, dimensions=req.dimensions, task=req.task).resolve()
+        return EmbedRequest(id=rid, input=texts, dimensions=req.dimensions, task=req.task, model=req.model).resolve()
     except InvalidRequest as exc:
         raise invalid(exc.detail, "input" if "input" in exc.detail else None) from None
