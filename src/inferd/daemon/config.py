@@ -187,6 +187,9 @@ class ConfigFile(BaseModel):
     #: The OpenAI-compatible HTTP surface: `[HOST:]PORT` on loopback (`--http` wins).
     #: Read at boot only: changing it takes a restart, not a reload.
     http: str | None = None
+    #: Also serve the HTTP API on 127.0.0.1:PORT for Ollama's clients (11434 is theirs),
+    #: when the port is free; a taken port is logged and skipped (ADR 0027). Boot only.
+    ollama_port: int | None = Field(default=None, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ConfigFile":
@@ -300,6 +303,8 @@ class ServeOptions:
     v2_addr: str | None = None
     v2_tcp: str | None = None
     http: str | None = None  # OpenAI-compatible HTTP surface, [HOST:]PORT
+    #: The same HTTP API on 127.0.0.1:PORT too, if free (`--ollama`: 11434; ADR 0027).
+    ollama_port: int | None = None
     #: None: each backend runs as many requests at once as it can (its `concurrency`).
     active_permits: int | None = None
     queue_depth: int = 10

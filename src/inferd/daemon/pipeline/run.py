@@ -352,11 +352,12 @@ async def count(ctx: DaemonContext, req: GenerationRequest, *, needs: Needs = Ne
 
 
 async def embed(ctx: DaemonContext, req: EmbedResolved, *, surface: str = "embed",
-                peer: str = "") -> tuple[str, EmbedResult]:
-    """Serve one embed request: (the serving backend's config name, the result). Raises Refused."""
+                peer: str = "", needs: Needs = Needs()) -> tuple[str, EmbedResult]:
+    """Serve one embed request: (the serving backend's config name, the result). Raises
+    Refused. `needs` carries the model asked for (embed is always needed)."""
     outcome, tokens = "cancelled", 0
     try:
-        async with _Serving(ctx, Needs(embed=True), lambda e: e.backend.embed(req)) as (entry, result, attempt):
+        async with _Serving(ctx, replace(needs, embed=True), lambda e: e.backend.embed(req)) as (entry, result, attempt):
             attempt.succeeded()
             outcome, tokens = "ok", result.input_tokens
             ctx.activity.traffic.info(_event_name(surface, "embed_request_done"), extra=activity_record(
