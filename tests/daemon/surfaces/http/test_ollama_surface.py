@@ -166,6 +166,8 @@ async def test_empty_requests_load_and_generate_nothing(http_daemon):
         assert line["done"] is True and line["done_reason"] == "load" and line["response"] == ""
         r = await c.post("/api/chat", json={"model": "mock", "messages": [], "stream": False})
         assert r.json()["done_reason"] == "load" and r.json()["message"]["content"] == ""
+        r = await c.post("/api/generate", json={"model": "mock", "keep_alive": 0, "stream": False})
+        assert r.json()["done_reason"] == "unload"
     assert spy.events == 0
 
 

@@ -170,7 +170,7 @@ class OllamaRoutes:
         needs = Needs(tools=bool(body.tools), model=od.requested_model(body), keep_alive=od.keep_alive(body))
         meta = OllamaMeta(body.model or "", chat=True)
         if not body.messages:
-            await self._loaded(out, meta, body.stream)
+            await self._loaded(out, meta, body.stream, needs)
             return
         greq = od.chat_request(body, f"chat-{uuid.uuid4().hex}")
         await self._run(scope, receive, out, _Served(meta, greq, od.sized_by_context(body)), needs, body.stream)
@@ -180,14 +180,15 @@ class OllamaRoutes:
         needs = Needs(model=od.requested_model(body), keep_alive=od.keep_alive(body))
         meta = OllamaMeta(body.model or "", chat=False)
         if not body.prompt and not body.images:
-            await self._loaded(out, meta, body.stream)
+            await self._loaded(out, meta, body.stream, needs)
             return
         greq = od.generate_request(body, f"gen-{uuid.uuid4().hex}")
         await self._run(scope, receive, out, _Served(meta, greq, od.sized_by_context(body)), needs, body.stream)
 
-    async def _loaded(self, out: Responder, meta: OllamaMeta, stream: bool) -> None:
-        # Ollama loads the model for an empty request and generates nothing.
-        data = loaded(meta)
+    async def _loaded(self, out: Responder, meta: OllamaMeta, stream: bool, needs: Needs) -> None:
+        # Ollama loads the model for an empty request (unloads it with keep_alive 0) and
+        # generates nothing.
+        data = loaded(meta, "unload" if needs.keep_alive == 0 else "load")
         content_type = b"application/x-ndjson" if stream else b"application/json"
         await out.start(200, [(b"content-type", content_type), (b"content-length", str(len(data) + 1).encode())])
         await out.body(data + b"\n", more=False)
