@@ -27,7 +27,7 @@ from ....engine.backend import Fault
 from ....engine.events import Done, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from ..faults import FAULTS
 from ..finish import FINISH
-from .encode import _Collect, dumps
+from .encode import _Collect, _js, dumps
 from .errors import HttpError
 from .io import Responder
 
@@ -127,10 +127,16 @@ class OllamaStream:
         self.calls = 0
         self.error: HttpError | None = None
         self._head = b""
+        # A text line is built from pre-encoded pieces: one JSON string encoding per
+        # token (the hot path, as in encode.py's SSE chunks).
+        self._text_head = b""
+        self._text_tail = b'},"done":false}\n' if meta.chat else b',"done":false}\n'
 
     async def _begin(self) -> None:
         self.started = True
         self._head = dumps(self.meta.head())[:-1] + b","
+        self._text_head = self._head + (b'"message":{"role":"assistant","content":' if self.meta.chat
+                                        else b'"response":')
         await self.out.start(200, NDJSON_HEADERS)
 
     def _line(self, fields: dict[str, Any]) -> bytes:
@@ -147,7 +153,7 @@ class OllamaStream:
         if not self.started:
             await self._begin()
         if kind is TextDelta:
-            line = self._line({"content" if self.meta.chat else "response": event.text})  # type: ignore[union-attr]
+            line = self._text_head + _js(event.text) + self._text_tail  # type: ignore[union-attr]
         elif kind is ThinkingDelta:
             line = self._line({"thinking": event.text})  # type: ignore[union-attr]
         else:
