@@ -289,3 +289,32 @@ async def test_ollama_port_taken_is_logged_and_skipped(http_daemon, caplog):
         assert "not serving Ollama's address" in caplog.text
     finally:
         taken.close()
+
+
+async def test_hostile_bodies_are_400_and_the_daemon_serves_on(http_daemon):
+    d = await http_daemon(mock={"tokens": ["a"]})
+    bad = [
+        ("/api/chat", {"model": "m", "messages": "hi"}),
+        ("/api/chat", {"model": "m", "messages": [{"role": "wizard", "content": "x"}]}),
+        ("/api/chat", {"model": "m", "messages": [{"role": "user", "content": 5}]}),
+        ("/api/chat", {**CHAT, "options": "hot"}),
+        ("/api/chat", {**CHAT, "options": {"temperature": "hot"}}),
+        ("/api/chat", {**CHAT, "options": {"top_p": 3}}),
+        ("/api/chat", {**CHAT, "tools": [{"type": "function"}]}),
+        ("/api/chat", {**CHAT, "stream": "yes"}),
+        ("/api/chat", {"model": "m", "messages": [{"role": "assistant", "content": "",
+                                                   "tool_calls": [{"function": {"arguments": {}}}]}]}),
+        ("/api/generate", {"model": 7, "prompt": "x"}),
+        ("/api/generate", {"model": "m", "prompt": ["x"]}),
+        ("/api/generate", {"model": "m", "prompt": "x", "keep_alive": [1]}),
+        ("/api/embed", {"model": "m", "input": [1, 2]}),
+        ("/api/embed", {"model": "m", "input": "x", "dimensions": 0}),
+        ("/api/show", {"model": ["m"]}),
+        ("/api/chat", []),
+    ]
+    async with httpx.AsyncClient(base_url=base_url(d)) as c:
+        for path, body in bad:
+            r = await c.post(path, json=body)
+            assert r.status_code == 400 and list(r.json()) == ["error"], (path, body, r.status_code, r.text)
+        r = await c.post("/api/chat", json={**CHAT, "stream": False})
+        assert r.status_code == 200 and r.json()["message"]["content"] == "a"
