@@ -5,6 +5,7 @@
 Three servers on the same GGUF, 2 threads, greedy, one request at a time:
   socket   `inferd serve`: v1 NDJSON over its Unix socket, the raw-prompt extension
   sse      the same daemon, `POST /v1/completions` with `stream: true` over loopback HTTP
+  ollama   the same daemon, Ollama's `POST /api/generate` (`raw: true`, NDJSON lines)
   lcpp     `python -m llama_cpp.server` (FastAPI + uvicorn + sse-starlette), the same
            request to its /v1/completions
 Every leg sends the same raw prompt (no chat template, so every server feeds the model
@@ -22,8 +23,9 @@ each alike; medians are reported.
 
 The transport alone: the mock backend streams N tokens as fast as it can, from a
 daemon in this process (on its own thread and loop), once with uvicorn's h11 protocol
-(what the daemon uses) and once with httptools' (needs `pip install httptools`);
-tokens per second delivered over the socket and over SSE.
+(what the daemon uses) and once with httptools' (needs `pip install httptools`; skipped
+without it); tokens per second delivered over the socket, over SSE and over Ollama's
+NDJSON.
 """
 
 from __future__ import annotations
@@ -133,20 +135,29 @@ class Http:
     async def request(self, prompt: str, n: int, stream: bool = True) -> Run:
         return await asyncio.wait_for(self._request(prompt, n, stream), REQUEST_TIMEOUT_SECS)
 
+    def _post(self, path: str, body: dict) -> float:
+        """Write one POST; returns when it was written (the clock's start)."""
+        assert self.writer is not None
+        data = json.dumps(body).encode()
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+        start = time.perf_counter()
+        self.writer.write(head + data)
+        return start
+
+    async def _whole(self, headers: dict[str, str]) -> bytes:
+        assert self.reader is not None
+        if "content-length" in headers:
+            return await self.reader.readexactly(int(headers["content-length"]))
+        return b"".join([c async for c in self._chunks()])
+
     async def _request(self, prompt: str, n: int, stream: bool) -> Run:
         assert self.reader is not None and self.writer is not None
-        body = json.dumps({"model": "m", "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": stream,
-                           "repeat_penalty": 1.0}).encode()
-        head = (f"POST /v1/completions HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
-        start = time.perf_counter()
-        self.writer.write(head + body)
+        start = self._post("/v1/completions", {"model": "m", "prompt": prompt, "max_tokens": n, "temperature": 0,
+                                               "stream": stream, "repeat_penalty": 1.0})
         headers = await self._head()
         if not stream:
-            if "content-length" in headers:
-                data = await self.reader.readexactly(int(headers["content-length"]))
-            else:
-                data = b"".join([c async for c in self._chunks()])
+            data = await self._whole(headers)
             now = time.perf_counter()
             answer = json.loads(data)
             return Run((now - start) * 1000, 0.0, answer["usage"]["completion_tokens"],
@@ -186,6 +197,39 @@ class Http:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class OllamaHttp(Http):
+    """Ollama's /api/generate on the same connection kind: a raw prompt, NDJSON lines."""
+
+    async def _request(self, prompt: str, n: int, stream: bool) -> Run:
+        start = self._post("/api/generate", {"model": "m", "prompt": prompt, "raw": True, "stream": stream,
+                                             "options": {"num_predict": n, "temperature": 0}})
+        headers = await self._head()
+        if not stream:
+            answer = json.loads(await self._whole(headers))
+            return Run((time.perf_counter() - start) * 1000, 0.0, answer["eval_count"], answer["response"])
+        first = last = None
+        text: list[str] = []
+        buffered = b""
+        count = None
+        async for chunk in self._chunks():
+            now = time.perf_counter()
+            buffered += chunk
+            while b"\n" in buffered:
+                line, buffered = buffered.split(b"\n", 1)
+                obj = json.loads(line)
+                if "error" in obj:
+                    raise RuntimeError(obj["error"])
+                if obj["done"]:
+                    count = obj["eval_count"]
+                elif obj["response"]:
+                    text.append(obj["response"])
+                    first = first or now
+                    last = now
+        if count is None:
+            raise RuntimeError("stream ended without its done line")
+        return _run(start, first, last, count, text)
 
 
 def _run(start: float, first: float | None, last: float | None, count: int, text: list[str]) -> Run:
@@ -234,7 +278,8 @@ def start_llama_cpp_server(model: str, args: argparse.Namespace) -> tuple[subpro
 
 
 async def bench(args: argparse.Namespace, sock: str, port: int, lcpp_port: int) -> dict[str, dict[str, list]]:
-    clients = {"socket": Ndjson(sock), "sse": Http("127.0.0.1", port), "lcpp": Http("127.0.0.1", lcpp_port)}
+    clients = {"socket": Ndjson(sock), "sse": Http("127.0.0.1", port), "ollama": OllamaHttp("127.0.0.1", port),
+               "lcpp": Http("127.0.0.1", lcpp_port)}
     for c in clients.values():
         await c.open()
     streams: dict[str, list[Run]] = {k: [] for k in clients}
@@ -325,11 +370,18 @@ def _mock_daemon(parser: str, tokens: int, d: Path):
 def transport(args: argparse.Namespace) -> int:
     d = Path(tempfile.mkdtemp(prefix="ifd-http-mock-", dir="/tmp"))
     rates: dict[str, list[float]] = {}
-    for parser in ("httptools", "h11"):
+    parsers = ["h11"]
+    try:
+        import httptools  # noqa: F401
+        parsers.insert(0, "httptools")
+    except ImportError:
+        print("httptools is not installed: its legs are skipped", file=sys.stderr)
+    for parser in parsers:
         sock, port, stop = _mock_daemon(parser, args.mock, d)
         try:
             async def legs() -> None:
-                clients = {f"socket ({parser} run)": Ndjson(sock), f"sse {parser}": Http("127.0.0.1", port)}
+                clients = {f"socket ({parser} run)": Ndjson(sock), f"sse {parser}": Http("127.0.0.1", port),
+                           f"ollama {parser}": OllamaHttp("127.0.0.1", port)}
                 for name, c in clients.items():
                     await c.open()
                     await c.request(WARM, args.mock)
@@ -347,11 +399,12 @@ def transport(args: argparse.Namespace) -> int:
     print(f"mock backend, {args.mock} tokens per request, {args.rounds} rounds: tokens/s delivered (median)")
     for name, values in rates.items():
         print(f"  {name:24}{statistics.median(values):12.0f}")
-    for parser in ("httptools", "h11"):
-        sse = statistics.median(rates[f"sse {parser}"])
+    for parser in parsers:
         sock = statistics.median(rates[f"socket ({parser} run)"])
-        print(f"  sse/socket with {parser}: {sse / sock:.3f}   per-token cost of SSE over the socket: "
-              f"{(1 / sse - 1 / sock) * 1e6:.1f} us")
+        for leg in ("sse", "ollama"):
+            rate = statistics.median(rates[f"{leg} {parser}"])
+            print(f"  {leg}/socket with {parser}: {rate / sock:.3f}   per-token cost of {leg} over the socket: "
+                  f"{(1 / rate - 1 / sock) * 1e6:.1f} us")
     return 0
 
 
@@ -389,12 +442,13 @@ def main() -> int:
     print(f"prompt {PROMPT!r}  greedy  max_tokens {args.tokens}  threads {args.threads}  rounds {args.rounds}  "
           f"rtt x{args.rtt}")
     print_legs(streams, 8, (f"{'rtt ms (1 tok)':>16}", lambda name: f"{statistics.median(rtts[name]):16.2f}"))
-    for a, b in (("sse", "socket"), ("sse", "lcpp"), ("socket", "lcpp")):
+    for a, b in (("sse", "socket"), ("ollama", "socket"), ("sse", "lcpp"), ("socket", "lcpp")):
         print(f"{a}/{b}: decode {med(a, 'decode_tps') / med(b, 'decode_tps'):.3f}   "
               f"ttft {med(b, 'ttft_ms') / med(a, 'ttft_ms'):.3f} (higher = {a} faster)   "
               f"rtt {statistics.median(rtts[b]) / statistics.median(rtts[a]):.3f} (higher = {a} faster)")
     texts = {name: runs[-1].text for name, runs in streams.items()}
-    print("same text socket/sse:", texts["socket"] == texts["sse"], "  lcpp:", texts["lcpp"] == texts["sse"])
+    print("same text socket/sse:", texts["socket"] == texts["sse"], "  ollama:", texts["ollama"] == texts["sse"],
+          "  lcpp:", texts["lcpp"] == texts["sse"])
     return 0
 
 

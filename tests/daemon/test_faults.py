@@ -36,3 +36,12 @@ def test_http_answers_a_fault_with_its_row() -> None:
     full = HttpError.from_fault(Fault.QUEUE_FULL, "busy")
     assert full.status == 429 and (b"retry-after", b"1") in full.headers
     assert HttpError.from_fault(Fault.TOOL_CALL_MALFORMED, "x").status == 502
+
+
+def test_ollama_answers_a_fault_with_its_row_in_its_own_shape() -> None:
+    from inferd.daemon.surfaces.http.ollama_encode import OllamaError
+
+    for kind, wire in FAULTS.items():
+        err = OllamaError.of(HttpError.from_fault(kind, "why"))
+        assert err.status == (wire.ollama_status or wire.http_status) and err.body() == {"error": "why"}
+    assert OllamaError.of(HttpError.from_fault(Fault.QUEUE_FULL, "busy")).status == 503  # Ollama's "server busy"

@@ -12,5 +12,5 @@ def test_every_reason_a_backend_gives_has_a_row() -> None:
 
 def test_each_wire_names_a_turn_that_called_tools_its_own_way() -> None:
     row = FINISH[FinishReason.TOOL_USE]
-    assert (row.v1, row.v2, row.chat, row.completion) == ("end", "tool_use", "tool_calls", "stop")
-    assert tuple(FINISH[FinishReason.LENGTH]) == ("length", "max_tokens", "length", "length")
+    assert (row.v1, row.v2, row.chat, row.completion, row.ollama) == ("end", "tool_use", "tool_calls", "stop", "stop")
+    assert tuple(FINISH[FinishReason.LENGTH]) == ("length", "max_tokens", "length", "length", "length")

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..daemon.surfaces.http import OLLAMA_PORT
 from ..proto.endpoints import default_lock_path
 
 
@@ -51,6 +52,7 @@ def serve(
     v2_addr: Annotated[Optional[str], typer.Option("--v2-addr", envvar="INFERD_V2_ADDR")] = None,
     v2_tcp: Annotated[Optional[str], typer.Option("--v2-tcp", envvar="INFERD_V2_TCP")] = None,
     http: Annotated[Optional[str], typer.Option("--http", envvar="INFERD_HTTP", help="also serve the OpenAI-compatible HTTP API on loopback [HOST:]PORT (default port 47324)")] = None,
+    ollama: Annotated[bool, typer.Option("--ollama", envvar="INFERD_OLLAMA", help="also serve the HTTP API (Ollama's /api routes included) on 127.0.0.1:11434 when that port is free")] = False,
     active_permits: Annotated[Optional[int], typer.Option("--active-permits", envvar="INFERD_ACTIVE_PERMITS", min=0,
                                                           help="requests run at once per backend (default: what the backend can run)")] = None,
     queue_depth: Annotated[int, typer.Option("--queue-depth", envvar="INFERD_QUEUE_DEPTH", min=0)] = 10,
@@ -101,6 +103,7 @@ def serve(
     opts = ServeOptions(
         config=config, backend=backend, uds=uds, tcp=tcp, pipe=pipe, admin_addr=admin_addr, lock=lock,
         embed=embed, embed_addr=embed_addr, embed_tcp=embed_tcp, v2=v2, v2_addr=v2_addr, v2_tcp=v2_tcp, http=http,
+        ollama_port=OLLAMA_PORT if ollama else None,
         active_permits=active_permits, queue_depth=queue_depth, ready_timeout_secs=ready_timeout_secs,
         write_timeout_secs=write_timeout_secs, drain_timeout_secs=drain_timeout_secs,
         max_connections=max_connections, api_key=api_key,

@@ -236,6 +236,9 @@ class ConfigFile(BaseModel):
     #: A request naming a model nobody here has: "error" (model_not_found) or
     #: "default" (served by the default, for apps that hard-code a cloud model's name).
     unknown_model: Literal["error", "default"] = "error"
+    #: Also serve the HTTP API on 127.0.0.1:PORT for Ollama's clients (11434 is theirs),
+    #: when the port is free; a taken port is logged and skipped (ADR 0027). Boot only.
+    ollama_port: int | None = Field(default=None, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _unique_names(self) -> "ConfigFile":
@@ -363,6 +366,8 @@ class ServeOptions:
     v2_addr: str | None = None
     v2_tcp: str | None = None
     http: str | None = None  # OpenAI-compatible HTTP surface, [HOST:]PORT
+    #: The same HTTP API on 127.0.0.1:PORT too, if free (`--ollama`: 11434; ADR 0027).
+    ollama_port: int | None = None
     #: None: each backend runs as many requests at once as it can (its `concurrency`).
     active_permits: int | None = None
     queue_depth: int = 10

@@ -367,6 +367,25 @@ class Server:
         except (OSError, SocketPathError, ListenerError) as exc:
             self._close_surfaces()
             raise BootError(f"cannot bind the {surface} endpoint: {exc}") from None
+        await self._bind_ollama(opts, ctx, sec)
+
+    async def _bind_ollama(self, opts: ServeOptions, ctx: DaemonContext, sec: ListenerSecurity) -> None:
+        """The HTTP API again on 127.0.0.1:ollama_port, for clients that only know
+        Ollama's address; a port already taken (an Ollama is running) is no failure
+        (ADR 0027, THREAT_MODEL F-24: loopback only, the same key and Host/Origin checks)."""
+        port = opts.ollama_port if opts.ollama_port is not None else (
+            self.config.ollama_port if self.config is not None else None)
+        if port is None:
+            return
+        from .surfaces.http.server import bind_http
+
+        try:
+            lst = await bind_http(f"127.0.0.1:{port}", ctx, sec=sec, tracker=self.tracker)
+        except (OSError, ListenerError) as exc:
+            log.warning("not serving Ollama's address 127.0.0.1:%d: %s", port, exc)
+            return
+        self._surfaces.append(lst)
+        log.info("http (Ollama's address) at http://%s/api", lst.address)
 
     def _close_surfaces(self) -> None:
         for lst in self._surfaces:

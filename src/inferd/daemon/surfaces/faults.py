@@ -23,6 +23,9 @@ class FaultOnWire(NamedTuple):
     http_status: int
     http_type: str
     http_code: str
+    #: Ollama's status where it differs from http_status (None: the same); its body is
+    #: `{"error": message}` (http/ollama.py).
+    ollama_status: int | None = None
 
 
 _UNAVAILABLE = FaultOnWire(ErrorCode.BACKEND_UNAVAILABLE, ErrorCodeV2.BACKEND_UNAVAILABLE,
@@ -35,8 +38,9 @@ FAULTS: dict[Fault, FaultOnWire] = {
     Fault.ENGINE_CRASHED: _UNAVAILABLE,
     Fault.INVALID_REQUEST: FaultOnWire(ErrorCode.INVALID_REQUEST, ErrorCodeV2.INVALID_REQUEST,
                                        EmbedErrorCode.INVALID_REQUEST, 400, "invalid_request_error", "invalid_request"),
+    # Ollama answers a full queue with 503 ("server busy"), OpenAI with 429.
     Fault.QUEUE_FULL: FaultOnWire(ErrorCode.QUEUE_FULL, ErrorCodeV2.QUEUE_FULL, EmbedErrorCode.QUEUE_FULL,
-                                  429, "rate_limit_error", "queue_full"),
+                                  429, "rate_limit_error", "queue_full", ollama_status=503),
     Fault.INTERNAL: FaultOnWire(ErrorCode.INTERNAL, ErrorCodeV2.INTERNAL, EmbedErrorCode.INTERNAL,
                                 500, "server_error", "internal"),
     Fault.UNSUPPORTED: FaultOnWire(ErrorCode.INTERNAL, ErrorCodeV2.INTERNAL, EmbedErrorCode.EMBED_UNSUPPORTED,

@@ -21,11 +21,13 @@ class FinishOnWire(NamedTuple):
     chat: str
     #: ... on /v1/completions, which has no tool calls to finish with.
     completion: str
+    #: Ollama's `done_reason` (a turn that called tools simply stopped).
+    ollama: str
 
 
 FINISH: dict[FinishReason, FinishOnWire] = {
-    FinishReason.END: FinishOnWire(StopReason.END, StopReasonV2.END_TURN, "stop", "stop"),
-    FinishReason.LENGTH: FinishOnWire(StopReason.LENGTH, StopReasonV2.MAX_TOKENS, "length", "length"),
+    FinishReason.END: FinishOnWire(StopReason.END, StopReasonV2.END_TURN, "stop", "stop", "stop"),
+    FinishReason.LENGTH: FinishOnWire(StopReason.LENGTH, StopReasonV2.MAX_TOKENS, "length", "length", "length"),
     # v1 carries no tool calls: a turn that made some simply ended.
-    FinishReason.TOOL_USE: FinishOnWire(StopReason.END, StopReasonV2.TOOL_USE, "tool_calls", "stop"),
+    FinishReason.TOOL_USE: FinishOnWire(StopReason.END, StopReasonV2.TOOL_USE, "tool_calls", "stop", "stop"),
 }

@@ -12,5 +12,7 @@ from __future__ import annotations
 #: llama-server 8080 (9931 announced), vLLM and llama-cpp-python 8000, LM Studio 1234,
 #: LocalAI 8080).
 DEFAULT_HTTP_PORT = 47324
+#: Ollama's own port: `--ollama` also listens here when it is free (ADR 0027).
+OLLAMA_PORT = 11434
 
-__all__ = ["DEFAULT_HTTP_PORT"]
+__all__ = ["DEFAULT_HTTP_PORT", "OLLAMA_PORT"]

@@ -43,6 +43,7 @@ from . import decode
 from .encode import ChatCollect, ChatStream, CompletionCollect, CompletionStream, Meta
 from .errors import HttpError, invalid
 from .io import ClientGone, Receive, Responder, Send, header, read_body, wait_disconnect
+from . import ollama
 
 #: The open connections' transports by client address (`scope["client"]`), kept by the
 #: server glue: the write bound aborts a stalled one (F-17), which ASGI cannot ask for.
@@ -56,8 +57,9 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/v1/models": ("GET", "models"),
     "/health": ("GET", "health"),
     "/metrics": ("GET", "metrics"),
+    **ollama.ROUTES,  # Ollama's API (ADR 0027)
 }
-PUBLIC_ROUTES = frozenset({"health"})  # no API key needed: it says "up" and nothing else
+PUBLIC_ROUTES = frozenset({"health"}) | ollama.PUBLIC  # no API key needed: it says "up" and nothing else
 LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 
 
@@ -101,6 +103,7 @@ class HttpApp:
             "chat": self._chat, "completions": self._completions, "embeddings": self._embeddings,
             "models": self._models, "model": self._model, "health": self._health, "metrics": self._metrics,
         }
+        self._handlers.update(ollama.OllamaRoutes(self).handlers())
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,7 +114,7 @@ class HttpApp:
             await self._dispatch(scope, receive, out)
         except HttpError as err:
             if not out.status and not out.gone:
-                await self._answer_error(out, err)
+                await self._answer_error(out, ollama.shaped(err, scope["path"]))
         except ClientGone:
             pass
         except (ConnectionError, OSError):
