@@ -134,15 +134,15 @@ async def test_error_shapes_and_statuses_are_ollamas(http_daemon):
             ("POST", "/api/chat", b"{not json", 400, "not valid JSON"),
             ("POST", "/api/chat", json.dumps({"messages": []}).encode(), 400, "model is required"),
             ("POST", "/api/generate", json.dumps({"prompt": "x"}).encode(), 400, "model is required"),
-            ("POST", "/api/generate", json.dumps({"model": "m", "prompt": "x", "keep_alive": "soon"}).encode(),
+            ("POST", "/api/generate", json.dumps({"model": "mock", "prompt": "x", "keep_alive": "soon"}).encode(),
              400, "keep_alive"),
             ("POST", "/api/chat", json.dumps({**CHAT, "keep_alive": True}).encode(), 400, "keep_alive"),
             ("POST", "/api/chat", json.dumps({**CHAT, "format": "yaml"}).encode(), 400, "format"),
             ("POST", "/api/chat", json.dumps({**CHAT, "think": "very"}).encode(), 400, "think"),
-            ("POST", "/api/chat", json.dumps({"model": "m", "messages": [
+            ("POST", "/api/chat", json.dumps({"model": "mock", "messages": [
                 {"role": "user", "content": "what is this?", "images": ["aGk="]}]}).encode(), 400, "images"),
-            ("POST", "/api/generate", json.dumps({"model": "m", "prompt": "x", "suffix": "y"}).encode(), 400, "suffix"),
-            ("POST", "/api/generate", json.dumps({"model": "m", "prompt": "x", "context": [1, 2]}).encode(),
+            ("POST", "/api/generate", json.dumps({"model": "mock", "prompt": "x", "suffix": "y"}).encode(), 400, "suffix"),
+            ("POST", "/api/generate", json.dumps({"model": "mock", "prompt": "x", "context": [1, 2]}).encode(),
              400, "context"),
             ("POST", "/api/show", json.dumps({"model": "nope"}).encode(), 404, "model 'nope' not found"),
             ("POST", "/api/pull", json.dumps({"model": "x"}).encode(), 404, "no route"),
@@ -201,7 +201,7 @@ async def test_disconnect_cancels_the_generation(http_daemon, stream):
     host, port = host_port(d)
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(raw_request("POST", "/api/generate",
-                             json.dumps({"model": "m", "prompt": "x", "stream": stream}).encode()))
+                             json.dumps({"model": "mock", "prompt": "x", "stream": stream}).encode()))
     await asyncio.wait_for(spy.first.wait(), 10)
     writer.close()
     await wait_until(lambda: spy.closed == 1, 10, "the engine stream to be closed")
@@ -249,22 +249,15 @@ async def test_listings_version_embed(http_daemon):
         assert r.status_code == 400 and "keep_alive" in r.json()["error"]
 
 
-async def test_model_and_keep_alive_travel_in_needs(http_daemon, monkeypatch):
+async def test_an_unknown_model_is_ollamas_404_and_a_known_one_serves(http_daemon):
     d = await http_daemon(mock={"tokens": ["a"]})
-    router = d.server.router
-    asked = []
-    original = router.candidates
-
-    def candidates(needs):
-        asked.append(needs)
-        return original(needs)
-
-    monkeypatch.setattr(router, "candidates", candidates)
     async with httpx.AsyncClient(base_url=base_url(d)) as c:
-        await c.post("/api/chat", json={**CHAT, "model": "gemma3:270m", "keep_alive": "-1", "stream": False})
-        await c.post("/api/embed", json={"model": "emb", "input": "x", "keep_alive": 0})
-    assert (asked[0].model, asked[0].keep_alive) == ("gemma3:270m", float("inf"))
-    assert (asked[1].model, asked[1].keep_alive, asked[1].embed) == ("emb", 0.0, True)
+        r = await c.post("/api/chat", json={**CHAT, "model": "gemma3:270m", "keep_alive": "-1", "stream": False})
+        assert r.status_code == 404 and list(r.json()) == ["error"] and "gemma3:270m" in r.json()["error"]
+        r = await c.post("/api/embed", json={"model": "emb", "input": "x", "keep_alive": 0})
+        assert r.status_code == 404 and "emb" in r.json()["error"]
+        r = await c.post("/api/chat", json={**CHAT, "model": "mock:latest", "keep_alive": "-1", "stream": False})
+        assert r.status_code == 200 and r.json()["message"]["content"] == "a"
 
 
 async def test_ollama_port_listens_when_free(http_daemon):
@@ -294,21 +287,21 @@ async def test_ollama_port_taken_is_logged_and_skipped(http_daemon, caplog):
 async def test_hostile_bodies_are_400_and_the_daemon_serves_on(http_daemon):
     d = await http_daemon(mock={"tokens": ["a"]})
     bad = [
-        ("/api/chat", {"model": "m", "messages": "hi"}),
-        ("/api/chat", {"model": "m", "messages": [{"role": "wizard", "content": "x"}]}),
-        ("/api/chat", {"model": "m", "messages": [{"role": "user", "content": 5}]}),
+        ("/api/chat", {"model": "mock", "messages": "hi"}),
+        ("/api/chat", {"model": "mock", "messages": [{"role": "wizard", "content": "x"}]}),
+        ("/api/chat", {"model": "mock", "messages": [{"role": "user", "content": 5}]}),
         ("/api/chat", {**CHAT, "options": "hot"}),
         ("/api/chat", {**CHAT, "options": {"temperature": "hot"}}),
         ("/api/chat", {**CHAT, "options": {"top_p": 3}}),
         ("/api/chat", {**CHAT, "tools": [{"type": "function"}]}),
         ("/api/chat", {**CHAT, "stream": "yes"}),
-        ("/api/chat", {"model": "m", "messages": [{"role": "assistant", "content": "",
+        ("/api/chat", {"model": "mock", "messages": [{"role": "assistant", "content": "",
                                                    "tool_calls": [{"function": {"arguments": {}}}]}]}),
         ("/api/generate", {"model": 7, "prompt": "x"}),
-        ("/api/generate", {"model": "m", "prompt": ["x"]}),
-        ("/api/generate", {"model": "m", "prompt": "x", "keep_alive": [1]}),
-        ("/api/embed", {"model": "m", "input": [1, 2]}),
-        ("/api/embed", {"model": "m", "input": "x", "dimensions": 0}),
+        ("/api/generate", {"model": "mock", "prompt": ["x"]}),
+        ("/api/generate", {"model": "mock", "prompt": "x", "keep_alive": [1]}),
+        ("/api/embed", {"model": "mock", "input": [1, 2]}),
+        ("/api/embed", {"model": "mock", "input": "x", "dimensions": 0}),
         ("/api/show", {"model": ["m"]}),
         ("/api/chat", []),
     ]
