@@ -1,6 +1,7 @@
 """The OpenAI-compatible routes, as one plain ASGI application (docs/http.md).
 
     POST /v1/chat/completions   POST /v1/completions   POST /v1/embeddings
+    POST /v1/responses (responses.py)   POST /v1/messages (Anthropic's, anthropic.py)
     GET  /v1/models[/{id}]      GET  /health           GET  /metrics
 
 (each /v1 route also answers without the /v1 prefix, as llama-server's do). A route
@@ -13,8 +14,8 @@ engine stream (the generation stops); a write to a gone client raises
 ConnectionError from the sink, which does the same.
 
 Who may talk to it (THREAT_MODEL F-20): the listener is loopback only (F-8); with an
-API key every route but /health needs `Authorization: Bearer KEY` (constant-time
-compare); a request whose Host is not a loopback name (DNS rebinding) or whose Origin
+API key every route but /health needs `Authorization: Bearer KEY` or Anthropic's
+`x-api-key: KEY` (constant-time compare); a request whose Host is not a loopback name (DNS rebinding) or whose Origin
 is a web page off this machine (a browser's cross-site request) is refused with 403.
 """
 
@@ -39,7 +40,9 @@ from ...observe.activity import ActivityLog, NullActivityLog, activity_record
 from ...observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ...pipeline import run
 from ...pipeline.router import BackendEntry, Needs
-from . import decode
+from . import anthropic, decode, responses
+from .anthropic_encode import MessagesCollect, MessagesStream
+from .responses_encode import ResponsesCollect, ResponsesStream
 from .encode import ChatCollect, ChatStream, CompletionCollect, CompletionStream, Meta
 from .errors import HttpError
 from .io import ClientGone, Receive, Responder, Send, header, read_body, wait_disconnect
@@ -53,10 +56,14 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/v1/chat/completions": ("POST", "chat"),
     "/v1/completions": ("POST", "completions"),
     "/v1/embeddings": ("POST", "embeddings"),
+    "/v1/responses": ("POST", "responses"),
+    "/v1/messages": ("POST", "messages"),
     "/v1/models": ("GET", "models"),
     "/health": ("GET", "health"),
     "/metrics": ("GET", "metrics"),
 }
+#: Routes whose wire has its own error shape (every other route answers in OpenAI's).
+ERROR_SHAPES = {"messages": anthropic.error_shape}
 PUBLIC_ROUTES = frozenset({"health"})  # no API key needed: it says "up" and nothing else
 LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 
@@ -99,7 +106,7 @@ class HttpApp:
         self.created = int(time.time())
         self._handlers: dict[str, Callable[[dict[str, Any], Receive, Responder], Awaitable[None]]] = {
             "chat": self._chat, "completions": self._completions, "embeddings": self._embeddings,
-            "models": self._models, "model": self._model, "health": self._health, "metrics": self._metrics,
+            "responses": self._responses, "messages": self._messages, "models": self._models, "model": self._model, "health": self._health, "metrics": self._metrics,
         }
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
@@ -154,6 +161,7 @@ class HttpApp:
         else:
             method, route = "", "not_found"
         out.route = route
+        out.shape = ERROR_SHAPES.get(route)
         if self.api_key and route not in PUBLIC_ROUTES:
             self._authenticate(scope)
         if route == "not_found":
@@ -169,6 +177,9 @@ class HttpApp:
         scheme, _, presented = value.decode("latin-1").partition(" ")
         # F-8/F-20: constant-time compare, like the TCP auth frame.
         if scheme.lower() == "bearer" and keys_match(presented.strip(), self.api_key):
+            return
+        anthropic_key = header(scope, b"x-api-key")  # how Anthropic's SDK sends its key
+        if anthropic_key is not None and keys_match(anthropic_key.decode("latin-1").strip(), self.api_key):
             return
         self.activity.traffic.warning("auth_refused", extra=activity_record("activity", surface="http", peer=_peer(scope)))
         raise HttpError(401, "invalid or missing API key (send Authorization: Bearer KEY)", "authentication_error",
@@ -219,13 +230,42 @@ class HttpApp:
             await self._generate(scope, receive, out, serving, Needs(), sink)
             await self._whole(out, sink, meta)
 
+    async def _responses(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+        req = decode.parse(responses.ResponsesRequest, await read_body(scope, receive))
+        rid = f"resp_{uuid.uuid4().hex}"
+        greq = responses.responses_request(req, rid)
+        meta = Meta(rid, int(time.time()), "")
+        serving = _ServedBy(meta, greq, req.max_output_tokens is None)
+        needs = Needs(tools=bool(greq.tools), model=req.model)
+        echo = responses.echo(req, greq)
+        if req.stream:
+            await self._stream(scope, receive, out, serving, needs, ResponsesStream(out, meta, echo))
+        else:
+            sink = ResponsesCollect(meta, echo)
+            await self._generate(scope, receive, out, serving, needs, sink)
+            await self._whole(out, sink, meta)
+
+    async def _messages(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+        req = decode.parse(anthropic.MessagesRequest, await read_body(scope, receive))
+        rid = f"msg_{uuid.uuid4().hex}"
+        greq = anthropic.messages_request(req, rid)
+        meta = Meta(rid, int(time.time()), "")
+        serving = _ServedBy(meta, greq, False)
+        needs = Needs(tools=bool(greq.tools), model=req.model)
+        if req.stream:
+            await self._stream(scope, receive, out, serving, needs, MessagesStream(out, meta))
+        else:
+            sink = MessagesCollect()
+            await self._generate(scope, receive, out, serving, needs, sink)
+            await self._whole(out, sink, meta)
+
     async def _stream(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
-                      needs: Needs, sink: ChatStream | CompletionStream) -> None:
+                      needs: Needs, sink: Any) -> None:
         await self._generate(scope, receive, out, serving, needs, sink)
         if sink.error is not None and not out.gone:
             raise sink.error  # the backend failed before the sink wrote its first chunk: a real status
 
-    async def _whole(self, out: Responder, sink: ChatCollect | CompletionCollect, meta: Meta) -> None:
+    async def _whole(self, out: Responder, sink: Any, meta: Meta) -> None:
         if out.gone:
             return
         if sink.error is not None:
