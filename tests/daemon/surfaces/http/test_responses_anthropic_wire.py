@@ -164,10 +164,10 @@ async def test_messages_queue_full_is_overloaded(http_daemon):
     d = await http_daemon(mock={"script": [{"text": "x"}] * 100, "token_delay_ms": 100}, active_permits=1,
                           queue_depth=0)
     async with httpx.AsyncClient(base_url=base_url(d)) as c:
-        async with c.stream("POST", "/v1/messages", json={**MSG, "stream": True}) as first:
+        async with c.stream("POST", "/v1/messages", json={**MSG, "max_tokens": 1000, "stream": True}) as first:
             async for _ in first.aiter_bytes():
                 break  # the first is running
-            second = await c.post("/v1/messages", json=MSG)
             third = await c.post("/v1/responses", json={"input": "hi"})
+            second = await c.post("/v1/messages", json=MSG)
     _anthropic_error(second, 529, "overloaded_error")
     assert third.status_code == 429 and third.json()["error"]["code"] == "queue_full"
