@@ -4,12 +4,13 @@ documented one (OpenAI's for the Responses API, Anthropic's for Messages)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
 import pytest
 
-from http_helpers import base_url
+from http_helpers import base_url, host_port, raw_request, read_head
 
 SCRIPT = [{"thinking": "let me see"}, {"text": "Hel"}, {"text": "lo"},
           {"tool_call": {"name": "get_weather", "input": {"city": "Oslo"}}}]
@@ -161,13 +162,19 @@ async def test_messages_errors_are_anthropic_shaped(http_daemon):
 
 
 async def test_messages_queue_full_is_overloaded(http_daemon):
-    d = await http_daemon(mock={"script": [{"text": "x"}] * 100, "token_delay_ms": 100}, active_permits=1,
-                          queue_depth=0)
-    async with httpx.AsyncClient(base_url=base_url(d)) as c:
-        async with c.stream("POST", "/v1/messages", json={**MSG, "max_tokens": 1000, "stream": True}) as first:
-            async for _ in first.aiter_bytes():
-                break  # the first is running
-            third = await c.post("/v1/responses", json={"input": "hi"})
+    """One admission for every route: while a stream holds the only slot, /v1/messages
+    says 529 overloaded_error (Anthropic's SDK retries it) and /v1/responses OpenAI's 429."""
+    d = await http_daemon(mock={"tokens": ["x"] * 400, "token_delay_ms": 5}, active_permits=1, queue_depth=0)
+    host, port = host_port(d)
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(raw_request("POST", "/v1/messages", json.dumps({**MSG, "max_tokens": 400, "stream": True}).encode()))
+    assert (await read_head(reader))[0] == 200  # it holds the only slot now
+    try:
+        async with httpx.AsyncClient(base_url=base_url(d)) as c:
             second = await c.post("/v1/messages", json=MSG)
+            third = await c.post("/v1/responses", json={"input": "hi", "stream": True})
+    finally:
+        writer.close()
     _anthropic_error(second, 529, "overloaded_error")
+    assert second.headers["retry-after"] == "1"
     assert third.status_code == 429 and third.json()["error"]["code"] == "queue_full"
