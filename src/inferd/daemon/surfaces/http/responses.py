@@ -133,6 +133,11 @@ def responses_request(req: ResponsesRequest, rid: str) -> GenerationRequest:
         tool_choice, tool_name = decode.named_tool(named.name, tools)
     else:
         tool_choice = req.tool_choice
+    response_format = _text_format(req.text)
+    if tool_name is not None or tool_choice == "required":
+        # text.format shapes the text a turn writes; a forced call writes none (agents send
+        # their output type on every turn, the tool-forcing one too), so it is set aside.
+        response_format = None
     return decode.generation_request(
         rid,
         messages=messages,
@@ -140,7 +145,7 @@ def responses_request(req: ResponsesRequest, rid: str) -> GenerationRequest:
         tool_choice=tool_choice,
         tool_name=tool_name,
         thinking=_thinking(req.reasoning),
-        response_format=_text_format(req.text),
+        response_format=response_format,
         max_tokens=req.max_output_tokens,
         **decode.sampling(req.temperature, req.top_p),
     )
