@@ -59,6 +59,18 @@ async def test_create_and_stream_agree(client, model_name):
     assert final.usage.input_tokens + (final.usage.cache_read_input_tokens or 0) > 0
 
 
+async def test_stop_sequence_is_named(client, model_name):
+    """llama.cpp's scheduler names the stop string it cut at (through the runner's
+    channel): a word of the greedy answer, asked as a stop, ends the answer there."""
+    whole = await client.messages.create(model=model_name, max_tokens=24, messages=USER, extra_body=GREEDY)
+    text = whole.content[0].text
+    word = next(w for w in text.split()[1:] if len(w) > 2)
+    cut = await client.messages.create(model=model_name, max_tokens=24, messages=USER, extra_body=GREEDY,
+                                       stop_sequences=[word])
+    assert (cut.stop_reason, cut.stop_sequence) == ("stop_sequence", word)
+    assert cut.content[0].text == text[:text.index(word)]
+
+
 async def test_tool_use_round_trip(client, model_name):
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
     first = await client.messages.create(model=model_name, max_tokens=64, messages=messages, tools=[WEATHER],

@@ -15,8 +15,9 @@ ConnectionError from the sink, which does the same.
 
 Who may talk to it (THREAT_MODEL F-20): the listener is loopback only (F-8); with an
 API key every route but /health needs `Authorization: Bearer KEY` or Anthropic's
-`x-api-key: KEY` (constant-time compare); a request whose Host is not a loopback name (DNS rebinding) or whose Origin
-is a web page off this machine (a browser's cross-site request) is refused with 403.
+`x-api-key: KEY` (constant-time compare); a request whose Host is not a loopback name
+(DNS rebinding) or whose Origin is a web page off this machine (a browser's
+cross-site request) is refused with 403.
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ class HttpApp:
         # F-8/F-20: constant-time compare, like the TCP auth frame.
         if scheme.lower() == "bearer" and keys_match(presented.strip(), self.api_key):
             return
-        anthropic_key = header(scope, b"x-api-key")  # how Anthropic's SDK sends its key
+        # F-20: Anthropic's SDK sends its key as x-api-key; the same constant-time compare.
+        anthropic_key = header(scope, b"x-api-key")
         if anthropic_key is not None and keys_match(anthropic_key.decode("latin-1").strip(), self.api_key):
             return
         self.activity.traffic.warning("auth_refused", extra=activity_record("activity", surface="http", peer=_peer(scope)))
