@@ -178,3 +178,20 @@ async def test_messages_queue_full_is_overloaded(http_daemon):
     _anthropic_error(second, 529, "overloaded_error")
     assert second.headers["retry-after"] == "1"
     assert third.status_code == 429 and third.json()["error"]["code"] == "queue_full"
+
+
+async def test_a_fault_mid_stream_ends_each_stream_in_its_wire(http_daemon):
+    """After the first event the status is sent: Responses ends with `error` and
+    response.failed, Anthropic with an `error` event in its shape."""
+    d = await http_daemon(mock={"script": [{"text": "a"}, {"text": "b"}, {"text": "c"}], "drop_after": 2})
+    async with httpx.AsyncClient(base_url=base_url(d)) as c:
+        r = await c.post("/v1/responses", json={"input": "hi", "stream": True})
+        m = await c.post("/v1/messages", json={**MSG, "stream": True})
+    names = [n for n, _ in sse(r.text)]
+    assert r.status_code == 200 and names[-2:] == ["error", "response.failed"]
+    failed = sse(r.text)[-1][1]["response"]
+    assert failed["status"] == "failed" and failed["error"]["code"] == "backend_unavailable"
+    assert failed["output"][0]["content"][0]["text"] == "ab"
+    last = sse(m.text)[-1]
+    assert m.status_code == 200 and last[0] == "error"
+    assert last[1] == {"type": "error", "error": {"type": "overloaded_error", "message": last[1]["error"]["message"]}}
