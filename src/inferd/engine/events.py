@@ -91,6 +91,9 @@ class Done:
     context: ContextUsage | None = None
     #: True only when tool_choice was "required" and no call was produced.
     tool_choice_unsatisfied: bool = False
+    #: The stop string that ended an END generation (None: end of generation, or a
+    #: backend that cannot tell). Only Anthropic's wire names it (`stop_sequence`).
+    stop_sequence: str | None = None
 
 
 __all__ = ["FinishReason", "TextDelta", "ThinkingDelta", "ToolCallDelta", "ToolCall", "Timings", "Usage",

@@ -189,12 +189,13 @@ class MockBackend(Backend):
             yield TextDelta(held)
         if calls and reason is FinishReason.END:
             reason = FinishReason.TOOL_USE
+        matched = stops.matched if stops is not None and reason is FinishReason.END else None
         usage = Usage(prompt_tokens=cfg.prompt_tokens, completion_tokens=completion,
                       cached_tokens=cfg.cached_tokens, thinking_tokens=thinking)
         context = None
         if cfg.n_ctx is not None:
             context = ContextUsage(used=cfg.prompt_tokens + completion, max=cfg.n_ctx)
-        yield Done(reason, usage=usage, context=context)
+        yield Done(reason, usage=usage, context=context, stop_sequence=matched)
 
     async def embed(self, request: EmbedResolved) -> EmbedResult:
         self._check()

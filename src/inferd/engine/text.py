@@ -39,7 +39,7 @@ class StopScanner:
     cut at, and the held tail is the longest suffix that is a proper prefix of a stop.
     """
 
-    __slots__ = ("_goto", "_fail", "_depth", "_out", "_longest", "_state", "_pending")
+    __slots__ = ("_goto", "_fail", "_depth", "_out", "_longest", "_state", "_pending", "matched")
 
     def __init__(self, stops: list[str]) -> None:
         goto: list[dict[str, int]] = [{}]
@@ -77,6 +77,8 @@ class StopScanner:
         self._longest = max(depth)
         self._state = 0
         self._pending = ""
+        #: The stop string the text was cut at, once one was (Anthropic's `stop_sequence`).
+        self.matched: str | None = None
 
     def push(self, text: str) -> tuple[str, bool]:
         """Returns (text safe to emit, whether a stop string was reached)."""
@@ -86,6 +88,7 @@ class StopScanner:
         state = self._state
         base = len(self._pending)
         first = -1
+        size = 0
         for i, ch in enumerate(text):
             nxt = goto[state].get(ch)
             while nxt is None and state:
@@ -95,13 +98,14 @@ class StopScanner:
             end = base + i + 1
             n = out[state]
             if n and (first < 0 or end - n < first):
-                first = end - n
+                first, size = end - n, n
             if first >= 0 and end - first >= longest:
                 break  # a stop ending later would start later
         pending = self._pending + text
         if first >= 0:
             self._state = 0
             self._pending = ""
+            self.matched = pending[first:first + size]
             return pending[:first], True
         self._state = state
         hold = self._depth[state]

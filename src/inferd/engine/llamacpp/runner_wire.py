@@ -124,6 +124,7 @@ def _done(fields: dict[str, Any]) -> ev.Done:
         timings=Timings.model_validate(timings) if timings is not None else None,
         context=ev.ContextUsage(**context) if context is not None else None,
         tool_choice_unsatisfied=bool(fields.get("tool_choice_unsatisfied", False)),
+        stop_sequence=fields.get("stop_sequence"),
     )
 
 

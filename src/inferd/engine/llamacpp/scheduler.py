@@ -515,7 +515,7 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 if parser.last_was_thinking:
                     seq.thinking += 1
             if hit:
-                self._finish(ctx, seq, FinishReason.END)
+                self._finish(ctx, seq, FinishReason.END, seq.stops.matched)
                 return True
             if seq.completion >= job.max_tokens or len(seq.slot.kv) >= ctx.n_ctx:
                 self._finish(ctx, seq, FinishReason.LENGTH)
@@ -539,7 +539,8 @@ class BatchScheduler(ContextThread[GenerationContext]):
         seq.job.abandon(exc)
         return True
 
-    def _finish(self, ctx: GenerationContext, seq: Sequence, reason: FinishReason) -> None:
+    def _finish(self, ctx: GenerationContext, seq: Sequence, reason: FinishReason,
+                stop_sequence: str | None = None) -> None:
         job, parser = seq.job, seq.parser
         seq.utf8.finish()
         tail = seq.stops.flush()  # empty after a stop string: the scanner dropped it
@@ -548,13 +549,14 @@ class BatchScheduler(ContextThread[GenerationContext]):
         for event in events:
             job.emit(event)
         if parser.saw_tool_call:
-            reason = FinishReason.TOOL_USE
+            reason, stop_sequence = FinishReason.TOOL_USE, None
         self._drop(seq)
         ended = time.perf_counter()
         gen_s = ended - seq.prompt_done
         prompt = len(seq.prompt)
         job.emit(Done(
             reason,
+            stop_sequence=stop_sequence,
             usage=Usage(prompt_tokens=prompt, completion_tokens=seq.completion, cached_tokens=seq.cached,
                         thinking_tokens=seq.thinking),
             # The turn's tokens: the last sampled one is evaluated when the next turn starts.

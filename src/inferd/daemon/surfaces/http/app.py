@@ -1,6 +1,7 @@
 """The OpenAI-compatible routes, as one plain ASGI application (docs/http.md).
 
     POST /v1/chat/completions   POST /v1/completions   POST /v1/embeddings
+    POST /v1/responses (responses.py)   POST /v1/messages (Anthropic's, anthropic.py)
     GET  /v1/models[/{id}]      GET  /health           GET  /metrics
 
 (each /v1 route also answers without the /v1 prefix, as llama-server's do). A route
@@ -13,9 +14,10 @@ engine stream (the generation stops); a write to a gone client raises
 ConnectionError from the sink, which does the same.
 
 Who may talk to it (THREAT_MODEL F-20): the listener is loopback only (F-8); with an
-API key every route but /health needs `Authorization: Bearer KEY` (constant-time
-compare); a request whose Host is not a loopback name (DNS rebinding) or whose Origin
-is a web page off this machine (a browser's cross-site request) is refused with 403.
+API key every route but /health needs `Authorization: Bearer KEY` or Anthropic's
+`x-api-key: KEY` (constant-time compare); a request whose Host is not a loopback name
+(DNS rebinding) or whose Origin is a web page off this machine (a browser's
+cross-site request) is refused with 403.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ from ...observe.activity import ActivityLog, NullActivityLog, activity_record
 from ...observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ...pipeline import policy, run
 from ...pipeline.router import BackendEntry, Needs
-from . import decode
+from . import anthropic, decode, responses
+from .anthropic_encode import MessagesCollect, MessagesStream
+from .responses_encode import ResponsesCollect, ResponsesStream
 from .encode import ChatCollect, ChatStream, CompletionCollect, CompletionStream, Meta
 from .errors import HttpError, invalid
 from .io import ClientGone, Receive, Responder, Send, header, read_body, wait_disconnect
@@ -54,11 +58,15 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/v1/chat/completions": ("POST", "chat"),
     "/v1/completions": ("POST", "completions"),
     "/v1/embeddings": ("POST", "embeddings"),
+    "/v1/responses": ("POST", "responses"),
+    "/v1/messages": ("POST", "messages"),
     "/v1/models": ("GET", "models"),
     "/health": ("GET", "health"),
     "/metrics": ("GET", "metrics"),
     **ollama.ROUTES,  # Ollama's API (ADR 0027)
 }
+#: Routes whose wire has its own error shape (every other route answers in OpenAI's).
+ERROR_SHAPES = {"messages": anthropic.error_shape}
 PUBLIC_ROUTES = frozenset({"health"}) | ollama.PUBLIC  # no API key needed: it says "up" and nothing else
 LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 
@@ -101,7 +109,8 @@ class HttpApp:
         self.created = int(time.time())
         self._handlers: dict[str, Callable[[dict[str, Any], Receive, Responder], Awaitable[None]]] = {
             "chat": self._chat, "completions": self._completions, "embeddings": self._embeddings,
-            "models": self._models, "model": self._model, "health": self._health, "metrics": self._metrics,
+            "responses": self._responses, "messages": self._messages, "models": self._models, "model": self._model,
+            "health": self._health, "metrics": self._metrics,
         }
         self._handlers.update(ollama.OllamaRoutes(self).handlers())
 
@@ -157,6 +166,7 @@ class HttpApp:
         else:
             method, route = "", "not_found"
         out.route = route
+        out.shape = ERROR_SHAPES.get(route)
         if self.api_key and route not in PUBLIC_ROUTES:
             self._authenticate(scope)
         if route == "not_found":
@@ -172,6 +182,10 @@ class HttpApp:
         scheme, _, presented = value.decode("latin-1").partition(" ")
         # F-8/F-20: constant-time compare, like the TCP auth frame.
         if scheme.lower() == "bearer" and keys_match(presented.strip(), self.api_key):
+            return
+        # F-20: Anthropic's SDK sends its key as x-api-key; the same constant-time compare.
+        anthropic_key = header(scope, b"x-api-key")
+        if anthropic_key is not None and keys_match(anthropic_key.decode("latin-1").strip(), self.api_key):
             return
         self.activity.traffic.warning("auth_refused", extra=activity_record("activity", surface="http", peer=_peer(scope)))
         raise HttpError(401, "invalid or missing API key (send Authorization: Bearer KEY)", "authentication_error",
@@ -223,13 +237,42 @@ class HttpApp:
             await self._generate(scope, receive, out, serving, needs, sink)
             await self._whole(out, sink, meta)
 
+    async def _responses(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+        req = decode.parse(responses.ResponsesRequest, await read_body(scope, receive))
+        rid = f"resp_{uuid.uuid4().hex}"
+        greq = responses.responses_request(req, rid)
+        meta = Meta(rid, int(time.time()), "")
+        serving = _ServedBy(meta, greq, req.max_output_tokens is None)
+        needs = Needs(tools=bool(greq.tools), model=req.model)
+        echo = responses.echo(req, greq)
+        if req.stream:
+            await self._stream(scope, receive, out, serving, needs, ResponsesStream(out, meta, echo))
+        else:
+            sink = ResponsesCollect(meta, echo)
+            await self._generate(scope, receive, out, serving, needs, sink)
+            await self._whole(out, sink, meta)
+
+    async def _messages(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+        req = decode.parse(anthropic.MessagesRequest, await read_body(scope, receive))
+        rid = f"msg_{uuid.uuid4().hex}"
+        greq = anthropic.messages_request(req, rid)
+        meta = Meta(rid, int(time.time()), "")
+        serving = _ServedBy(meta, greq, False)
+        needs = Needs(tools=bool(greq.tools), model=req.model)
+        if req.stream:
+            await self._stream(scope, receive, out, serving, needs, MessagesStream(out, meta))
+        else:
+            sink = MessagesCollect()
+            await self._generate(scope, receive, out, serving, needs, sink)
+            await self._whole(out, sink, meta)
+
     async def _stream(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
-                      needs: Needs, sink: ChatStream | CompletionStream) -> None:
+                      needs: Needs, sink: Any) -> None:
         await self._generate(scope, receive, out, serving, needs, sink)
         if sink.error is not None and not out.gone:
             raise sink.error  # the backend failed before the sink wrote its first chunk: a real status
 
-    async def _whole(self, out: Responder, sink: ChatCollect | CompletionCollect, meta: Meta) -> None:
+    async def _whole(self, out: Responder, sink: Any, meta: Meta) -> None:
         if out.gone:
             return
         if sink.error is not None:

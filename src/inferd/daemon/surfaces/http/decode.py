@@ -156,12 +156,21 @@ def parse(model: type[B], body: bytes) -> B:
         raise _validation_error(exc) from None
 
 
-def _validation_error(exc: ValidationError) -> HttpError:
+def parse_part(model: type[B], data: Any, param: str) -> B:
+    """Validate one piece of an already parsed body (an input item, a content block);
+    a failure is a 400 whose `param` starts at `param`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise _validation_error(exc, param) from None
+
+
+def _validation_error(exc: ValidationError, prefix: str = "") -> HttpError:
     errors = exc.errors(include_url=False, include_input=False)
     first = errors[0] if errors else {"type": "json_invalid", "msg": "invalid JSON", "loc": ()}
     if first.get("type") == "json_invalid":
         return invalid(f"the body is not valid JSON: {first.get('msg', '')}", code="invalid_json")
-    param = ".".join(str(p) for p in first.get("loc", ()) if not _type_tag(p)) or None
+    param = ".".join([prefix] * bool(prefix) + [str(p) for p in first.get("loc", ()) if not _type_tag(p)]) or None
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     where = f"{param}: " if param else ""
     return invalid(f"{where}{first.get('msg', 'invalid')}{more}", param)
@@ -196,20 +205,27 @@ def _sampling(req: _Sampling) -> dict[str, Any]:
     defaults it); OpenAI's value ranges are this wire's own."""
     if req.n is not None and req.n != 1:
         raise invalid("n must be 1: this server generates one choice per request", "n")
-    if req.temperature is not None and req.temperature < 0:
-        raise invalid("temperature must not be negative", "temperature")
-    if req.top_p is not None and not 0 <= req.top_p <= 1:
-        raise invalid("top_p must be between 0 and 1", "top_p")
     stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or ())
-    _checked(limits.check_stops, stop, param="stop")
     _checked(limits.check_grammar, req.grammar or "", param="grammar")
     # OpenAI's seed is any integer; llama-server's -1 means "no particular seed".
     seed = None if req.seed is None or req.seed == -1 else req.seed & _SEED_MASK
-    return dict(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=seed, stop=stop,
-                grammar=req.grammar or "")
+    return sampling(req.temperature, req.top_p, top_k=req.top_k, seed=seed, stop=stop, grammar=req.grammar or "")
 
 
-def _generation_request(rid: str, **said: Any) -> GenerationRequest:
+def sampling(temperature: float | None, top_p: float | None, *, top_k: int | None = None, seed: int | None = None,
+             stop: list[str] | None = None, grammar: str = "", stop_param: str = "stop") -> dict[str, Any]:
+    """The sampling fields every OpenAI-like wire shares, checked; None where the body said nothing."""
+    if temperature is not None and temperature < 0:
+        raise invalid("temperature must not be negative", "temperature")
+    if top_p is not None and not 0 <= top_p <= 1:
+        raise invalid("top_p must be between 0 and 1", "top_p")
+    stop = stop or []
+    _checked(limits.check_stops, stop, param=stop_param)
+    return dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=stop, grammar=grammar)
+
+
+def generation_request(rid: str, **said: Any) -> GenerationRequest:
+    """policy.generation_request, its refusals as 400s naming the field."""
     try:
         return policy.generation_request(rid, **said)
     except policy.InvalidCombination as exc:
@@ -219,10 +235,14 @@ def _generation_request(rid: str, **said: Any) -> GenerationRequest:
 def _response_format(rf: ResponseFormatIn | None) -> ResponseFormat | None:
     if rf is None or rf.type == "text":
         return None
-    schema = rf.json_schema.schema_ if rf.json_schema is not None else rf.schema_
-    _schema_size(schema, "response_format")
     if rf.type == "json_schema" and rf.json_schema is None:
         raise invalid('response_format json_schema needs a "json_schema" object', "response_format.json_schema")
+    return json_format(rf.json_schema.schema_ if rf.json_schema is not None else rf.schema_, "response_format")
+
+
+def json_format(schema: dict[str, Any] | None, param: str) -> ResponseFormat:
+    """JSON output, in `schema` when there is one (a bounded one)."""
+    _schema_size(schema, param)
     if schema is None:
         return ResponseFormat("json_object")
     return ResponseFormat("json_schema", schema)
@@ -242,17 +262,13 @@ def chat_request(req: ChatRequest, rid: str) -> GenerationRequest:
         raise invalid("messages must not be empty", "messages")
     if req.logprobs or req.top_logprobs:
         raise invalid("logprobs are not supported by this server", "logprobs")
-    _checked(limits.check_count, "messages", len(req.messages), limits.MAX_MESSAGES, "MAX_MESSAGES", param="messages")
-    _checked(limits.check_count, "tools", len(req.tools or ()), limits.MAX_TOOLS, "MAX_TOOLS", param="tools")
-    for i, tool in enumerate(req.tools or ()):
-        _schema_size(tool.function.parameters, f"tools.{i}.function.parameters")
-    tools = [ToolSpec(name=t.function.name, description=t.function.description, parameters=t.function.parameters)
-             for t in req.tools or ()]
-    names = [t.name for t in tools]
-    if len(set(names)) != len(names):
-        raise invalid("tool names must be unique", "tools")
-    tool_choice, tool_name = _tool_choice(req.tool_choice, names)
-    return _generation_request(
+    message_count(len(req.messages), "messages")
+    tools = tool_specs([t.function for t in req.tools or ()], "tools.{}.function.parameters")
+    if isinstance(req.tool_choice, NamedToolChoice):
+        tool_choice, tool_name = named_tool(req.tool_choice.function.name, tools)
+    else:
+        tool_choice, tool_name = req.tool_choice, None
+    return generation_request(
         rid,
         messages=chat_messages(req.messages),
         tools=tools,
@@ -265,13 +281,30 @@ def chat_request(req: ChatRequest, rid: str) -> GenerationRequest:
     )
 
 
-def _tool_choice(choice: str | NamedToolChoice | None, names: list[str]) -> tuple[str | None, str | None]:
-    if isinstance(choice, NamedToolChoice):
-        name = choice.function.name
-        if name not in names:
-            raise invalid(f"tool_choice names {name!r}, which is not among the tools", "tool_choice")
-        return "required", name
-    return choice, None
+def message_count(n: int, param: str) -> None:
+    _checked(limits.check_count, "messages", n, limits.MAX_MESSAGES, "MAX_MESSAGES", param=param)
+
+
+def tool_specs(defs: list[FunctionDef], schema_param: str) -> list[ToolSpec]:
+    """Function tools, bounded (count, schema sizes) and uniquely named. `schema_param`
+    names tool i's schema field in the wire, as a format string ("tools.{}.parameters")."""
+    _checked(limits.check_count, "tools", len(defs), limits.MAX_TOOLS, "MAX_TOOLS", param="tools")
+    for i, fn in enumerate(defs):
+        _schema_size(fn.parameters, schema_param.format(i))
+    tools = [ToolSpec(name=fn.name, description=fn.description, parameters=fn.parameters) for fn in defs]
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise invalid("tool names must be unique", "tools")
+    return tools
+
+
+def named_tool(name: str, tools: list[ToolSpec], param: str = "tool_choice") -> tuple[str, str]:
+    """A forced call of one tool: (tool_choice, tool_name) for the request policy."""
+    if name not in [t.name for t in tools]:
+        raise invalid(f"{param} names {name!r}, which is not among the tools", param)
+    return "required", name
+
+
 
 
 def _thinking(req: ChatRequest) -> bool | None:
@@ -305,7 +338,7 @@ def chat_messages(messages: list[Message]) -> list[ChatMessage]:
                 raise invalid("only assistant messages carry tool_calls", f"messages.{i}.tool_calls")
             for j, call in enumerate(m.tool_calls):
                 calls.append(ToolCallSpec(id=call.id, name=call.function.name,
-                                          arguments=_arguments(call.function.arguments,
+                                          arguments=arguments(call.function.arguments,
                                                                f"messages.{i}.tool_calls.{j}.function.arguments")))
                 called[call.id] = call.function.name
         role = "system" if m.role == "developer" else m.role
@@ -313,23 +346,35 @@ def chat_messages(messages: list[Message]) -> list[ChatMessage]:
     return out
 
 
+#: Content part types that carry media: refused as attachments, on every wire.
+MEDIA_PARTS = frozenset({"image_url", "input_audio", "file", "image", "audio", "input_image", "input_file",
+                         "document"})
+
+
 def _text(content: str | list[dict[str, Any]] | None, param: str) -> str:
+    return text_of(content, param, ("text",))
+
+
+def text_of(content: str | list[dict[str, Any]] | None, param: str, kinds: tuple[str, ...]) -> str:
+    """The text of a message's content: a string, or parts whose type is one of `kinds`
+    (each with a string `text`), joined; a media part is an attachment this surface refuses."""
     if content is None or isinstance(content, str):
         return content or ""
     parts: list[str] = []
     for k, part in enumerate(content):
-        kind = part.get("type")
-        if kind == "text" and isinstance(part.get("text"), str):
-            parts.append(part["text"])
-        elif kind in ("image_url", "input_audio", "file", "image", "audio"):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in kinds and isinstance(part.get("text"), str):  # type: ignore[union-attr]
+            parts.append(part["text"])  # type: ignore[index]
+        elif kind in MEDIA_PARTS:
             raise HttpError(400, f"content part type {kind!r} is not supported: this surface takes text only",
                             code="attachment_unsupported", param=f"{param}.{k}")
         else:
-            raise invalid(f"content part {k} must be {{\"type\": \"text\", \"text\": ...}}", f"{param}.{k}")
+            raise invalid(f"content part {k} must be {{\"type\": \"{kinds[0]}\", \"text\": ...}}", f"{param}.{k}")
     return "".join(parts)
 
 
-def _arguments(arguments: str | dict[str, Any], param: str) -> Any:
+def arguments(arguments: str | dict[str, Any], param: str) -> Any:
+    """A tool call's arguments: the object, or the JSON text of it."""
     if isinstance(arguments, dict):
         return arguments
     try:
@@ -355,7 +400,7 @@ def completion_request(req: CompletionRequest, rid: str) -> GenerationRequest:
         raise invalid("suffix (fill-in-the-middle) is not supported", "suffix")
     if req.logprobs:
         raise invalid("logprobs are not supported by this server", "logprobs")
-    return _generation_request(rid, prompt=prompt, response_format=_response_format(req.response_format),
+    return generation_request(rid, prompt=prompt, response_format=_response_format(req.response_format),
                                max_tokens=req.max_tokens, default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS,
                                **_sampling(req))
 

@@ -31,12 +31,17 @@ class HttpError(Exception):
         self.code = code
         self.param = param
         self.headers = headers or []
+        #: The fault this answers, when it is one: a wire with its own table (Anthropic's)
+        #: looks its status and type up by it.
+        self.kind: Fault | None = None
 
     @classmethod
     def from_fault(cls, kind: Fault, message: str) -> "HttpError":
         wire = FAULTS[kind]
         headers = [(b"retry-after", str(RETRY_AFTER_SECS).encode())] if kind is Fault.QUEUE_FULL else None
-        return cls(wire.http_status, message, wire.http_type, wire.http_code, headers=headers)
+        err = cls(wire.http_status, message, wire.http_type, wire.http_code, headers=headers)
+        err.kind = kind
+        return err
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

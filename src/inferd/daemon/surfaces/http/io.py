@@ -92,7 +92,7 @@ class Responder:
     later write raises ConnectionResetError, which is how the pipeline hears of it.
     """
 
-    __slots__ = ("_send", "_transport", "write_timeout", "extra_headers", "gone", "status", "route")
+    __slots__ = ("_send", "_transport", "write_timeout", "extra_headers", "gone", "status", "route", "shape")
 
     def __init__(self, send: Send, transport: asyncio.Transport | None, write_timeout: float | None,
                  extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -103,6 +103,8 @@ class Responder:
         self.gone = False
         self.status = 0  # 0 until the response has started
         self.route = "unknown"  # the route name, once known (a metrics label)
+        #: A route whose wire has its own error shape (Anthropic's) sets it: error -> (status, body).
+        self.shape: Callable[[HttpError], tuple[int, bytes]] | None = None
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = status
@@ -117,8 +119,8 @@ class Responder:
         await self.body(data, more=False)
 
     async def error(self, err: HttpError) -> None:
-        data = err.encode()
-        await self.start(err.status, [JSON, (b"content-length", str(len(data)).encode()), *err.headers])
+        status, data = self.shape(err) if self.shape is not None else (err.status, err.encode())
+        await self.start(status, [JSON, (b"content-length", str(len(data)).encode()), *err.headers])
         await self.body(data, more=False)
 
     async def _emit(self, message: dict[str, Any]) -> None:
