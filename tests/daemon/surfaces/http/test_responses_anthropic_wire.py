@@ -17,7 +17,7 @@ SCRIPT = [{"thinking": "let me see"}, {"text": "Hel"}, {"text": "lo"},
 TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object",
         "properties": {"city": {"type": "string"}}}}
 ATOOL = {"name": "get_weather", "input_schema": TOOL["parameters"]}
-MSG = {"model": "m", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]}
+MSG = {"model": "mock", "max_tokens": 32, "messages": [{"role": "user", "content": "hi"}]}
 
 
 def sse(text: str) -> list[tuple[str, dict]]:
@@ -32,7 +32,7 @@ def sse(text: str) -> list[tuple[str, dict]]:
 async def test_responses_whole_object(http_daemon):
     d = await http_daemon(mock={"script": SCRIPT, "prompt_tokens": 7, "cached_tokens": 3})
     async with httpx.AsyncClient(base_url=base_url(d)) as c:
-        r = await c.post("/v1/responses", json={"model": "m", "input": "hi", "tools": [TOOL], "store": True})
+        r = await c.post("/v1/responses", json={"model": "mock", "input": "hi", "tools": [TOOL], "store": True})
     body = r.json()
     assert r.status_code == 200 and body["object"] == "response" and body["status"] == "completed"
     assert body["id"].startswith("resp_") and body["model"] == "mock" and body["store"] is False
@@ -50,7 +50,7 @@ async def test_responses_whole_object(http_daemon):
 async def test_responses_stream_events_in_order(http_daemon):
     d = await http_daemon(mock={"script": SCRIPT})
     async with httpx.AsyncClient(base_url=base_url(d)) as c:
-        r = await c.post("/v1/responses", json={"model": "m", "input": "hi", "tools": [TOOL], "stream": True})
+        r = await c.post("/v1/responses", json={"model": "mock", "input": "hi", "tools": [TOOL], "stream": True})
     events = sse(r.text)
     names = [name for name, _ in events]
     assert all(data["type"] == name for name, data in events)
@@ -147,7 +147,7 @@ async def test_messages_errors_are_anthropic_shaped(http_daemon):
     d = await http_daemon(mock={"script": SCRIPT}, api_key="k")
     async with httpx.AsyncClient(base_url=base_url(d)) as c:
         no_key = await c.post("/v1/messages", json=MSG)
-        missing = await c.post("/v1/messages", json={"model": "m", "messages": MSG["messages"]},
+        missing = await c.post("/v1/messages", json={"model": "mock", "messages": MSG["messages"]},
                                headers={"x-api-key": "k", "anthropic-version": "2023-06-01"})
         bad_json = await c.post("/v1/messages", content=b"{", headers={"x-api-key": "k"})
         ok = await c.post("/v1/messages", json=MSG, headers={"x-api-key": "k"})
