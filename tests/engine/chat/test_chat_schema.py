@@ -191,3 +191,12 @@ def test_gbnf_text_helpers():
     assert grammar_parses(g)
     m = GbnfMatcher(g)
     assert m.accepts("\x01é😀]") and m.accepts("\x01é😀€") and not m.accepts("\x01é😀x")
+
+
+def test_json_string_characters_exclude_control_characters():
+    # Issue 21: a raw newline inside a JSON string is not JSON (RFC 8259 §7).
+    from inferd.engine.chat.schema import JSON_STRING_CHAR, schema_rules
+
+    _, rules = schema_rules({"type": "object", "properties": {"s": {"type": "string"}}}, "p-")
+    assert rules["p-char"] == JSON_STRING_CHAR
+    assert r"\x00-\x1F" in JSON_STRING_CHAR and r"\x7F" in JSON_STRING_CHAR

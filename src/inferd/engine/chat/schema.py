@@ -314,6 +314,11 @@ def check_schema(schema: Any, *, what: str = "schema") -> dict[str, Any]:
 
 # ---- conversion (llama-cpp-python's converter) ----------------------------------------
 
+#: One character of a JSON string: anything but `"`, `\`, DEL and the C0 controls, or
+#: an escape (RFC 8259 §7).
+JSON_STRING_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+
+
 def _converter():
     from llama_cpp.llama_grammar import SchemaConverter
 
@@ -361,6 +366,12 @@ def schema_rules(schema: Any, prefix: str, *, what: str = "schema") -> tuple[str
         name, sep, body = line.partition(" ::= ")
         if sep:
             rules[name] = body
+    if "char" in rules:
+        # The converter's string character is any byte but `"` and `\`, control
+        # characters included: a raw newline inside a string is not JSON (RFC 8259 §7)
+        # and strict parsers refuse the whole answer (issue 21). llama.cpp's own
+        # converter excludes them, as here; escapes (`\n`) stay allowed.
+        rules["char"] = JSON_STRING_CHAR
     if "root" not in rules:
         raise SchemaError(f"the {what} produced no grammar")
     mapping = {name: prefix + name for name in rules}

@@ -310,3 +310,34 @@ async def test_cli_run_raw_equals_the_raw_completion(base, daemon):
                                              temperature=0).choices[0].text
 
     assert await asyncio.to_thread(cli) == await asyncio.to_thread(sdk) + "\n"
+
+
+async def test_constrained_answers_that_stop_always_parse_strictly(base):
+    # Issue 21: the converter let a raw newline or tab into a JSON string; strict
+    # parsers (json.loads, pydantic, the agents SDK) then refuse the whole answer.
+    schema = {"type": "object", "properties": {"title": {"type": "string"}, "poem": {"type": "string"}},
+              "required": ["title", "poem"]}
+    ask = [{"role": "user", "content": 'Write a short poem of four lines about the sea, keeping its line breaks, '
+                                       'tabs and "quotes", as JSON with a title and the poem.'}]
+
+    async def one(client: openai.AsyncOpenAI, seed: int, fmt: dict) -> tuple[str, str]:
+        r = await client.chat.completions.create(model="llamacpp", messages=ask, max_tokens=160, temperature=1.0,
+                                                 seed=seed, response_format=fmt)
+        return r.choices[0].finish_reason, r.choices[0].message.content or ""
+
+    formats = [{"type": "json_schema", "json_schema": {"name": "poem", "schema": schema, "strict": True}},
+               {"type": "json_object"}]
+    stopped = 0
+    async with async_client(base) as client:
+        for seed in range(8):
+            fmt = formats[seed % 2]
+            finish, text = await one(client, 100 + seed, fmt)
+            if finish != "stop":
+                continue
+            stopped += 1
+            value = json.loads(text, strict=True)  # strict: no control characters inside strings
+            if fmt["type"] == "json_schema":
+                jsonschema.validate(value, schema)
+            else:
+                assert isinstance(value, dict)
+    assert stopped >= 3, f"only {stopped} of 8 answers finished with stop: the check saw too little"
