@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -146,6 +147,14 @@ class LlamaCppBackend(Backend):
                     raise
                 log.warning("no room for %d sequences of %d tokens; trying %d", n_seq, settings.n_ctx, n_seq // 2)
                 n_seq //= 2
+
+    def _seed(self, asked: int | None) -> int:
+        """The request's seed; else the configured one; else a fresh random one."""
+        if asked is not None:
+            return asked
+        if self.settings.seed is not None:
+            return self.settings.seed
+        return secrets.randbits(32)
 
     def _close_contexts(self, ctx: GenerationContext) -> None:
         """On the generation thread as it exits: both contexts it owns."""
@@ -296,7 +305,7 @@ class LlamaCppBackend(Backend):
                 temperature=request.temperature,
                 top_p=request.top_p,
                 top_k=request.top_k,
-                seed=self.settings.seed if request.seed is None else request.seed,
+                seed=self._seed(request.seed),
             ),
             grammar=plan.grammar,
             max_tokens=request.max_tokens,

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .amx import AmxMode
 
-DEFAULT_SEED = 0xDEADBEEF
 DEFAULT_N_CTX = 8192
 DEFAULT_EMBED_N_CTX = 2048
 #: Sequences decoded together when the config says nothing (ADR 0018: on this 2-core
@@ -49,8 +48,10 @@ class LlamaCppOptions(BaseModel):
     n_ubatch: int | None = Field(default=None, gt=0)
     #: 0 = CPU only; negative = offload every layer (upstream semantics).
     n_gpu_layers: int = 0
-    #: Sampling seed for requests that carry none.
-    seed: int = Field(default=DEFAULT_SEED, ge=0, le=0xFFFFFFFF)
+    #: Sampling seed for requests that carry none; None = a fresh random seed per
+    #: request, as OpenAI, llama-server and Ollama sample (issue 21: a client's retry
+    #: must not repeat the same output). A number makes seedless requests repeatable.
+    seed: int | None = Field(default=None, ge=0, le=0xFFFFFFFF)
     embed: bool = False
     #: llama_pooling_type value for the embedding context; None = mean.
     embed_pooling: int | None = Field(default=None, ge=0, le=3)

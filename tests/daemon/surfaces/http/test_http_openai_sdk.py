@@ -341,3 +341,19 @@ async def test_constrained_answers_that_stop_always_parse_strictly(base):
             else:
                 assert isinstance(value, dict)
     assert stopped >= 3, f"only {stopped} of 8 answers finished with stop: the check saw too little"
+
+
+async def test_no_seed_samples_afresh_and_a_seed_repeats(base):
+    # Issue 21: without a seed every request used the configured one, so a client's
+    # retry repeated the same (bad) output; OpenAI and llama-server sample afresh.
+    story = [{"role": "user", "content": "Tell me a short story about a fox."}]
+    async with async_client(base) as client:
+        async def text(**kw) -> str:
+            r = await client.chat.completions.create(model="llamacpp", messages=story, max_tokens=24,
+                                                     temperature=1.0, **kw)
+            return r.choices[0].message.content or ""
+
+        unseeded = {await text() for _ in range(4)}
+        assert len(unseeded) > 1, unseeded
+        assert len({await text(seed=-1) for _ in range(2)}) > 1  # llama-server's "no particular seed"
+        assert await text(seed=1234) == await text(seed=1234)
