@@ -214,12 +214,8 @@ class HttpApp:
         sized = decode.max_tokens_asked(req) is None
         serving = _ServedBy(meta, greq, sized)
         needs = _needs(req, tools=bool(req.tools))
-        if req.stream:
-            await self._stream(scope, receive, out, serving, needs, ChatStream(out, meta))
-        else:
-            sink = ChatCollect()
-            await self._generate(scope, receive, out, serving, needs, sink)
-            await self._whole(out, sink, meta)
+        await self._answer(scope, receive, out, serving, needs,
+                           ChatStream(out, meta) if req.stream else None, ChatCollect(), meta)
 
     async def _completions(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         req = decode.parse(decode.CompletionRequest, await read_body(scope, receive))
@@ -230,12 +226,8 @@ class HttpApp:
         serving = _ServedBy(meta, greq, False)
         echo = (greq.prompt or "") if req.echo else ""
         needs = _needs(req)
-        if req.stream:
-            await self._stream(scope, receive, out, serving, needs, CompletionStream(out, meta, echo))
-        else:
-            sink = CompletionCollect(echo)
-            await self._generate(scope, receive, out, serving, needs, sink)
-            await self._whole(out, sink, meta)
+        await self._answer(scope, receive, out, serving, needs,
+                           CompletionStream(out, meta, echo) if req.stream else None, CompletionCollect(echo), meta)
 
     async def _responses(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         req = decode.parse(responses.ResponsesRequest, await read_body(scope, receive))
@@ -243,14 +235,10 @@ class HttpApp:
         greq = responses.responses_request(req, rid)
         meta = Meta(rid, int(time.time()), "")
         serving = _ServedBy(meta, greq, req.max_output_tokens is None)
-        needs = Needs(tools=bool(greq.tools), model=req.model)
+        needs = _needs(req, tools=bool(greq.tools))
         echo = responses.echo(req, greq)
-        if req.stream:
-            await self._stream(scope, receive, out, serving, needs, ResponsesStream(out, meta, echo))
-        else:
-            sink = ResponsesCollect(meta, echo)
-            await self._generate(scope, receive, out, serving, needs, sink)
-            await self._whole(out, sink, meta)
+        await self._answer(scope, receive, out, serving, needs,
+                           ResponsesStream(out, meta, echo) if req.stream else None, ResponsesCollect(meta, echo), meta)
 
     async def _messages(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         req = decode.parse(anthropic.MessagesRequest, await read_body(scope, receive))
@@ -258,13 +246,19 @@ class HttpApp:
         greq = anthropic.messages_request(req, rid)
         meta = Meta(rid, int(time.time()), "")
         serving = _ServedBy(meta, greq, False)
-        needs = Needs(tools=bool(greq.tools), model=req.model)
-        if req.stream:
-            await self._stream(scope, receive, out, serving, needs, MessagesStream(out, meta))
+        needs = _needs(req, tools=bool(greq.tools))
+        await self._answer(scope, receive, out, serving, needs,
+                           MessagesStream(out, meta) if req.stream else None, MessagesCollect(), meta)
+
+    async def _answer(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
+                      needs: Needs, streamed: Any, whole: Any, meta: Meta) -> None:
+        """One generation: into `streamed` when the client asked for a stream, else
+        collected into `whole` and answered in one body."""
+        if streamed is not None:
+            await self._stream(scope, receive, out, serving, needs, streamed)
         else:
-            sink = MessagesCollect()
-            await self._generate(scope, receive, out, serving, needs, sink)
-            await self._whole(out, sink, meta)
+            await self._generate(scope, receive, out, serving, needs, whole)
+            await self._whole(out, whole, meta)
 
     async def _stream(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
                       needs: Needs, sink: Any) -> None:
@@ -394,7 +388,7 @@ class _ServedBy:
 def _needs(req: Any, **needs: Any) -> Needs:
     """The model the body names (OpenAI's `model`) and its keep_alive, for routing."""
     try:
-        return policy.model_needs(req.model, req.keep_alive, **needs)
+        return policy.model_needs(req.model, getattr(req, "keep_alive", None), **needs)
     except policy.InvalidCombination as exc:
         raise invalid(exc.message, exc.param) from None
 
