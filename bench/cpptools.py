@@ -72,6 +72,15 @@ class Stream:
     times: list[float] = field(default_factory=list)
     text: str = ""
 
+    def token(self, now: float, keep_times: bool) -> None:
+        """One token arrived at `now`."""
+        self.tokens += 1
+        if self.first is None:
+            self.first = now
+        self.last = now
+        if keep_times:
+            self.times.append(now)
+
 
 async def http_stream(port: int, body: dict, keep_times: bool = False, stop: asyncio.Event | None = None) -> Stream:
     """POST /completion with stream=true to llama-server; one SSE event per token."""
@@ -118,13 +127,8 @@ async def http_stream(port: int, body: dict, keep_times: bool = False, stop: asy
                     done = True
                     break
                 if obj.get("content") or obj.get("tokens"):
-                    out.tokens += 1
+                    out.token(now, keep_times)
                     parts.append(obj.get("content", ""))
-                    if out.first is None:
-                        out.first = now
-                    out.last = now
-                    if keep_times:
-                        out.times.append(now)
                     if stop is not None and stop.is_set():
                         done = True
                         break

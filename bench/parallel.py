@@ -86,13 +86,8 @@ async def inferd_stream(sock: str, messages: list[dict], n: int, rid: str, keep_
                 break
             frame = json.loads(raw)
             if frame["type"] == "token":
-                out.tokens += 1
+                out.token(now, keep_times)
                 parts.append(frame["content"])
-                if out.first is None:
-                    out.first = now
-                out.last = now
-                if keep_times:
-                    out.times.append(now)
                 if stop is not None and stop.is_set():
                     break
             elif frame["type"] == "done":
