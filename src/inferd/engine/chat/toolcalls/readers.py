@@ -155,7 +155,9 @@ class _Delimited(_Reader):
         if idx < 0:
             return None
         body, rest = self.buf[:idx], self.buf[idx + len(self.closer):]
-        self.calls = self.parse(body)
+        # An empty region (`<tool_call></tool_call>`) names no tool: it is no call, not
+        # a malformed one (issue 21; ADR 0026); the turn ends as the model ended it.
+        self.calls = self.parse(body) if body.strip() else []
         return rest
 
     def finish(self) -> None:
