@@ -50,7 +50,7 @@ from .amx import cpu_features_used
 from .sampling import GrammarError, SamplingParams, check_grammar_limits, parse_grammar
 from .scheduler import BatchScheduler
 from .settings import DEFAULT_PARALLEL, LlamaCppSettings
-from .chatting import ChatPlan, ChatStyle
+from .chatting import ChatPlan, ChatStyle, output_grammar
 from .templates import BUILTIN, KNOWN_TEMPLATES, ChatRenderer, RenderError, resolve_renderer
 from .bridge import WorkerStream, loop_emitter
 from .job import GenerationJob
@@ -257,7 +257,7 @@ class LlamaCppBackend(Backend):
             except GrammarError as exc:
                 raise BackendInvalidRequest(str(exc)) from None
         if request.prompt is not None:
-            plan = ChatPlan(request.prompt, request.grammar, ChatStyle.raw_parser)
+            plan = ChatPlan(request.prompt, output_grammar(request), ChatStyle.raw_parser)
         else:
             plan = self._style().plan(request)
         tokens = self.tokenize_prompt(plan.prompt)

@@ -77,6 +77,18 @@ class ChatPlan:
     new_parser: ParserFactory
 
 
+def output_grammar(request: GenerationRequest) -> str:
+    """The grammar a request's own fields ask for: its `response_format` compiled from
+    the schema, else its raw `grammar` ("" for none). Chat and raw prompts alike
+    (issue 21: /v1/completions honours response_format as chat does)."""
+    if request.response_format is None:
+        return request.grammar
+    try:
+        return response_format_grammar(request.response_format)
+    except SchemaError as exc:
+        raise BackendInvalidRequest(f"response_format: {exc}") from None
+
+
 class ChatStyle:
     """How one loaded model is prompted and how its output is read."""
 
@@ -101,13 +113,9 @@ class ChatStyle:
     def plan(self, request: GenerationRequest) -> ChatPlan:
         tools = request.tools if request.tool_choice != "none" else []
         prompt = self._render(request, tools)
-        grammar = request.grammar
-        if request.response_format is not None:
-            try:
-                grammar = response_format_grammar(request.response_format)
-            except SchemaError as exc:
-                raise BackendInvalidRequest(f"response_format: {exc}") from None
-        elif request.tools and (request.tool_choice == "required" or request.tool_name):
+        grammar = output_grammar(request)
+        if request.response_format is None and request.tools and (
+                request.tool_choice == "required" or request.tool_name):
             try:
                 grammar = tool_call_grammar(self.tool_format, request.tools, request.tool_name)
             except (SchemaError, ValueError) as exc:

@@ -357,3 +357,19 @@ async def test_no_seed_samples_afresh_and_a_seed_repeats(base):
         assert len(unseeded) > 1, unseeded
         assert len({await text(seed=-1) for _ in range(2)}) > 1  # llama-server's "no particular seed"
         assert await text(seed=1234) == await text(seed=1234)
+
+
+async def test_completions_honour_response_format(base):
+    # Issue 21: /v1/completions ignored response_format (only `grammar` was enforced).
+    schema = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]},
+                                               "capital": {"type": "boolean"}},
+              "required": ["city", "capital"]}
+    async with async_client(base) as client:
+        r = await client.completions.create(
+            model="llamacpp", prompt="The capital of France, as JSON:", max_tokens=48, temperature=0,
+            extra_body={"response_format": {"type": "json_schema", "json_schema": {"name": "c", "schema": schema}}})
+        jsonschema.validate(json.loads(r.choices[0].text), schema)
+        r = await client.completions.create(model="llamacpp", prompt="A JSON object describing a cat:",
+                                            max_tokens=48, temperature=0,
+                                            extra_body={"response_format": {"type": "json_object"}})
+        assert r.choices[0].text.lstrip().startswith("{")
