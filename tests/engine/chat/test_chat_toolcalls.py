@@ -514,3 +514,17 @@ def test_an_empty_call_region_is_no_call(body):
         parser.push(piece)
     parser.finish()
     assert not parser.saw_tool_call
+
+
+def test_a_call_cut_by_the_token_limit_comes_out_as_text():
+    # Issue 21: cut by max_tokens, an open call is unfinished, not malformed: what the
+    # model wrote comes out as text and the turn finishes with "length".
+    text = 'Sure.<tool_call>{"name": "get_weather", "arguments": {"city": "Par'
+    parser = HERMES.parser(id_factory=counter_ids())
+    events = parser.push(text) + parser.finish(cut=True)
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == text
+    assert calls(events) == [] and not parser.saw_tool_call
+    with pytest.raises(ToolCallMalformed):
+        other = HERMES.parser(id_factory=counter_ids())
+        other.push(text)
+        other.finish()

@@ -167,11 +167,12 @@ class OutputParser:
         events: list[ThinkEvent] = self.thinking.push(text) if self.thinking else [TextDelta(text)]
         return self._tools(events, final=False)
 
-    def finish(self) -> list[OutputEvent]:
+    def finish(self, cut: bool = False) -> list[OutputEvent]:
+        """`cut`: the token limit ended the output (ToolCallParser.finish)."""
         events: list[ThinkEvent] = self.thinking.finish() if self.thinking else []
-        return self._tools(events, final=True)
+        return self._tools(events, final=True, cut=cut)
 
-    def _tools(self, events: list[ThinkEvent], *, final: bool) -> list[OutputEvent]:
+    def _tools(self, events: list[ThinkEvent], *, final: bool, cut: bool = False) -> list[OutputEvent]:
         out: list[OutputEvent] = []
         for ev in events:
             if isinstance(ev, TextDelta) and self.tools is not None:
@@ -181,7 +182,7 @@ class OutputParser:
             for p in produced:
                 _append(out, p)
         if final and self.tools is not None:
-            for p in self.tools.finish():
+            for p in self.tools.finish(cut):
                 _append(out, p)
         return out
 

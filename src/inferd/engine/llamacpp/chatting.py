@@ -63,8 +63,8 @@ class NoToolCalls:
     def push(self, text: str) -> list[TextDelta | ThinkingDelta]:
         return [e for e in self._inner.push(text) if type(e) is not ToolCall and type(e) is not ToolCallDelta]
 
-    def finish(self) -> list[TextDelta | ThinkingDelta]:
-        return [e for e in self._inner.finish() if type(e) is not ToolCall and type(e) is not ToolCallDelta]
+    def finish(self, cut: bool = False) -> list[TextDelta | ThinkingDelta]:
+        return [e for e in self._inner.finish(cut) if type(e) is not ToolCall and type(e) is not ToolCallDelta]
 
 
 ParserFactory = Callable[[], "OutputParser | NoToolCalls"]

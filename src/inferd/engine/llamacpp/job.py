@@ -23,7 +23,7 @@ class _PlainText:
     def push(self, text: str) -> list[TextDelta]:
         return [TextDelta(text)]
 
-    def finish(self) -> list[TextDelta]:
+    def finish(self, cut: bool = False) -> list[TextDelta]:
         return []
 
 

@@ -545,10 +545,10 @@ class BatchScheduler(ContextThread[GenerationContext]):
         seq.utf8.finish()
         tail = seq.stops.flush()  # empty after a stop string: the scanner dropped it
         events = parser.push(tail) if tail else []
-        events += parser.finish()
+        events += parser.finish(cut=reason is FinishReason.LENGTH)
         for event in events:
             job.emit(event)
-        if parser.saw_tool_call:
+        if parser.saw_tool_call and reason is not FinishReason.LENGTH:
             reason, stop_sequence = FinishReason.TOOL_USE, None
         self._drop(seq)
         ended = time.perf_counter()

@@ -373,3 +373,16 @@ async def test_completions_honour_response_format(base):
                                             max_tokens=48, temperature=0,
                                             extra_body={"response_format": {"type": "json_object"}})
         assert r.choices[0].text.lstrip().startswith("{")
+
+
+async def test_a_forced_call_cut_by_max_tokens_finishes_with_length(base):
+    # Issue 21: this was a 502 tool_call_malformed (streamed: an error event, no [DONE]).
+    async with async_client(base) as client:
+        whole = await client.chat.completions.create(
+            model="llamacpp", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER],
+            tool_choice="required", max_tokens=6, temperature=0)
+        assert whole.choices[0].finish_reason == "length"
+        chunks = [c async for c in await client.chat.completions.create(
+            model="llamacpp", messages=[{"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER],
+            tool_choice="required", max_tokens=6, temperature=0, stream=True)]
+        assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]

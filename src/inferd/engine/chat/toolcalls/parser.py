@@ -42,6 +42,8 @@ class ToolCallParser:
         #: Calls of the open region whose pieces went out: index in the region -> id.
         self._streaming: dict[int, str] = {}
         self._finished = False
+        #: The open region's text as the model wrote it (its opener included).
+        self._raw = ""
         #: How many calls were emitted so far.
         self.calls = 0
 
@@ -58,13 +60,20 @@ class ToolCallParser:
             self._drain(out)
         return out
 
-    def finish(self) -> list[ToolEvent]:
+    def finish(self, cut: bool = False) -> list[ToolEvent]:
+        """The output ended. `cut`: by the token limit, so a call still open is not
+        malformed but unfinished: its text comes out as text, as the model wrote it
+        (issue 21: OpenAI answers finish_reason "length" with what was generated)."""
         if self._finished:
             return []
         self._finished = True
         out: list[ToolEvent] = []
         if self._reader is not None:
             reader, self._reader = self._reader, None
+            if cut:
+                self._text(out, self._raw)
+                self._buf = ""
+                return out
             reader.finish()
             self._complete(reader, out)
         rest, self._buf = self._buf, ""
@@ -118,9 +127,10 @@ class ToolCallParser:
                 call_id = self._streaming[index] = self._id()
             out.append(ToolCallDelta(call_id, name, piece))
 
-    def _start(self, reader: _Reader, text: str, out: list[ToolEvent]) -> bool:
+    def _start(self, reader: _Reader, text: str, out: list[ToolEvent], opener: str = "") -> bool:
         """Feed `text` to a new reader; True when it completed (buffer holds the rest)."""
         self._reader = reader
+        self._raw = opener + text
         self._at_start = False
         rest = reader.feed(text)
         self._pieces(reader, out)
@@ -137,6 +147,7 @@ class ToolCallParser:
         while self._buf:
             if self._reader is not None:
                 text, self._buf = self._buf, ""
+                self._raw += text
                 rest = self._reader.feed(text)
                 self._pieces(self._reader, out)
                 if rest is None:
@@ -167,7 +178,7 @@ class ToolCallParser:
             if idx >= 0:
                 self._text(out, self._buf[skip:lead + idx].rstrip(_WS))
                 self._after_call = False
-                if not self._start(fmt._reader(opener), body[idx + len(opener):], out):
+                if not self._start(fmt._reader(opener), body[idx + len(opener):], out, opener):
                     return
                 continue
 
