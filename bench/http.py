@@ -6,6 +6,10 @@ Three servers on the same GGUF, 2 threads, greedy, one request at a time:
   socket   `inferd serve`: v1 NDJSON over its Unix socket, the raw-prompt extension
   sse      the same daemon, `POST /v1/completions` with `stream: true` over loopback HTTP
   ollama   the same daemon, Ollama's `POST /api/generate` (`raw: true`, NDJSON lines)
+  chat     the socket again, the prompt sent as a user message (chat template applied):
+           the reference of the two chat-shaped APIs below
+  responses  OpenAI's `POST /v1/responses`, streamed semantic events
+  messages   Anthropic's `POST /v1/messages`, streamed events
   lcpp     `python -m llama_cpp.server` (FastAPI + uvicorn + sse-starlette), the same
            request to its /v1/completions
 Every leg sends the same raw prompt (no chat template, so every server feeds the model
@@ -74,9 +78,12 @@ class Ndjson:
     async def request(self, prompt: str, n: int, stream: bool = True) -> Run:
         return await asyncio.wait_for(self._request(prompt, n, stream), REQUEST_TIMEOUT_SECS)
 
+    def body(self, prompt: str, n: int, stream: bool) -> dict:
+        return {"id": "b", "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": stream}
+
     async def _request(self, prompt: str, n: int, stream: bool) -> Run:
         assert self.reader is not None and self.writer is not None
-        body = {"id": "b", "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": stream}
+        body = self.body(prompt, n, stream)
         start = time.perf_counter()
         self.writer.write(json.dumps(body).encode() + b"\n")
         first = last = None
@@ -153,7 +160,7 @@ class Http:
 
     async def _request(self, prompt: str, n: int, stream: bool) -> Run:
         assert self.reader is not None and self.writer is not None
-        start = self._post("/v1/completions", {"model": "m", "prompt": prompt, "max_tokens": n, "temperature": 0,
+        start = self._post("/v1/completions", {"prompt": prompt, "max_tokens": n, "temperature": 0,
                                                "stream": stream, "repeat_penalty": 1.0})
         headers = await self._head()
         if not stream:
@@ -164,9 +171,28 @@ class Http:
                        answer["choices"][0]["text"])
         first = last = None
         text: list[str] = []
-        buffered = b""
         usage_tokens = None
         done = False
+        async for now, payload in self._sse():
+            if payload == b"[DONE]":
+                done = True
+                continue
+            obj = json.loads(payload)
+            if obj.get("usage"):
+                usage_tokens = obj["usage"]["completion_tokens"]
+            for choice in obj.get("choices", ()):
+                if choice.get("text"):
+                    text.append(choice["text"])
+                    first = first or now
+                    last = now
+        if not done:
+            raise RuntimeError("stream ended without [DONE]")
+        count = usage_tokens if usage_tokens is not None else len(text)
+        return _run(start, first, last, count, text)
+
+    async def _sse(self):
+        """(arrival time, data payload) of each SSE `data:` line of the chunked body."""
+        buffered = b""
         async for chunk in self._chunks():
             now = time.perf_counter()
             buffered += chunk
@@ -175,24 +201,8 @@ class Http:
                     b"\r\n\r\n") < buffered.index(b"\n\n")) else b"\n\n"
                 event, buffered = buffered.split(sep, 1)
                 for line in event.splitlines():
-                    if not line.startswith(b"data: "):
-                        continue  # comments, pings
-                    payload = line[6:]
-                    if payload == b"[DONE]":
-                        done = True
-                        continue
-                    obj = json.loads(payload)
-                    if obj.get("usage"):
-                        usage_tokens = obj["usage"]["completion_tokens"]
-                    for choice in obj.get("choices", ()):
-                        if choice.get("text"):
-                            text.append(choice["text"])
-                            first = first or now
-                            last = now
-        if not done:
-            raise RuntimeError("stream ended without [DONE]")
-        count = usage_tokens if usage_tokens is not None else len(text)
-        return _run(start, first, last, count, text)
+                    if line.startswith(b"data: "):
+                        yield now, line[6:]  # comments and pings carry no data
 
     def close(self) -> None:
         if self.writer is not None:
@@ -203,7 +213,7 @@ class OllamaHttp(Http):
     """Ollama's /api/generate on the same connection kind: a raw prompt, NDJSON lines."""
 
     async def _request(self, prompt: str, n: int, stream: bool) -> Run:
-        start = self._post("/api/generate", {"model": "m", "prompt": prompt, "raw": True, "stream": stream,
+        start = self._post("/api/generate", {"model": MODEL[0], "prompt": prompt, "raw": True, "stream": stream,
                                              "options": {"num_predict": n, "temperature": 0}})
         headers = await self._head()
         if not stream:
@@ -230,6 +240,83 @@ class OllamaHttp(Http):
         if count is None:
             raise RuntimeError("stream ended without its done line")
         return _run(start, first, last, count, text)
+
+
+class ResponsesHttp(Http):
+    """OpenAI's Responses API: the prompt as the user's input, semantic SSE events."""
+
+    async def _request(self, prompt: str, n: int, stream: bool) -> Run:
+        start = self._post("/v1/responses", {"model": MODEL[0], "input": prompt, "max_output_tokens": n,
+                                             "temperature": 0, "stream": stream})
+        headers = await self._head()
+        if not stream:
+            answer = json.loads(await self._whole(headers))
+            out = "".join(p["text"] for item in answer["output"] for p in item.get("content", ()))
+            return Run((time.perf_counter() - start) * 1000, 0.0, answer["usage"]["output_tokens"], out)
+        first = last = None
+        text: list[str] = []
+        count = None
+        async for now, payload in self._sse():
+            obj = json.loads(payload)
+            if obj["type"] == "response.output_text.delta" and obj["delta"]:
+                text.append(obj["delta"])
+                first = first or now
+                last = now
+            elif obj["type"] == "response.completed":
+                count = obj["response"]["usage"]["output_tokens"]
+            elif obj["type"] in ("error", "response.failed"):
+                raise RuntimeError(obj)
+        if count is None:
+            raise RuntimeError("stream ended without response.completed")
+        return _run(start, first, last, count, text)
+
+
+class MessagesHttp(Http):
+    """Anthropic's Messages API: the prompt as the user's message, its SSE events."""
+
+    async def _request(self, prompt: str, n: int, stream: bool) -> Run:
+        start = self._post("/v1/messages", {"model": MODEL[0], "max_tokens": n, "temperature": 0, "stream": stream,
+                                            "messages": [{"role": "user", "content": prompt}]})
+        headers = await self._head()
+        if not stream:
+            answer = json.loads(await self._whole(headers))
+            out = "".join(b.get("text", "") for b in answer["content"])
+            return Run((time.perf_counter() - start) * 1000, 0.0, answer["usage"]["output_tokens"], out)
+        first = last = None
+        text: list[str] = []
+        count = None
+        async for now, payload in self._sse():
+            obj = json.loads(payload)
+            if obj["type"] == "content_block_delta" and obj["delta"].get("text"):
+                text.append(obj["delta"]["text"])
+                first = first or now
+                last = now
+            elif obj["type"] == "message_delta":
+                count = obj["usage"]["output_tokens"]
+            elif obj["type"] == "error":
+                raise RuntimeError(obj)
+        if count is None:
+            raise RuntimeError("stream ended without message_delta")
+        return _run(start, first, last, count, text)
+
+
+class NdjsonChat(Ndjson):
+    """The socket with the prompt as a chat message: what the chat-shaped APIs compare with."""
+
+    def body(self, prompt: str, n: int, stream: bool) -> dict:
+        return {"id": "b", "messages": [{"role": "user", "content": prompt}], "max_tokens": n, "temperature": 0,
+                "stream": stream}
+
+
+#: The served model's name, read from /v1/models once the daemon is up.
+MODEL: list[str] = ["default"]
+
+
+def served_model(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=10) as r:
+        return json.load(r)["data"][0]["id"]
 
 
 def _run(start: float, first: float | None, last: float | None, count: int, text: list[str]) -> Run:
@@ -278,8 +365,10 @@ def start_llama_cpp_server(model: str, args: argparse.Namespace) -> tuple[subpro
 
 
 async def bench(args: argparse.Namespace, sock: str, port: int, lcpp_port: int) -> dict[str, dict[str, list]]:
+    MODEL[0] = served_model(port)
     clients = {"socket": Ndjson(sock), "sse": Http("127.0.0.1", port), "ollama": OllamaHttp("127.0.0.1", port),
-               "lcpp": Http("127.0.0.1", lcpp_port)}
+               "lcpp": Http("127.0.0.1", lcpp_port), "chat": NdjsonChat(sock),
+               "responses": ResponsesHttp("127.0.0.1", port), "messages": MessagesHttp("127.0.0.1", port)}
     for c in clients.values():
         await c.open()
     streams: dict[str, list[Run]] = {k: [] for k in clients}
@@ -380,6 +469,7 @@ def transport(args: argparse.Namespace) -> int:
         sock, port, stop = _mock_daemon(parser, args.mock, d)
         try:
             async def legs() -> None:
+                MODEL[0] = await asyncio.to_thread(served_model, port)
                 clients = {f"socket ({parser} run)": Ndjson(sock), f"sse {parser}": Http("127.0.0.1", port),
                            f"ollama {parser}": OllamaHttp("127.0.0.1", port)}
                 for name, c in clients.items():
@@ -442,13 +532,15 @@ def main() -> int:
     print(f"prompt {PROMPT!r}  greedy  max_tokens {args.tokens}  threads {args.threads}  rounds {args.rounds}  "
           f"rtt x{args.rtt}")
     print_legs(streams, 8, (f"{'rtt ms (1 tok)':>16}", lambda name: f"{statistics.median(rtts[name]):16.2f}"))
-    for a, b in (("sse", "socket"), ("ollama", "socket"), ("sse", "lcpp"), ("socket", "lcpp")):
+    for a, b in (("sse", "socket"), ("ollama", "socket"), ("responses", "chat"), ("messages", "chat"),
+                 ("sse", "lcpp"), ("socket", "lcpp")):
         print(f"{a}/{b}: decode {med(a, 'decode_tps') / med(b, 'decode_tps'):.3f}   "
               f"ttft {med(b, 'ttft_ms') / med(a, 'ttft_ms'):.3f} (higher = {a} faster)   "
               f"rtt {statistics.median(rtts[b]) / statistics.median(rtts[a]):.3f} (higher = {a} faster)")
     texts = {name: runs[-1].text for name, runs in streams.items()}
     print("same text socket/sse:", texts["socket"] == texts["sse"], "  ollama:", texts["ollama"] == texts["sse"],
-          "  lcpp:", texts["lcpp"] == texts["sse"])
+          "  lcpp:", texts["lcpp"] == texts["sse"], "  chat/responses/messages:",
+          texts["chat"] == texts["responses"] == texts["messages"])
     return 0
 
 
