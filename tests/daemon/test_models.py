@@ -264,3 +264,19 @@ async def test_a_load_that_a_reload_overtakes_is_not_installed(daemon_factory, s
     assert err["code"] == "backend_unavailable" and "reloaded while it loaded" in err["message"]
     assert [e.label for e in d.server.router.entries] == ["chat"]
     assert (await roundtrip(d.infer, req("b", model="slow")))[-1]["backend"] == "slow"  # loads afresh
+
+
+async def test_ollama_listings_show_configured_models_and_what_is_loaded(daemon_factory, sockdir):
+    # /api/tags lists every configured model (Ollama lists what it can run); /api/ps
+    # only what is loaded, with expires_at while an idle model counts down.
+    d = await daemon_factory(config=write(sockdir, backends=[mock("chat"), mock("coder", on_demand=True)],
+                                          keep_alive="1h"), http="127.0.0.1:0")
+    async with httpx.AsyncClient(base_url=f"http://{d.server._surfaces[-1].address}") as c:
+        assert [m["name"] for m in (await c.get("/api/tags")).json()["models"]] == ["chat", "coder"]
+        assert [m["name"] for m in (await c.get("/api/ps")).json()["models"]] == ["chat"]
+        r = await c.post("/api/generate", json={"model": "coder", "prompt": "x", "stream": False})
+        assert r.status_code == 200 and r.json()["response"] == "from-coder"
+        ps = {m["name"]: m for m in (await c.get("/api/ps")).json()["models"]}
+        assert set(ps) == {"chat", "coder"} and "expires_at" in ps["coder"]
+        show = (await c.post("/api/show", json={"model": "coder:latest"})).json()
+        assert show["model_info"]["general.name"] == "coder"

@@ -16,6 +16,7 @@ router's entries today; the models-by-name registry (issue 20) replaces it there
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import time
@@ -78,13 +79,20 @@ class ModelCard:
     """One model as Ollama's listings describe it."""
 
     name: str
-    entry: BackendEntry
+    #: The backend serving it; None while the model is configured but not loaded.
+    entry: BackendEntry | None
     path: str | None
     size: int
     modified: float
+    #: Wall-clock time when an idle model is unloaded (issue 20); None: not counting down.
+    expires_at: float | None = None
+    #: Configured for embeddings (known before it loads).
+    embeds: bool = False
 
     @property
     def capabilities(self) -> list[str]:
+        if self.entry is None:  # what the config says; the rest is known once loaded
+            return ["completion"] + (["embedding"] if self.embeds else [])
         caps = self.entry.caps  # every backend here generates
         return ["completion"] + [name for name, has in (("tools", caps.tools), ("thinking", caps.thinking),
                                                          ("vision", caps.vision), ("embedding", caps.embed)) if has]
@@ -111,24 +119,41 @@ def _entry_path(entry: BackendEntry) -> str | None:
 
 
 def model_cards(ctx: DaemonContext) -> list[ModelCard]:
-    """Every model this daemon can serve. The one place these routes learn of models:
-    the router's entries today, the models-by-name registry when it lands."""
-    cards = []
-    for entry in ctx.router.entries:
-        path = _entry_path(entry)
-        try:
-            st = os.stat(path) if path else None
-        except OSError:
-            st = None
-        cards.append(ModelCard(entry.caps.model or entry.label, entry, path, st.st_size if st else 0,
-                               st.st_mtime if st else time.time()))
-    return cards
+    """Every configured model, loaded or not (the models catalog, issue 20); a bare
+    router without a catalog lists what it has loaded. The one place these routes
+    learn of models."""
+    models = ctx.models.catalog.models
+    if not models:
+        return [_card(e.caps.model or e.label, e, _entry_path(e)) for e in ctx.router.entries]
+    now, loop_now = time.time(), asyncio.get_running_loop().time()
+    return [_card(m.name, m.loaded, _entry_path(m.loaded) if m.loaded else _configured_path(m.entry),
+                  expires_at=None if m.expires_at is None else now + (m.expires_at - loop_now),
+                  embeds=m.can_embed)
+            for m in models]
+
+
+def _configured_path(entry: Any) -> str | None:
+    path = getattr(entry, "model_path", None)
+    return str(path) if path else None
+
+
+def _card(name: str, entry: BackendEntry | None, path: str | None, **extra: Any) -> ModelCard:
+    try:
+        st = os.stat(path) if path else None
+    except OSError:
+        st = None
+    return ModelCard(name, entry, path, st.st_size if st else 0, st.st_mtime if st else time.time(), **extra)
 
 
 def find_card(ctx: DaemonContext, name: str) -> ModelCard | None:
-    """By its name or its backend's label; Ollama's implied `:latest` tag is ignored."""
+    """By the name a request gives (the models catalog's rules, Ollama's implied
+    `:latest` tag included)."""
+    models = ctx.models.catalog.lookup(name) if ctx.models.catalog.models else None
     wanted = name.removesuffix(":latest")
-    return next((c for c in model_cards(ctx) if wanted in (c.name, c.entry.label)), None)
+    for card in model_cards(ctx):
+        if (models and card.name == models[0].name) or wanted in (card.name, card.entry and card.entry.label):
+            return card
+    return None
 
 
 def _iso(ts: float) -> str:
@@ -244,12 +269,12 @@ class OllamaRoutes:
              "details": c.details()} for c in model_cards(self.ctx)]})
 
     async def ps(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
-        # Loaded is ready; a loaded model stays until the daemon stops or reloads, so no
-        # expires_at is promised (ADR 0027).
+        # What is loaded and ready; `expires_at` when an idle model counts down (issue 20).
         await out.json(200, {"models": [
             {"name": c.name, "model": c.name, "size": c.size, "digest": c.digest, "details": c.details(),
-             "size_vram": c.size if c.entry.caps.gpu_layers else 0, "context_length": c.entry.caps.n_ctx}
-            for c in model_cards(self.ctx) if c.entry.backend.ready()]})
+             "size_vram": c.size if c.entry.caps.gpu_layers else 0, "context_length": c.entry.caps.n_ctx,
+             **({"expires_at": _iso(c.expires_at)} if c.expires_at is not None else {})}
+            for c in model_cards(self.ctx) if c.entry is not None and c.entry.backend.ready()]})
 
     async def show(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         body = parse(od.ShowRequest, await read_body(scope, receive))
@@ -260,7 +285,7 @@ class OllamaRoutes:
         if card is None:
             raise HttpError(404, f"model '{name}' not found", "not_found_error", "model_not_found", "model")
         info: dict[str, Any] = {"general.name": card.name}
-        if card.entry.caps.n_ctx:
+        if card.entry is not None and card.entry.caps.n_ctx:
             info["context_length"] = card.entry.caps.n_ctx
         await out.json(200, {"modelfile": "", "parameters": "", "template": "", "details": card.details(),
                              "model_info": info, "capabilities": card.capabilities,
