@@ -262,12 +262,12 @@ class ResponsesHttp(Http):
                 text.append(obj["delta"])
                 first = first or now
                 last = now
-            elif obj["type"] == "response.completed":
+            elif obj["type"] in ("response.completed", "response.incomplete"):
                 count = obj["response"]["usage"]["output_tokens"]
             elif obj["type"] in ("error", "response.failed"):
                 raise RuntimeError(obj)
         if count is None:
-            raise RuntimeError("stream ended without response.completed")
+            raise RuntimeError("stream ended without response.completed or .incomplete")
         return _run(start, first, last, count, text)
 
 
