@@ -242,62 +242,87 @@ class OllamaHttp(Http):
         return _run(start, first, last, count, text)
 
 
-class ResponsesHttp(Http):
+class _EventsHttp(Http):
+    """A chat-shaped API whose stream is typed SSE events: subclasses say where the text
+    and the final token count are."""
+
+    path = ""
+
+    def body(self, prompt: str, n: int, stream: bool) -> dict:
+        raise NotImplementedError
+
+    def whole(self, answer: dict) -> tuple[int, str]:
+        """(output tokens, text) of a whole answer."""
+        raise NotImplementedError
+
+    def event(self, obj: dict) -> tuple[str | None, int | None]:
+        """(a text piece, the final token count) of one event; raises on an error event."""
+        raise NotImplementedError
+
+    async def _request(self, prompt: str, n: int, stream: bool) -> Run:
+        start = self._post(self.path, self.body(prompt, n, stream))
+        headers = await self._head()
+        if not stream:
+            count, out = self.whole(json.loads(await self._whole(headers)))
+            return Run((time.perf_counter() - start) * 1000, 0.0, count, out)
+        first = last = None
+        text: list[str] = []
+        count = None
+        async for now, payload in self._sse():
+            piece, final = self.event(json.loads(payload))
+            if piece:
+                text.append(piece)
+                first = first or now
+                last = now
+            if final is not None:
+                count = final
+        if count is None:
+            raise RuntimeError(f"{self.path}: the stream ended without its final event")
+        return _run(start, first, last, count, text)
+
+
+class ResponsesHttp(_EventsHttp):
     """OpenAI's Responses API: the prompt as the user's input, semantic SSE events."""
 
-    async def _request(self, prompt: str, n: int, stream: bool) -> Run:
-        start = self._post("/v1/responses", {"model": MODEL[0], "input": prompt, "max_output_tokens": n,
-                                             "temperature": 0, "stream": stream})
-        headers = await self._head()
-        if not stream:
-            answer = json.loads(await self._whole(headers))
-            out = "".join(p["text"] for item in answer["output"] for p in item.get("content", ()))
-            return Run((time.perf_counter() - start) * 1000, 0.0, answer["usage"]["output_tokens"], out)
-        first = last = None
-        text: list[str] = []
-        count = None
-        async for now, payload in self._sse():
-            obj = json.loads(payload)
-            if obj["type"] == "response.output_text.delta" and obj["delta"]:
-                text.append(obj["delta"])
-                first = first or now
-                last = now
-            elif obj["type"] in ("response.completed", "response.incomplete"):
-                count = obj["response"]["usage"]["output_tokens"]
-            elif obj["type"] in ("error", "response.failed"):
-                raise RuntimeError(obj)
-        if count is None:
-            raise RuntimeError("stream ended without response.completed or .incomplete")
-        return _run(start, first, last, count, text)
+    path = "/v1/responses"
+
+    def body(self, prompt: str, n: int, stream: bool) -> dict:
+        return {"model": MODEL[0], "input": prompt, "max_output_tokens": n, "temperature": 0, "stream": stream}
+
+    def whole(self, answer: dict) -> tuple[int, str]:
+        return answer["usage"]["output_tokens"], "".join(
+            p["text"] for item in answer["output"] for p in item.get("content", ()))
+
+    def event(self, obj: dict) -> tuple[str | None, int | None]:
+        if obj["type"] in ("error", "response.failed"):
+            raise RuntimeError(obj)
+        if obj["type"] == "response.output_text.delta":
+            return obj["delta"], None
+        if obj["type"] in ("response.completed", "response.incomplete"):  # incomplete: max_output_tokens
+            return None, obj["response"]["usage"]["output_tokens"]
+        return None, None
 
 
-class MessagesHttp(Http):
+class MessagesHttp(_EventsHttp):
     """Anthropic's Messages API: the prompt as the user's message, its SSE events."""
 
-    async def _request(self, prompt: str, n: int, stream: bool) -> Run:
-        start = self._post("/v1/messages", {"model": MODEL[0], "max_tokens": n, "temperature": 0, "stream": stream,
-                                            "messages": [{"role": "user", "content": prompt}]})
-        headers = await self._head()
-        if not stream:
-            answer = json.loads(await self._whole(headers))
-            out = "".join(b.get("text", "") for b in answer["content"])
-            return Run((time.perf_counter() - start) * 1000, 0.0, answer["usage"]["output_tokens"], out)
-        first = last = None
-        text: list[str] = []
-        count = None
-        async for now, payload in self._sse():
-            obj = json.loads(payload)
-            if obj["type"] == "content_block_delta" and obj["delta"].get("text"):
-                text.append(obj["delta"]["text"])
-                first = first or now
-                last = now
-            elif obj["type"] == "message_delta":
-                count = obj["usage"]["output_tokens"]
-            elif obj["type"] == "error":
-                raise RuntimeError(obj)
-        if count is None:
-            raise RuntimeError("stream ended without message_delta")
-        return _run(start, first, last, count, text)
+    path = "/v1/messages"
+
+    def body(self, prompt: str, n: int, stream: bool) -> dict:
+        return {"model": MODEL[0], "max_tokens": n, "temperature": 0, "stream": stream,
+                "messages": [{"role": "user", "content": prompt}]}
+
+    def whole(self, answer: dict) -> tuple[int, str]:
+        return answer["usage"]["output_tokens"], "".join(b.get("text", "") for b in answer["content"])
+
+    def event(self, obj: dict) -> tuple[str | None, int | None]:
+        if obj["type"] == "error":
+            raise RuntimeError(obj)
+        if obj["type"] == "content_block_delta":
+            return obj["delta"].get("text"), None
+        if obj["type"] == "message_delta":
+            return None, obj["usage"]["output_tokens"]
+        return None, None
 
 
 class NdjsonChat(Ndjson):
