@@ -19,7 +19,7 @@ TimeoutError) and closes the connection.
 from inferd.proto.admin import AdminEvent
 from inferd.proto.embed import EmbeddingsFrame, EmbedErrorFrame, EmbedRequest, EmbedResponse, EmbedTask, EmbedUsage
 from inferd.proto.endpoints import default_admin_addr, default_embed_addr, default_inference_addr, default_v2_addr
-from inferd.proto.errors import EmbedErrorCode, ErrorCode
+from inferd.proto.errors import EmbedErrorCode, ErrorCode, ProtoError
 from inferd.proto.framing import MAX_FRAME_BYTES
 from inferd.proto.v1 import (
     VALID_IMAGE_TOKEN_BUDGETS,
@@ -28,6 +28,7 @@ from inferd.proto.v1 import (
     ErrorFrame,
     Message,
     Request,
+    Resolved,
     Response,
     ResponseFormat,
     Role,
@@ -69,6 +70,7 @@ from inferd.proto.v2 import (
 )
 
 from .admin import SNAPSHOT_TIMEOUT, AdminClient, AdminSnapshot
+from .budget import ImageTokenBudget
 from .client import Client, FrameStream
 from .client_v2 import ClientV2, FrameStreamV2, FrameV2Any
 from .embed import EmbedClient
@@ -77,6 +79,7 @@ from .errors import (
     ClientDecodeError,
     ClientError,
     ClientTimeout,
+    ConnectionLost,
     ConnectTimeout,
     ReadTimeout,
     UnexpectedEof,
@@ -84,7 +87,7 @@ from .errors import (
 )
 from .events import EngineEvent, engine_events
 from .transport import DEFAULT_CONNECT_TIMEOUT, DEFAULT_READ_TIMEOUT, DEFAULT_WRITE_TIMEOUT
-from .wait import WaitPermanent, WaitTimeout, dial_and_wait_ready, is_transient_dial_error
+from .wait import WaitError, WaitPermanent, WaitTimeout, dial_and_wait_ready, is_transient_dial_error
 
 __all__ = [
     "AdminClient",
@@ -98,6 +101,11 @@ __all__ = [
     "ClientDecodeError",
     "ClientError",
     "ClientTimeout",
+    "ConnectionLost",
+    "ImageTokenBudget",
+    "ProtoError",
+    "Resolved",
+    "WaitError",
     "ClientV2",
     "ConnectTimeout",
     "ContentBlock",

@@ -1,8 +1,11 @@
 """Errors raised by the client library.
 
-Transport failures are left as the OSError subclasses the platform raises
-(ConnectionRefusedError, FileNotFoundError, ...) so `is_transient_dial_error` and
-callers can tell "daemon not up yet" from "you may not talk to it".
+Every failure of an open connection is a ClientError (seed 003): a reset or broken
+connection mid-request is ConnectionLost, which is also the builtin ConnectionError
+(so `except OSError` keeps working). Dialing is the one place platform errors are
+left as they are (ConnectionRefusedError, FileNotFoundError, ...) so
+`is_transient_dial_error` and callers can tell "daemon not up yet" from "you may not
+talk to it"; `dial_and_wait_ready` turns them into WaitError.
 
 Timeouts are the exception to that rule: they are raised as our own types, which
 are at once ClientError (so `except ClientError` sees every failure of the
@@ -15,6 +18,15 @@ from __future__ import annotations
 
 class ClientError(Exception):
     """Base class for protocol-level failures seen by a client."""
+
+
+class ConnectionLost(ClientError, ConnectionError):
+    """The connection failed under a request (reset by the peer, broken pipe): the
+    request did not complete. Also the builtin ConnectionError."""
+
+    def __init__(self, message: str) -> None:
+        # One argument only: OSError reads two as (errno, strerror).
+        super().__init__(message)
 
 
 class UnexpectedEof(ClientError):

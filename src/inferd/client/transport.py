@@ -39,7 +39,8 @@ from inferd.proto.endpoints import parse_tcp_addr  # the daemon binds by the sam
 from inferd.proto.errors import FrameTooLarge
 from inferd.proto.framing import MAX_FRAME_BYTES, STREAM_LIMIT, FrameReader
 
-from .errors import ClientDecodeError, ClientError, ClientTimeout, ConnectTimeout, ReadTimeout, WriteTimeout
+from .errors import (ClientDecodeError, ClientError, ClientTimeout, ConnectionLost, ConnectTimeout, ReadTimeout,
+                     WriteTimeout)
 
 TcpAddr = Union[str, tuple[str, int]]
 StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -291,18 +292,21 @@ class Connection:
     async def send(self, line: bytes) -> None:
         if self._closed:
             raise ClientError("connection is closed")
-        self._writer.write(line)
         timeout = self._write_timeout
-        if timeout is None:
-            await self._writer.drain()
-            return
         try:
+            self._writer.write(line)
+            if timeout is None:
+                await self._writer.drain()
+                return
             await bounded(self._writer.drain(), timeout, lambda: WriteTimeout(
                 f"the daemon did not take the request within {timeout:g}s (write timeout)", timeout
             ))
         except ClientTimeout:
             self.abort()
             raise
+        except OSError as exc:
+            self.abort()
+            raise ConnectionLost(f"the connection to the daemon failed while sending: {exc}") from exc
 
     async def recv(self, timeout: float | None | Unset = UNSET) -> bytes | None:
         """The next frame's bytes, or None at a clean EOF.
@@ -324,6 +328,9 @@ class Connection:
             # Part of a frame may have been consumed: the stream is out of step.
             self.abort()
             raise
+        except OSError as exc:
+            self.abort()
+            raise ConnectionLost(f"the connection to the daemon failed while reading: {exc}") from exc
 
     def close(self) -> None:
         """Drop the connection; for a running request this is the cancel signal."""

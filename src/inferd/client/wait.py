@@ -12,7 +12,7 @@ import errno
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .errors import ConnectTimeout
+from .errors import ClientError, ConnectTimeout
 from .transport import bounded, check_timeout
 
 T = TypeVar("T")
@@ -44,7 +44,11 @@ _TRANSIENT_MESSAGES = (
 )
 
 
-class WaitTimeout(TimeoutError):
+class WaitError(ClientError):
+    """`dial_and_wait_ready` gave up: WaitTimeout or WaitPermanent (seed 003)."""
+
+
+class WaitTimeout(WaitError, TimeoutError):
     """The daemon did not accept a connection within `timeout` seconds."""
 
     def __init__(self, timeout: float) -> None:
@@ -52,7 +56,7 @@ class WaitTimeout(TimeoutError):
         self.timeout = timeout
 
 
-class WaitPermanent(Exception):
+class WaitPermanent(WaitError):
     """Dialing failed in a way retrying cannot fix; the original is `.error`."""
 
     def __init__(self, error: BaseException) -> None:
