@@ -27,7 +27,9 @@ def test_grammar_limits():
 
 def test_settings_defaults_follow_upstream():
     s = LlamaCppSettings(model_path="m.gguf")
+    # No configured seed: a request without one samples afresh (issue 21, ADR 0026),
+    # where upstream used 0xDEADBEEF for every request.
     assert (s.n_ctx, s.n_gpu_layers, s.seed, s.embed, s.embed_n_ctx, s.n_batch) == (
-        8192, 0, 0xDEADBEEF, False, 2048, 512)
+        8192, 0, None, False, 2048, 512)
     assert s.threads() >= 1 and s.threads_batch() == s.threads()
     assert LlamaCppSettings(model_path="m", n_threads=3).threads_batch() == 3

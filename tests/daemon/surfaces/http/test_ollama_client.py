@@ -102,9 +102,13 @@ async def test_embed_and_the_old_embeddings(client, name):
     assert old.embedding == pytest.approx(r.embeddings[0], rel=1e-4, abs=1e-5)
 
 
-async def test_list_ps_show(client, name, model_path):
-    listed = await client.list()
-    (model,) = listed.models
+async def test_list_ps_show(client, name, daemon, model_path):
+    # The listings show the catalog's name (the config entry's, issue 20); the name
+    # the model reports (`name`) is one more name a request may give.
+    (listed,) = [m.name for m in daemon.server.ctx.models.catalog.models]
+    (model,) = (await client.list()).models
+    assert (await client.show(name)).modelinfo["general.name"] == listed
+    name = listed
     assert model.model == name and model.size == os.path.getsize(model_path) and model.details.format == "gguf"
     running = await client.ps()
     assert [m.model for m in running.models] == [name] and running.models[0].context_length == 2048
