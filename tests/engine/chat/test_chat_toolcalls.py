@@ -256,7 +256,6 @@ def test_mistral_text_with_brackets_is_text():
 @pytest.mark.parametrize("text, match", [
     ("[TOOL_CALLS]", "ended right after"),
     ("[TOOL_CALLS]   ", "ended right after"),
-    ("[TOOL_CALLS][]", "empty list"),
     ('[TOOL_CALLS][{"name": "f", "arguments": {}}', "unterminated"),
     ('[TOOL_CALLS]get weather[ARGS]{}', "bad tool name"),
     ('[TOOL_CALLS]get_weather [ARGS]{}', "bad tool name"),
@@ -514,6 +513,11 @@ def test_an_empty_call_region_is_no_call(body):
         parser.push(piece)
     parser.finish()
     assert not parser.saw_tool_call
+
+
+def test_mistrals_empty_call_list_is_no_call():
+    events = normalize(parse(MISTRAL, "Checking.[TOOL_CALLS][]"))
+    assert calls(events) == [] and events == [TextDelta("Checking.")]
 
 
 def test_a_call_cut_by_the_token_limit_comes_out_as_text():

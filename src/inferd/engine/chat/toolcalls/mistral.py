@@ -38,7 +38,7 @@ class _MistralRegion(_Reader):
     def _array(self, value: Any) -> list[tuple[str, dict[str, Any]]]:
         items = value if isinstance(value, list) else [value]
         if not items:
-            raise ToolCallMalformed("[TOOL_CALLS] holds an empty list")
+            return []  # names no tool: no call, as an empty <tool_call></tool_call> (ADR 0026)
         return [_call_from_object(item) for item in items]
 
     def _named(self, value: Any) -> list[tuple[str, dict[str, Any]]]:
