@@ -200,7 +200,7 @@ async def test_a_request_in_flight_in_two_crashes_is_refused_after(daemon_factor
 async def test_a_hung_decode_is_ended_by_the_watchdog(daemon_factory, model_path, monkeypatch):
     d = await serve(daemon_factory, model_path, monkeypatch, "hang:2@HANG", watchdog_secs=1.5)
     backend = d.server.router.entries[0].backend
-    frames = await roundtrip(d.infer, req("h", "HANG here", max_tokens=16), timeout=60)
+    frames = await roundtrip(d.infer, req("h", "HANG here", temperature=0, max_tokens=16), timeout=60)
     assert frames[-1]["type"] == "error" and frames[-1]["message"] == "engine hung: no decode step for 1.5 s"
     assert any(f["type"] == "token" for f in frames)
     await wait_until(lambda: backend.capabilities().runner.state == "ready", 60)
