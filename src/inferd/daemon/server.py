@@ -41,6 +41,7 @@ from .net.listeners import (MAX_ADMIN_CONNECTIONS, ConnectionTracker, Listener, 
                             bind_tcp, bind_unix)
 from .loader import LoadError, Planned, build_all, construct_all, prepare_all, stop_quietly
 from .lock import InstanceLock, LockError
+from .net.buffers import ByteBudget
 from .net.paths import SocketPathError
 from .net.peercred import PeerPolicy, resolve_group
 from .pipeline import run as pipeline
@@ -206,6 +207,8 @@ class Server:
             group_gid=group_gid,
             activity=self.activity,
             max_connections=opts.max_connections or None,
+            read_timeout=opts.read_timeout_secs or None,
+            budget=ByteBudget(int(opts.buffer_budget_mib * (1 << 20))),
         )
 
     async def _bind_admin(self) -> Listener:
@@ -218,7 +221,8 @@ class Server:
         # The admin socket is the owner's alone: same-uid peers only, mode 0600.
         sec = ListenerSecurity(write_timeout=self.write_timeout or 60.0,
                                peer_policy=self._security.peer_policy and PeerPolicy(uid=os.getuid()),
-                               activity=self.activity, max_connections=MAX_ADMIN_CONNECTIONS)
+                               activity=self.activity, max_connections=MAX_ADMIN_CONNECTIONS,
+                               refusals=self._security.refusals)
         if sys.platform == "win32" and (self.opts.pipe or addr.startswith("\\\\.\\pipe\\")):
             return await bind_pipe(addr, "admin", handler, sec=sec, tracker=self.tracker)
         return await bind_unix(addr, "admin", handler, mode=0o600, sec=sec, tracker=self.tracker)
