@@ -43,7 +43,9 @@ async def serve_requests(conn: PeerConnection, parse: Callable[[bytes], R],
                 line = await frames.read_frame()
             except (FrameTooLarge, BufferBudgetFull, ReadTimedOut) as exc:
                 # F-1/F-22: too long, no room left in the daemon's buffer budget, or too
-                # slow: one error frame (id ""), then the connection closes.
+                # slow: one error frame (id ""), then the connection closes; the refusal
+                # is logged through the daemon's one throttle.
+                conn.refused(_REFUSALS[type(exc)], exc.message)
                 await conn.send(encode_error("", exc.code, exc.message))
                 return
             if line is None:

@@ -64,6 +64,10 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/health": ("GET", "health"),
     "/metrics": ("GET", "metrics"),
 }
+#: Header fields one request may carry. h11 bounds a head that arrives in pieces to
+#: 16 KiB, but parses a head that arrives in one read whole (up to 256 KiB, ~30,000
+#: fields); no client needs more than a few dozen.
+MAX_HEADERS = 256
 PUBLIC_ROUTES = frozenset({"health"})  # no API key needed: it says "up" and nothing else
 LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 
@@ -171,6 +175,9 @@ class HttpApp:
     async def _dispatch(self, scope: dict[str, Any], receive: Receive, out: Responder,
                         peer: HttpPeer | None) -> None:
         headers = scope["headers"]
+        if len(headers) > MAX_HEADERS:
+            raise HttpError(431, f"a request may carry at most {MAX_HEADERS} header fields",
+                            code="too_many_headers", headers=[CLOSE])
         if header(scope, b"transfer-encoding") is not None and header(scope, b"content-length") is not None:
             # Request smuggling: which of the two frames the body is a matter of opinion
             # between parsers; refuse, and close (RFC 9112 6.1). Conflicting lengths are
