@@ -324,6 +324,11 @@ class HttpApp:
             raise exc
         refused = pipeline.result()
         if refused is not None:
+            if out.status and not out.gone:
+                # Ended after its stream began (evicted past a drain deadline on SIGTERM or
+                # SIGHUP): the status is sent, so the stream's own error event says it.
+                await sink.fail(refused.kind, refused.message)
+                return
             raise HttpError.from_fault(refused.kind, refused.message)
 
     # ---- embeddings ----------------------------------------------------------------------
