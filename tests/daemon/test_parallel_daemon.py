@@ -275,3 +275,28 @@ async def test_flash_attn_key_is_a_switch_and_the_flag_sets_it():
         LlamaCppEntry(kind="llamacpp", model_path="/m.gguf", flash_attn="sometimes")
     cfg, _ = effective_config(ServeOptions(backend="llamacpp", model_path="/m.gguf", llamacpp={"flash_attn": False}))
     assert isinstance(cfg, ConfigFile) and cfg.backends[0].flash_attn is False
+
+
+async def test_a_prompt_that_overflows_its_slot_ends_only_that_request(daemon):
+    """Issue 19: while two clients decode, one prompt longer than a slot's context and
+    one that fits but leaves its reply a few tokens: the first is refused with
+    `invalid_request` naming the context, the second stops at the context's end with
+    `length`, and the two others get their single-client text."""
+    alone = [(await roundtrip(daemon.infer, chat(f"c{i}", p), timeout=120))[-1] for i, p in enumerate(PROMPTS[:2])]
+    over = " ".join(["the"] * (N_CTX + 200))
+    edge = " ".join(["the"] * (N_CTX - 60))
+    async with held(daemon, 3):
+        conns = [await send(daemon.infer, chat(f"o{i}", p)) for i, p in enumerate(PROMPTS[:2])]
+        full = await send(daemon.infer, chat("edge", edge, max_tokens=400))
+        too_long = await send(daemon.infer, chat("over", over))
+    frames = await asyncio.gather(*(read_until_terminal(r, timeout=180) for r, _ in [*conns, full, too_long]))
+    for _, w in [*conns, full, too_long]:
+        w.close()
+    *others, edge_frames, over_frames = frames
+    assert [f[-1]["content"] for f in others] == [a["content"] for a in alone]
+    refusal = over_frames[-1]
+    assert refusal["type"] == "error" and refusal["code"] == "invalid_request" and "context" in refusal["message"]
+    done = edge_frames[-1]
+    assert done["type"] == "done" and done["stop_reason"] == "length", done
+    assert done["context"]["used"] <= done["context"]["max"] == N_CTX
+    assert daemon.server.router.outstanding == 0

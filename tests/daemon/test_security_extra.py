@@ -7,18 +7,15 @@ import logging
 
 from daemon_harness import dial, line, read_until_terminal, req, reserved_port, wait_until
 
-from inferd.daemon.net import listeners
 
-
-async def test_tcp_client_that_never_authenticates_is_dropped(daemon_factory, monkeypatch):
+async def test_tcp_client_that_never_authenticates_is_dropped(daemon_factory):
     """F-8: a connection that sends no auth frame cannot sit on a socket forever."""
-    monkeypatch.setattr(listeners, "AUTH_TIMEOUT_SECS", 0.3)
     with reserved_port() as port:
-        await daemon_factory(tcp=f"127.0.0.1:{port}", api_key="k-123456")
+        await daemon_factory(tcp=f"127.0.0.1:{port}", api_key="k-123456", read_timeout_secs=0.3)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     # Closed, and not one byte sent; the bound is far past the 0.3 s deadline and far
     # short of the default one, so only the deadline under test can pass it.
-    assert await asyncio.wait_for(reader.read(), listeners.AUTH_TIMEOUT_SECS + 4.7) == b""
+    assert await asyncio.wait_for(reader.read(), 0.3 + 4.7) == b""
     writer.close()
 
 

@@ -60,6 +60,8 @@ def serve(
     write_timeout_secs: Annotated[float, typer.Option("--write-timeout-secs", envvar="INFERD_WRITE_TIMEOUT_SECS", min=0, help="0 = unbounded")] = 60.0,
     drain_timeout_secs: Annotated[float, typer.Option("--drain-timeout-secs", envvar="INFERD_DRAIN_TIMEOUT_SECS", min=0)] = 30.0,
     max_connections: Annotated[int, typer.Option("--max-connections", envvar="INFERD_MAX_CONNECTIONS", min=0, help="open client connections at most (0 = unbounded)")] = 256,
+    read_timeout_secs: Annotated[float, typer.Option("--read-timeout-secs", envvar="INFERD_READ_TIMEOUT_SECS", min=0, help="seconds a client may take to send a request it began (0 = unbounded)")] = 30.0,
+    buffer_budget_mib: Annotated[float, typer.Option("--buffer-budget-mib", envvar="INFERD_BUFFER_BUDGET_MIB", min=0, help="MiB of unfinished requests held at once, across clients (0 = unbounded)")] = 256.0,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="INFERD_API_KEY", help="required first frame on TCP; Authorization: Bearer on HTTP", show_default=False)] = None,
     group: Annotated[Optional[str], typer.Option("--group", envvar="INFERD_GROUP", help="admit this group's users; chown inference sockets to it")] = None,
     allow_uid: Annotated[Optional[list[int]], typer.Option("--allow-uid", help="also admit this uid (repeatable)")] = None,
@@ -106,7 +108,8 @@ def serve(
         ollama_port=OLLAMA_PORT if ollama else None,
         active_permits=active_permits, queue_depth=queue_depth, ready_timeout_secs=ready_timeout_secs,
         write_timeout_secs=write_timeout_secs, drain_timeout_secs=drain_timeout_secs,
-        max_connections=max_connections, api_key=api_key,
+        max_connections=max_connections, read_timeout_secs=read_timeout_secs, buffer_budget_mib=buffer_budget_mib,
+        api_key=api_key,
         group=group, allow_uids=list(allow_uid or []), model_path=model_path, model_sha256=model_sha256,
         llamacpp={k: v for k, v in llamacpp.items() if v is not None},
     )

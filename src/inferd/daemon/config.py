@@ -375,6 +375,11 @@ class ServeOptions:
     write_timeout_secs: float = 60.0
     drain_timeout_secs: float = 30.0
     max_connections: int = 256  # 0 = unbounded
+    #: F-22: how long a peer may take to send what it began (an HTTP head or body, an
+    #: NDJSON line past 64 KiB, the TCP auth frame); 0 = unbounded.
+    read_timeout_secs: float = 30.0
+    #: F-22: MiB that unfinished frames and bodies may hold across the daemon; 0 = unbounded.
+    buffer_budget_mib: float = 256.0
     api_key: str | None = None
     group: str | None = None
     allow_uids: list[int] = field(default_factory=list)

@@ -42,6 +42,7 @@ from .net.listeners import (MAX_ADMIN_CONNECTIONS, ConnectionTracker, Listener, 
 from .loader import LoadError, Planned, boot_config, build_all, build_one, construct_all, prepare_all, stop_quietly
 from .models.catalog import Model
 from .lock import InstanceLock, LockError
+from .net.buffers import ByteBudget
 from .net.paths import SocketPathError
 from .net.peercred import PeerPolicy, resolve_group
 from .pipeline import run as pipeline
@@ -56,6 +57,7 @@ READY_POLL_SECS = 0.05
 # backends are stopped anyway.
 EVICT_GRACE_SECS = 5.0
 RELOAD_EVICTED = "cancelled: the model is being reloaded and the drain deadline passed"
+SHUTDOWN_EVICTED = "cancelled: the daemon is shutting down and the drain deadline passed"
 
 
 class BootError(Exception):
@@ -211,6 +213,8 @@ class Server:
             group_gid=group_gid,
             activity=self.activity,
             max_connections=opts.max_connections or None,
+            read_timeout=opts.read_timeout_secs or None,
+            budget=ByteBudget(int(opts.buffer_budget_mib * (1 << 20))),
         )
 
     async def _bind_admin(self) -> Listener:
@@ -223,7 +227,8 @@ class Server:
         # The admin socket is the owner's alone: same-uid peers only, mode 0600.
         sec = ListenerSecurity(write_timeout=self.write_timeout or 60.0,
                                peer_policy=self._security.peer_policy and PeerPolicy(uid=os.getuid()),
-                               activity=self.activity, max_connections=MAX_ADMIN_CONNECTIONS)
+                               activity=self.activity, max_connections=MAX_ADMIN_CONNECTIONS,
+                               refusals=self._security.refusals)
         if sys.platform == "win32" and (self.opts.pipe or addr.startswith("\\\\.\\pipe\\")):
             return await bind_pipe(addr, "admin", handler, sec=sec, tracker=self.tracker)
         return await bind_unix(addr, "admin", handler, mode=0o600, sec=sec, tracker=self.tracker)
@@ -397,8 +402,15 @@ class Server:
     async def _quiesce(self) -> None:
         """Stop accepting and let admitted requests finish, within the drain deadline."""
         self.router.close_admission()
+        # The HTTP listener's server task ends once uvicorn has finished its responses.
+        http_done = [t for lst in self._surfaces if (t := getattr(lst, "uvicorn_task", None)) is not None]
         self._close_surfaces()
         await self._wait_idle(self.router.entries)
+        # Issue 19: what outlived the drain deadline ends with an error its client can
+        # read (an error frame, an SSE error event), not with a connection cut mid-stream.
+        await self._evict(self.router.entries, SHUTDOWN_EVICTED, "shutdown_evicted")
+        if http_done:  # an HTTP response is written by its own task: let it finish (bounded)
+            await asyncio.wait(http_done, timeout=EVICT_GRACE_SECS)
         await self.tracker.cancel(INFERENCE_SURFACES)
 
     async def _wait_idle(self, entries: list[BackendEntry]) -> None:
@@ -464,7 +476,7 @@ class Server:
         self.router.pause()
         try:
             await self._wait_idle(old_entries)
-            await self._evict(old_entries)
+            await self._evict(old_entries, RELOAD_EVICTED, "reload_evicted")
             self.ctx.models.detach()
             # ...and any model that finished loading on demand since the reload began.
             old_entries += [e for e in self.router.entries if e not in old_entries]
@@ -490,20 +502,21 @@ class Server:
         else:
             self.activity.logger.info("reloaded from %s", source, extra=activity_record("lifecycle", "reloaded", source=source))
 
-    async def _evict(self, entries: list[BackendEntry]) -> None:
-        """Past the drain deadline, end what still runs on the old backends (each client
-        gets an error frame and keeps its connection), so that stopping them really frees
-        their models instead of leaving one loaded beside the new (issue 8 item 7, F-13)."""
+    async def _evict(self, entries: list[BackendEntry], reason: str, record: str) -> None:
+        """Past the drain deadline, end what still runs on `entries` (each client gets an
+        error frame and keeps its connection): on reload, so that stopping the old
+        backends really frees their models instead of leaving one loaded beside the new
+        (issue 8 item 7, F-13); on shutdown, so that clients read why (issue 19)."""
         if not any(e.admission.outstanding for e in entries):
             return
-        n = pipeline.evict(entries, RELOAD_EVICTED)
-        self.activity.logger.warning("reload: cancelled %d request(s) still running on the previous model", n,
-                                     extra=activity_record("lifecycle", "reload_evicted", requests=n))
+        n = pipeline.evict(entries, reason)
+        self.activity.logger.warning("cancelled %d request(s) past the drain deadline: %s", n, reason,
+                                     extra=activity_record("lifecycle", record, requests=n))
         try:
             async with asyncio.timeout(EVICT_GRACE_SECS):
                 await self.router.wait_idle(entries)
         except TimeoutError:
-            log.warning("reload: %d request(s) did not end within %gs of being cancelled",
+            log.warning("%d request(s) did not end within %gs of being cancelled",
                         sum(e.admission.outstanding for e in entries), EVICT_GRACE_SECS)
 
     async def _construct_ready(self, planned: list[Planned], sink: Any) -> list[BackendEntry]:

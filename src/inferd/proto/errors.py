@@ -51,6 +51,29 @@ class FrameTooLarge(ProtoError):
         self.cap = cap
 
 
+class ReadTimedOut(ProtoError):
+    """A peer began a frame and did not finish it within the read timeout (F-22)."""
+
+    code = ErrorCode.INVALID_REQUEST
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"frame not completed within {seconds:g} s (the read timeout); send whole lines")
+        self.seconds = seconds
+
+
+class BufferBudgetFull(ProtoError):
+    """The daemon-wide budget for partial frames is in use: this frame is refused (F-22).
+
+    `queue_full`, as a full queue is: the daemon is at capacity and a retry may succeed."""
+
+    code = ErrorCode.QUEUE_FULL
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the daemon already holds {limit} bytes of unfinished requests (its buffer budget); "
+                         "retry later")
+        self.limit = limit
+
+
 class DecodeError(ProtoError):
     """The line is not JSON of the expected shape; the connection is closed after it."""
 

@@ -4,20 +4,36 @@ THREAT_MODEL F-1: the reader never holds more than the cap for one line. asyncio
 StreamReader keeps at most ~2x its (64 KiB) limit in its own buffer before pausing the
 transport, and our accumulator refuses to grow past the cap, so an endless line costs
 at most cap + 128 KiB before the connection is answered with `frame_too_large`.
+
+F-22: a line longer than the stream limit is the expensive kind, so only there a
+reader may be given a `budget` (the daemon's ByteBudget: bytes are taken from it
+before they are kept, given back once the line is whole or refused; `BufferBudgetFull`
+when none is left) and a `deadline` (seconds for the rest of the line once its first
+64 KiB are in; `ReadTimedOut` past it). A shorter partial line sits in asyncio's own
+bounded buffer and is an idle connection's business (F-17).
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 
 from pydantic import BaseModel
 
-from .errors import FrameTooLarge
+from .errors import BufferBudgetFull, FrameTooLarge, ReadTimedOut
 
 MAX_FRAME_BYTES = 64 << 20  # 67,108,864
 
 # asyncio's default StreamReader limit; chosen explicitly so listeners and clients agree.
 STREAM_LIMIT = 64 * 1024
+
+
+class Budget(Protocol):
+    limit: int | None
+
+    def take(self, n: int) -> bool: ...
+
+    def give(self, n: int) -> None: ...
 
 
 class FrameReader:
@@ -28,11 +44,14 @@ class FrameReader:
     line returns that line as a final frame (upstream-protocol §3.1).
     """
 
-    __slots__ = ("_reader", "_cap")
+    __slots__ = ("_reader", "_cap", "_budget", "_deadline")
 
-    def __init__(self, reader: asyncio.StreamReader, cap: int = MAX_FRAME_BYTES) -> None:
+    def __init__(self, reader: asyncio.StreamReader, cap: int = MAX_FRAME_BYTES, *,
+                 budget: Budget | None = None, deadline: float | None = None) -> None:
         self._reader = reader
         self._cap = cap
+        self._budget = budget
+        self._deadline = deadline
 
     async def read_frame(self) -> bytes | None:
         reader = self._reader
@@ -48,25 +67,44 @@ class FrameReader:
         return line[:-1]
 
     async def _read_long(self, available: int) -> bytes | None:
-        """Slow path for lines longer than the StreamReader limit."""
+        """Slow path for lines longer than the StreamReader limit, within the deadline."""
+        if self._deadline is None:
+            return await self._accumulate(available)
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await self._accumulate(available)
+        except TimeoutError:
+            raise ReadTimedOut(self._deadline) from None
+
+    async def _accumulate(self, available: int) -> bytes | None:
+        budget = self._budget
         cap = self._cap
         buf = bytearray()
-        while True:
-            if len(buf) + available > cap:
-                raise FrameTooLarge(cap)
-            buf += await self._reader.readexactly(available)
-            try:
-                tail = await self._reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError as exc:
-                available = exc.consumed
-                continue
-            except asyncio.IncompleteReadError as exc:
-                return self._final(exc.partial, bytes(buf))
-            if len(buf) + len(tail) - 1 > cap:
-                raise FrameTooLarge(cap)
-            buf += tail
-            del buf[-1]  # the newline; in place, so the line is copied once, not twice
-            return bytes(buf)
+        taken = 0
+        try:
+            while True:
+                if len(buf) + available > cap:
+                    raise FrameTooLarge(cap)
+                if budget is not None:
+                    if not budget.take(available):
+                        raise BufferBudgetFull(budget.limit or 0)
+                    taken += available
+                buf += await self._reader.readexactly(available)
+                try:
+                    tail = await self._reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as exc:
+                    available = exc.consumed
+                    continue
+                except asyncio.IncompleteReadError as exc:
+                    return self._final(exc.partial, bytes(buf))
+                if len(buf) + len(tail) - 1 > cap:
+                    raise FrameTooLarge(cap)
+                buf += tail
+                del buf[-1]  # the newline; in place, so the line is copied once, not twice
+                return bytes(buf)
+        finally:
+            if taken:
+                budget.give(taken)  # type: ignore[union-attr]
 
     def _final(self, partial: bytes, head: bytes) -> bytes | None:
         if not partial and not head:

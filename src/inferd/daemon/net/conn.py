@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
+from .buffers import ByteBudget
 from .peercred import PeerCred
 
 log = logging.getLogger("inferd.conn")
@@ -60,7 +61,8 @@ async def bounded(waiting: Awaitable[None], transport: asyncio.WriteTransport, t
 
 
 class PeerConnection:
-    __slots__ = ("reader", "writer", "surface", "transport_kind", "peer", "write_timeout", "conn_id")
+    __slots__ = ("reader", "writer", "surface", "transport_kind", "peer", "write_timeout", "read_timeout", "budget",
+                 "on_refusal", "conn_id")
 
     def __init__(
         self,
@@ -71,6 +73,8 @@ class PeerConnection:
         transport_kind: str,
         peer: PeerCred | None = None,
         write_timeout: float | None = None,
+        read_timeout: float | None = None,
+        budget: ByteBudget | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -78,6 +82,12 @@ class PeerConnection:
         self.transport_kind = transport_kind
         self.peer = peer
         self.write_timeout = write_timeout if write_timeout else None
+        # F-22: how long the rest of a long frame may take, and the daemon's byte budget.
+        self.read_timeout = read_timeout if read_timeout else None
+        self.budget = budget
+        #: Told of a refusal on this connection (its name, a sentence): the listener
+        #: logs it through the daemon's one throttle.
+        self.on_refusal: Callable[[str, str], None] | None = None
         self.conn_id = next(_ids)
 
     @property
@@ -95,6 +105,10 @@ class PeerConnection:
         # A stream writer buffers first and waits after (drain), so the check follows the write.
         if write_may_wait(transport):
             await bounded(writer.drain(), transport, self.write_timeout)
+
+    def refused(self, name: str, message: str) -> None:
+        if self.on_refusal is not None:
+            self.on_refusal(name, message)
 
     def abort(self) -> None:
         try:

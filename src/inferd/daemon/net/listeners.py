@@ -22,6 +22,8 @@ from ...proto.endpoints import parse_tcp_addr
 from ...proto.framing import STREAM_LIMIT, FrameReader
 from ...proto.limits import MAX_AUTH_FRAME_BYTES
 from ..observe.activity import ActivityLog, NullActivityLog, activity_record
+from ..observe.throttle import Throttle, log_refusal
+from .buffers import ByteBudget
 from .conn import PeerConnection
 from .paths import prepare_socket_path, remove_socket_file
 from .peercred import PeerPolicy, peer_credentials
@@ -30,25 +32,33 @@ log = logging.getLogger("inferd.listeners")
 
 Handler = Callable[[PeerConnection], Awaitable[None]]
 
-AUTH_TIMEOUT_SECS = 10.0
+#: The default read timeout (`--read-timeout-secs`, F-22): how long a peer may take to
+#: send what it has begun or owes - the TCP auth frame, an HTTP request's head or body,
+#: the rest of an NDJSON line past the stream limit, an HTTP connection's first
+#: authorized request.
+DEFAULT_READ_TIMEOUT_SECS = 30.0
 # Connections the kernel queues before accept(); Python's default of 100 made bursts
 # of non-blocking connects fail with EAGAIN (a Unix socket does not queue past it).
 LISTEN_BACKLOG = 1024
 
-# Connection budgets (issue 8 item 3, THREAT_MODEL F-1/F-8/F-17). Each surface and
-# transport has its own pool, so one kind of peer can never use up another's: silent TCP
-# peers cannot evict the owner's Unix-socket requests, admin subscribers cannot either.
-#: TCP peers that have not yet sent a valid auth frame, across every TCP listener.
-#: Beyond this a new TCP connection is closed at once; each waits at most
-#: AUTH_TIMEOUT_SECS and buffers at most MAX_AUTH_FRAME_BYTES (+ the stream limit).
+# Connection budgets (issue 8 item 3, issue 19 item 2, THREAT_MODEL F-1/F-8/F-17). Each
+# surface and transport has its own pool, HTTP included, so one kind of peer can never
+# use up another's: silent TCP peers cannot evict the owner's Unix-socket requests,
+# idle Unix connections cannot shut out HTTP, admin subscribers cannot either.
+#: TCP peers that have not yet sent a valid auth frame, across every NDJSON TCP listener.
+#: Each waits at most the read timeout and buffers at most MAX_AUTH_FRAME_BYTES (+ the
+#: stream limit). When the pool is full, a new peer takes the place of the one that has
+#: waited longest (`ConnectionTracker.admit`): a flood of silent peers cannot keep an
+#: honest one, which sends its frame at once, from authenticating.
 MAX_PENDING_AUTH = 16
+PENDING_AUTH_POOL = "tcp:pending-auth"
+#: With an API key, HTTP connections that have not yet made an authorized request; the
+#: same rule as above, in a pool of their own (browsers and SDKs open several at once).
+MAX_PENDING_HTTP = 64
+PENDING_HTTP_POOL = "http:pending-auth"
 #: Admin subscribers (the admin socket is same-user only, but a runaway watcher loop
 #: must not pile up connections and fan-out queues without bound).
 MAX_ADMIN_CONNECTIONS = 64
-PENDING_AUTH_POOL = "tcp:pending-auth"
-# A refusal is logged at once, then at most once per this many seconds per reason, so a
-# connect flood cannot rotate the owner's history out of the activity log (F-4).
-REFUSAL_LOG_INTERVAL_SECS = 10.0
 
 
 class ListenerError(Exception):
@@ -64,8 +74,18 @@ class ListenerSecurity:
     activity: ActivityLog | NullActivityLog = field(default_factory=NullActivityLog)
     # F-1/F-17 in aggregate: each connection may buffer a partial line up to the frame
     # cap, so their number is bounded too: per surface and transport (a pool: "inference
-    # over Unix", "v2 over TCP", "admin"), never daemon-wide. None = unbounded.
+    # over Unix", "v2 over TCP", "http", "admin"), never daemon-wide. None = unbounded.
     max_connections: int | None = None
+    #: F-22: seconds a peer may take to send what it began or owes (None = unbounded).
+    read_timeout: float | None = DEFAULT_READ_TIMEOUT_SECS
+    #: F-22: the daemon-wide budget for partial frames and bodies (None = not counted).
+    budget: ByteBudget | None = None
+    #: The one rate limit on refusal records (daemon/observe/throttle.py), per daemon.
+    refusals: Throttle = field(default_factory=Throttle)
+
+    def refuse(self, name: str, message: str, *, surface: str, **fields: object) -> bool:
+        """Log a refusal through the daemon's one throttle (F-4)."""
+        return log_refusal(self.refusals, self.activity.logger, name, message, surface=surface, **fields)
 
 
 class ConnectionTracker:
@@ -74,7 +94,6 @@ class ConnectionTracker:
     def __init__(self) -> None:
         self._tasks: dict[asyncio.Task[None], tuple[str, str]] = {}
         self._pools: dict[str, int] = {}
-        self._refusals: dict[str, tuple[float, int]] = {}
 
     def add(self, task: asyncio.Task[None], surface: str, pool: str | None = None) -> None:
         pool = pool or surface
@@ -92,6 +111,28 @@ class ConnectionTracker:
         if entry is not None:
             self._pools[entry[1]] -= 1
 
+    def admit(self, task: asyncio.Task[None], surface: str, pool: str, limit: int | None,
+              evict_oldest: bool = False) -> bool:
+        """Count `task` in `pool` if there is room. A full pool refuses it, or with
+        `evict_oldest` (the pools of peers yet to authenticate) makes room by cancelling
+        the entry that has waited longest: the newcomer may be honest, the oldest has
+        had the most time to say who it is."""
+        if limit is not None and self.in_pool(pool) >= limit:
+            oldest = next((t for t, (_, p) in self._tasks.items() if p == pool), None) if evict_oldest else None
+            if oldest is None:
+                return False
+            self.discard(oldest)
+            oldest.cancel()
+        self.add(task, surface, pool)
+        return True
+
+    def promote(self, task: asyncio.Task[None], pool: str, limit: int | None) -> bool:
+        """Move an authenticated entry into its surface's pool, if there is room."""
+        if limit is not None and self.in_pool(pool) >= limit:
+            return False
+        self.move(task, pool)
+        return True
+
     def count(self, surfaces: set[str] | None = None) -> int:
         if surfaces is None:
             return len(self._tasks)
@@ -99,15 +140,6 @@ class ConnectionTracker:
 
     def in_pool(self, pool: str) -> int:
         return self._pools.get(pool, 0)
-
-    def refusal_due(self, reason: str, now: float) -> int | None:
-        """Whether to log this refusal now: None to stay quiet, else how many were not logged."""
-        last, quiet = self._refusals.get(reason, (float("-inf"), 0))
-        if now - last < REFUSAL_LOG_INTERVAL_SECS:
-            self._refusals[reason] = (last, quiet + 1)
-            return None
-        self._refusals[reason] = (now, 0)
-        return quiet
 
     async def cancel(self, surfaces: set[str] | None = None, timeout: float = 2.0) -> None:
         tasks = [t for t, s in self._tasks.items() if surfaces is None or s in surfaces]
@@ -140,57 +172,50 @@ class Listener:
         return f"Listener({self.surface} {self.kind}:{self.address})"
 
 
-def _pool(surface: str, kind: str) -> str:
+def surface_pool(surface: str, kind: str) -> str:
+    """The pool a surface's connections over one transport are counted in."""
     return f"{surface}:{'tcp' if kind == 'tcp' else 'local'}"
 
 
 def _make_callback(surface: str, kind: str, handler: Handler, sec: ListenerSecurity,
                    tracker: ConnectionTracker) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     def refuse(conn: PeerConnection, reason: str, **fields: object) -> None:
-        quiet = tracker.refusal_due(f"{reason}:{surface}", asyncio.get_running_loop().time())
-        if quiet is not None:
-            sec.activity.logger.warning("refusing a %s %s connection (%s)", surface, kind, reason,
-                                        extra=activity_record("activity", reason, surface=surface, transport=kind,
-                                                    suppressed=quiet or None, **fields))
+        sec.refuse(reason, f"refusing a {surface} {kind} connection ({reason})", surface=surface, transport=kind,
+                   **fields)
         conn.abort()
-
-    def full(pool: str, limit: int | None) -> bool:
-        return limit is not None and tracker.in_pool(pool) >= limit
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        conn = PeerConnection(reader, writer, surface=surface, transport_kind=kind, write_timeout=sec.write_timeout)
+        conn = PeerConnection(reader, writer, surface=surface, transport_kind=kind, write_timeout=sec.write_timeout,
+                              read_timeout=sec.read_timeout, budget=sec.budget)
+        conn.on_refusal = lambda name, message: sec.refuse(name, message, surface=surface, transport=kind,
+                                                           peer=conn.peer_label)
         # Issue 8 item 3: a TCP peer that has yet to authenticate is counted apart (and
         # far more tightly) from everyone else; the others each have their own pool.
         pending = kind == "tcp" and bool(sec.api_key)
-        pool, limit = (PENDING_AUTH_POOL, MAX_PENDING_AUTH) if pending else (_pool(surface, kind), sec.max_connections)
-        if full(pool, limit):
+        pool, limit = (PENDING_AUTH_POOL, MAX_PENDING_AUTH) if pending else (surface_pool(surface, kind), sec.max_connections)
+        if not tracker.admit(task, surface, pool, limit, evict_oldest=pending):
             refuse(conn, "connection_refused_limit", pool=pool, limit=limit)
             return
-        tracker.add(task, surface, pool)
         try:
             if kind == "unix":
                 sock = writer.get_extra_info("socket")
                 conn.peer = peer_credentials(sock) if sock is not None else None
                 if sec.peer_policy is not None and not await _admits(sec.peer_policy, conn.peer):
                     # F-7: a different user's process gets nothing but a closed socket.
-                    sec.activity.logger.warning("peer_refused", extra=activity_record(
-                        "activity", surface=surface, peer=conn.peer_label,
-                        peer_uid=getattr(conn.peer, "uid", None), peer_gid=getattr(conn.peer, "gid", None),
-                        peer_pid=getattr(conn.peer, "pid", None)))
-                    conn.abort()
+                    refuse(conn, "peer_refused", peer=conn.peer_label, peer_uid=getattr(conn.peer, "uid", None),
+                           peer_gid=getattr(conn.peer, "gid", None), peer_pid=getattr(conn.peer, "pid", None))
                     return
             if pending:
                 assert sec.api_key is not None
-                if not await _authenticate(conn, sec.api_key):
+                if not await _authenticate(conn, sec.api_key, sec.read_timeout):
                     refuse(conn, "auth_refused", peer=conn.peer_label)  # F-8: silent close, no frame
                     return
-                pool = _pool(surface, kind)
-                if full(pool, sec.max_connections):
+                pool = surface_pool(surface, kind)
+                if not tracker.promote(task, pool, sec.max_connections):
                     refuse(conn, "connection_refused_limit", pool=pool, limit=sec.max_connections)
                     return
-                tracker.move(task, pool)
             sec.activity.traffic.info("%s_connection_accepted", surface, extra=activity_record(
                 "activity", transport=kind, peer=conn.peer_label,
                 peer_uid=getattr(conn.peer, "uid", None), peer_gid=getattr(conn.peer, "gid", None),
@@ -216,13 +241,13 @@ async def _admits(policy: PeerPolicy, cred: object) -> bool:
     return verdict
 
 
-async def _authenticate(conn: PeerConnection, api_key: str) -> bool:
+async def _authenticate(conn: PeerConnection, api_key: str, timeout: float | None) -> bool:
     """F-8: the first line must be the auth frame. Issue 8 item 4: it may be at most
     MAX_AUTH_FRAME_BYTES, so an unauthenticated peer never makes the daemon buffer or
     parse a 64 MiB line; a longer one is refused as soon as the excess arrives (the
     reader's limit, set in bind_tcp)."""
     try:
-        async with asyncio.timeout(AUTH_TIMEOUT_SECS):
+        async with asyncio.timeout(timeout):
             line = await FrameReader(conn.reader, cap=MAX_AUTH_FRAME_BYTES).read_frame()
     except (TimeoutError, ProtoError, ConnectionError, OSError):
         return False

@@ -8,7 +8,10 @@ and an id over 256 bytes (never echoed). A request that decodes goes to the surf
 `handle`, which answers it through the request pipeline and says whether the
 connection stays open: every refusal on that path (validation, queue full) leaves it
 open, except a closed admission (shutdown), which ends it. A reply the frame cap
-cannot carry ends its request with `frame_too_large` (THREAT_MODEL F-1).
+cannot carry ends its request with `frame_too_large` (THREAT_MODEL F-1). A line past the
+stream limit is read within the read timeout and from the daemon's byte budget (F-22):
+past either it is answered `invalid_request` (too slow) or `queue_full` (no room) on id
+"" and the connection closes.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from ...proto.errors import DecodeError, ErrorCode, FrameTooLarge, InvalidRequest, encode_error
+from ...proto.errors import (BufferBudgetFull, DecodeError, ErrorCode, FrameTooLarge, InvalidRequest, ReadTimedOut,
+                             encode_error)
 from ...proto.framing import MAX_FRAME_BYTES, FrameReader
 from ...proto.limits import check_id
 from ..net.conn import PeerConnection
 
 R = TypeVar("R")
+
+#: The activity record of each refusal of a frame (logged through the one throttle).
+_REFUSALS = {FrameTooLarge: "frame_too_large", BufferBudgetFull: "buffer_budget_full", ReadTimedOut: "read_timeout"}
 
 REPLY_TOO_LARGE = f"reply exceeds the {MAX_FRAME_BYTES} byte frame cap; ask for less"
 
@@ -29,13 +36,17 @@ REPLY_TOO_LARGE = f"reply exceeds the {MAX_FRAME_BYTES} byte frame cap; ask for 
 async def serve_requests(conn: PeerConnection, parse: Callable[[bytes], R],
                          handle: Callable[[R], Awaitable[bool]]) -> None:
     """Read and `handle` requests until EOF, a closing error, or `handle` returns False."""
-    frames = FrameReader(conn.reader)
+    frames = FrameReader(conn.reader, budget=conn.budget, deadline=conn.read_timeout)
     try:
         while True:
             try:
                 line = await frames.read_frame()
-            except FrameTooLarge as exc:
-                await conn.send(encode_error("", ErrorCode.FRAME_TOO_LARGE, exc.message))
+            except (FrameTooLarge, BufferBudgetFull, ReadTimedOut) as exc:
+                # F-1/F-22: too long, no room left in the daemon's buffer budget, or too
+                # slow: one error frame (id ""), then the connection closes; the refusal
+                # is logged through the daemon's one throttle.
+                conn.refused(_REFUSALS[type(exc)], exc.message)
+                await conn.send(encode_error("", exc.code, exc.message))
                 return
             if line is None:
                 return

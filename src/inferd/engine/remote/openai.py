@@ -11,6 +11,14 @@ dropped connection or an unreadable chunk makes the event stream raise, and the
 daemon reports `backend_unavailable` after the partial output. Every await on the
 network sits under a deadline; closing the event stream closes the HTTP response,
 which is how a client's disconnect reaches the remote.
+
+A remote that misbehaves (THREAT_MODEL F-23) ends the request it is serving, never
+more, and never holds more than a bound: a line or event past 8 MiB (sse.py), a stream
+past MAX_STREAM_BYTES or with more chunks than its `max_tokens` can explain
+(`chunk_budget`, an endless stream), tool-call arguments past 8 MiB (wire.py), a drip
+that does not complete an event within `idle_timeout`, headers followed by nothing
+within `first_token_timeout`, a redirect (never followed: the request would carry the
+key to another host) - each is `Unavailable` with a message saying which.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from ...proto.embed import EmbedResolved
+from ...proto.framing import MAX_FRAME_BYTES
 from ..backend import (
     Backend,
     BackendCapabilities,
@@ -65,6 +74,12 @@ EMBED_BODY_BYTES = 256 * 1024 * 1024
 WHOLE_BODY_BYTES = 32 * 1024 * 1024
 #: JSON larger than this is decoded off the event loop.
 INLINE_JSON_BYTES = 1024 * 1024
+#: One streamed answer, all its bytes: no reply can carry more than the frame cap anyway.
+MAX_STREAM_BYTES = MAX_FRAME_BYTES
+#: Chunks per asked-for token, and chunks beside them (role, usage, finish, keep-alive
+#: objects), before a stream counts as endless: a server sends about one per token.
+CHUNKS_PER_TOKEN = 4
+SPARE_CHUNKS = 64
 #: After `[DONE]`, how long we wait for the body's end so the connection can be reused.
 DRAIN_SECONDS = 0.5
 CLOSE_SECONDS = 2.0
@@ -218,7 +233,7 @@ class OpenAIBackend(Backend):
             if state.finish_reason is None:
                 state.finish_reason = "stop"
             return _RemoteStream(self._relay(None, state, first, started, loop.time(), tool_required), None)
-        stream = _EventReader(response)
+        stream = _EventReader(response, chunk_budget(request.max_tokens))
         try:
             while not (state.produced or state.finished):
                 try:
@@ -431,9 +446,9 @@ class OpenAIBackend(Backend):
             raw = b""
         finally:
             await _close_response(response)
-        self._status_error(response.status_code, raw, what)
+        self._status_error(response.status_code, raw, what, response.headers.get("location", ""))
 
-    def _status_error(self, status: int, raw: bytes, what: str) -> NoReturn:
+    def _status_error(self, status: int, raw: bytes, what: str, location: str = "") -> NoReturn:
         text = raw.decode("utf-8", "replace")
         message = self._redact(remote_error_message(_loads_or_text(text)) or _snippet(text) or "no message")
         if status in (401, 403):
@@ -445,6 +460,12 @@ class OpenAIBackend(Backend):
             raise Unavailable(f"{self._where}: HTTP {status}: the API key from ${name} was refused")
         if status in (400, 413, 422):
             raise BackendInvalidRequest(f"remote rejected the request (HTTP {status}): {message}")
+        if 300 <= status < 400:
+            # F-23: never followed (follow_redirects=False): the request, key included,
+            # would go to wherever the remote says. Name the host, not the whole URL.
+            target = urlsplit(location).netloc or "this host" if location else "nowhere"
+            raise _HTTPUnavailable(f"{self._where}: HTTP {status} for {what}: the remote redirects to {target}; "
+                                   "redirects are not followed (set base_url to the final address)", status)
         raise _HTTPUnavailable(f"{self._where}: HTTP {status} for {what}: {message}", status)
 
     async def _read_body(self, response: httpx.Response, deadline: float, budget: float, limit: int,
@@ -501,11 +522,20 @@ class _RemoteStream:
                 await self._reader.close()
 
 
-class _EventReader:
-    """SSE events off one streamed response, each read under the caller's deadline."""
+def chunk_budget(max_tokens: int) -> int:
+    """Events one answer of `max_tokens` may take before its stream counts as endless."""
+    return CHUNKS_PER_TOKEN * max(max_tokens, 0) + SPARE_CHUNKS
 
-    def __init__(self, response: httpx.Response) -> None:
+
+class _EventReader:
+    """SSE events off one streamed response, each read under the caller's deadline, the
+    whole within MAX_STREAM_BYTES and `max_events` (F-23)."""
+
+    def __init__(self, response: httpx.Response, max_events: int | None = None) -> None:
         self.response = response
+        self.max_events = max_events
+        self.events = 0
+        self.received = 0
         self.done = False  # [DONE] seen
         self._bytes = response.aiter_bytes()
         self._decoder = SSEDecoder()
@@ -529,9 +559,16 @@ class _EventReader:
                     self._eof = True
                     self._pending.extend(self._decoder.close())
                 else:
+                    self.received += len(part)
+                    if self.received > MAX_STREAM_BYTES:
+                        raise _StreamFault(f"the answer exceeds {MAX_STREAM_BYTES} bytes (MAX_STREAM_BYTES)")
                     self._pending.extend(self._decoder.feed(part))
             except SSEError as exc:
                 raise _StreamFault(f"unreadable stream: {exc}") from None
+        self.events += 1
+        if self.max_events is not None and self.events > self.max_events:
+            raise _StreamFault(f"the remote sent more than {self.max_events} chunks, more than max_tokens "
+                               "explains: an endless stream")
         return self._pending.popleft()
 
     async def close(self) -> None:

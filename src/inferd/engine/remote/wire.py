@@ -26,6 +26,11 @@ from ..events import (
 from ..request import ChatMessage, GenerationRequest, openai_tool_call
 
 
+#: One tool call's arguments, as the remote streams them (F-23): a call larger than an
+#: SSE event would be is not a call a model made, and its JSON is parsed on the loop.
+MAX_TOOL_ARGUMENT_CHARS = 8 * 1024 * 1024
+
+
 class RemoteProtocolError(Exception):
     """A chunk that is not the shape an OpenAI-compatible server sends."""
 
@@ -157,6 +162,14 @@ class _PartialCall:
     id: str = ""
     name: str = ""
     arguments: list[str] = field(default_factory=list)
+    size: int = 0  # characters in `arguments` so far
+
+    def add(self, text: str) -> None:
+        self.size += len(text)
+        if self.size > MAX_TOOL_ARGUMENT_CHARS:
+            raise RemoteProtocolError(f"tool call {self.name or '?'!r} has arguments past "
+                                      f"{MAX_TOOL_ARGUMENT_CHARS} characters (MAX_TOOL_ARGUMENT_CHARS)")
+        self.arguments.append(text)
 
 
 class StreamState:
@@ -243,9 +256,9 @@ class StreamState:
                     call.name = fn["name"]
                 args = fn.get("arguments")
                 if isinstance(args, str):
-                    call.arguments.append(args)
+                    call.add(args)
                 elif args is not None:  # a server that sends the object itself
-                    call.arguments.append(json.dumps(args))
+                    call.add(json.dumps(args))
         self.produced = True
 
     @property

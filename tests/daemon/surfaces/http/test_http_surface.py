@@ -271,7 +271,10 @@ async def test_api_key_is_required_as_bearer(http_daemon):
         assert (await c.get("/health")).status_code == 200  # public, like llama-server's
         r = await c.post("/v1/chat/completions", json=CHAT, headers={"authorization": "Bearer s3cret"})
         assert r.status_code == 200
-    assert [r["msg"] for r in rec.records].count("auth_refused") == 6
+    # Issue 19 item 3: six refusals, one record (the one throttle); the other five are
+    # counted and reported by the next record of the kind.
+    assert [r["msg"] for r in rec.records].count("auth_refused") == 1
+    assert d.server._security.refusals.held_back("auth_refused:http") == 5
     assert "s3cret" not in json.dumps(rec.records)
 
 
@@ -393,23 +396,35 @@ async def test_stalled_reader_loses_its_connection_not_the_slot(http_daemon):
         stuck.close()
 
 
-async def test_connection_cap_is_shared_with_the_sockets(http_daemon):
-    """F-1 in aggregate: --max-connections counts NDJSON and HTTP connections together."""
+async def test_http_has_a_connection_budget_of_its_own(http_daemon):
+    """Issue 19 item 2 (F-17): --max-connections is per surface and transport, HTTP
+    included. Unix connections that fill their pool leave HTTP alone; HTTP connections
+    that fill `http:tcp` make the next one refused, with a record. Old code: the HTTP
+    cap counted every surface's connections, so the two held Unix connections made
+    the HTTP request a reset."""
     rec = RecordingActivityLog()
     d = await http_daemon(max_connections=2, activity=rec)
     held = [await asyncio.open_unix_connection(d.infer) for _ in range(2)]
-    await wait_until(lambda: d.server.tracker.count() == 2, 5, "two socket connections")
+    await wait_until(lambda: d.server.tracker.in_pool("inference:local") == 2, 5, "two socket connections")
     host, port = host_port(d)
+    idle = []
+    for _ in range(2):  # answered despite the full Unix pool, then kept open (keep-alive)
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(raw_request("GET", "/health"))
+        assert (await read_head(reader))[0] == 200
+        idle.append((reader, writer))
+    assert d.server.tracker.in_pool("http:tcp") == 2
     reader, writer = await asyncio.open_connection(host, port)
     writer.write(raw_request("GET", "/health"))
     try:
         assert await asyncio.wait_for(reader.read(), 5) == b""  # aborted: no answer
     except ConnectionResetError:
         pass
-    assert {"component": "activity", "msg": "connection_refused_limit", "surface": "http", "limit": 2} in rec.records
-    for _, w in held:
+    refusals = [r for r in rec.records if r["msg"] == "connection_refused_limit"]
+    assert refusals and refusals[0]["surface"] == "http" and refusals[0]["pool"] == "http:tcp"
+    for _, w in held + idle:
         w.close()
-    await wait_until(lambda: d.server.tracker.count() == 0, 5, "the socket connections to close")
+    await wait_until(lambda: d.server.tracker.count() == 0, 5, "the connections to close")
     async with httpx.AsyncClient(base_url=base_url(d)) as c:
         assert (await c.get("/health")).status_code == 200
 

@@ -15,9 +15,12 @@ ConnectionError from the sink, which does the same.
 
 Who may talk to it (THREAT_MODEL F-20): the listener is loopback only (F-8); with an
 API key every route but /health needs `Authorization: Bearer KEY` or Anthropic's
-`x-api-key: KEY` (constant-time compare); a request whose Host is not a loopback name
-(DNS rebinding) or whose Origin is a web page off this machine (a browser's
-cross-site request) is refused with 403.
+`x-api-key: KEY` (constant-time compare); a request whose Host is not a loopback name (DNS rebinding) or whose Origin
+is a web page off this machine (a browser's cross-site request) is refused with 403.
+Host and Origin are parsed whole (`host_of`, `origin_host`): a bracketed address with
+anything after it, userinfo, a path, or a second Origin header is refused. A request
+with both Content-Length and Transfer-Encoding is 400 and closes the connection
+(request smuggling). Refusals are logged through the daemon's one throttle (F-4).
 """
 
 from __future__ import annotations
@@ -31,13 +34,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
 from ....engine.request import GenerationRequest
 from ....proto.auth import keys_match
 from ....proto.v1 import DEFAULT_MAX_TOKENS
 from ...context import DaemonContext
-from ...observe.activity import ActivityLog, NullActivityLog, activity_record
+from ...net.buffers import ByteBudget
+from ...observe.activity import ActivityLog, NullActivityLog
+from ...observe.throttle import Throttle, log_refusal
 from ...observe.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ...pipeline import policy, run
 from ...pipeline.router import BackendEntry, Needs
@@ -45,13 +49,15 @@ from . import anthropic, decode, responses
 from .anthropic_encode import MessagesCollect, MessagesStream
 from .responses_encode import ResponsesCollect, ResponsesStream
 from .encode import ChatCollect, ChatStream, CompletionCollect, CompletionStream, Meta
-from .errors import HttpError, invalid
-from .io import ClientGone, Receive, Responder, Send, header, read_body, wait_disconnect
+from .errors import HttpError
+from .io import (BODY_RULES, CLOSE, BodyRules, ClientGone, HttpPeer, Receive, Responder, Send, header, read_body,
+                 wait_disconnect)
 from . import ollama
 
-#: The open connections' transports by client address (`scope["client"]`), kept by the
-#: server glue: the write bound aborts a stalled one (F-17), which ASGI cannot ask for.
-Transports = dict[tuple[str, int], asyncio.Transport]
+#: The open connections by client address (`scope["client"]`), kept by the server glue:
+#: the write bound aborts a stalled one (F-17), which ASGI cannot ask for, and a request
+#: tells its connection when it starts and ends (the head deadline, the pending pool).
+Connections = dict[tuple[str, int], HttpPeer]
 
 #: The route table: path -> (method, route name). Route names label the metrics.
 ROUTES: dict[str, tuple[str, str]] = {
@@ -67,12 +73,16 @@ ROUTES: dict[str, tuple[str, str]] = {
 }
 #: Routes whose wire has its own error shape (every other route answers in OpenAI's).
 ERROR_SHAPES = {"messages": anthropic.error_shape}
+#: Header fields one request may carry. h11 bounds a head that arrives in pieces to
+#: 16 KiB, but parses a head that arrives in one read whole (up to 256 KiB, ~30,000
+#: fields); no client needs more than a few dozen.
+MAX_HEADERS = 256
 PUBLIC_ROUTES = frozenset({"health"}) | ollama.PUBLIC  # no API key needed: it says "up" and nothing else
 LOOPBACK_NAMES = frozenset({"localhost", "localhost."})
 
 
 def _is_loopback_host(host: str) -> bool:
-    host = host.strip("[]").lower()
+    host = host.lower()
     if host in LOOPBACK_NAMES or host.endswith(".localhost"):
         return True
     try:
@@ -81,31 +91,55 @@ def _is_loopback_host(host: str) -> bool:
         return False
 
 
-def _host_of(value: bytes) -> str:
-    text = value.decode("latin-1").strip()
-    if text.startswith("["):
-        return text[1:text.find("]")] if "]" in text else text
-    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+def host_of(authority: str) -> str | None:
+    """The host of `host[:port]` or `[v6]:port`, or None when it is anything else.
+
+    F-20: `[::1].evil.com` is not a bracketed address with a port, so it is None (the
+    old reading took the brackets and dropped the rest)."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        host, rest = (authority[1:end], authority[end + 1:]) if end > 0 else ("", "x")
+    elif authority.count(":") > 1:
+        return None  # an IPv6 address must be bracketed here
+    else:
+        host, colon, port = authority.partition(":")
+        rest = colon + port
+    if rest and not (rest[0] == ":" and rest[1:].isdigit() and rest[1:].isascii()):
+        return None
+    if not host or any(c in host for c in "@/\\?#[] "):
+        return None
+    return host
 
 
-def _origin_ok(origin: bytes) -> bool:
-    try:
-        parts = urlsplit(origin.decode("latin-1"))
-        return parts.scheme in ("http", "https") and _is_loopback_host(parts.hostname or "")
-    except ValueError:
-        return False
+def origin_host(origin: str) -> str | None:
+    """The host of an Origin (`scheme://host[:port]`, exactly: no userinfo, path or
+    query, as browsers send it), or None. `http://evil.com@127.0.0.1` is None."""
+    scheme, sep, authority = origin.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return None
+    return host_of(authority)
+
+
+def _loopback_header(value: bytes, parse: Callable[[str], str | None]) -> bool:
+    host = parse(value.decode("latin-1").strip())
+    return host is not None and _is_loopback_host(host)
 
 
 class HttpApp:
     """The ASGI application of one daemon's HTTP listener."""
 
     def __init__(self, ctx: DaemonContext, *, api_key: str | None, write_timeout: float | None,
-                 activity: ActivityLog | NullActivityLog, transports: Transports) -> None:
+                 activity: ActivityLog | NullActivityLog, connections: Connections,
+                 refusals: Throttle | None = None, read_timeout: float | None = None,
+                 budget: ByteBudget | None = None) -> None:
         self.ctx = ctx
-        self.transports = transports
+        self.connections = connections
         self.api_key = api_key or None
         self.write_timeout = write_timeout
         self.activity = activity
+        self.refusals = refusals or Throttle()
+        self.read_timeout = read_timeout
+        self.budget = budget
         self.created = int(time.time())
         self._handlers: dict[str, Callable[[dict[str, Any], Receive, Responder], Awaitable[None]]] = {
             "chat": self._chat, "completions": self._completions, "embeddings": self._embeddings,
@@ -118,9 +152,13 @@ class HttpApp:
         if scope["type"] != "http":
             return  # lifespan and websockets are off in the server config
         client = scope.get("client")
-        out = Responder(send, self.transports.get(tuple(client)) if client else None, self.write_timeout)
+        peer = self.connections.get(tuple(client)) if client else None
+        out = Responder(send, peer.transport if peer is not None else None, self.write_timeout)
+        # F-22: every route that reads a body reads it under these.
+        scope[BODY_RULES] = BodyRules(self.read_timeout, self.budget,
+                                      lambda name, message: self._refused(scope, name, message))
         try:
-            await self._dispatch(scope, receive, out)
+            await self._dispatch(scope, receive, out, peer)
         except HttpError as err:
             if not out.status and not out.gone:
                 await self._answer_error(out, ollama.shaped(err, scope["path"]))
@@ -130,6 +168,12 @@ class HttpApp:
             pass  # the client left or stalled (F-17); the pipeline has let go of everything
         finally:
             self.ctx.metrics.http_response(out.route, out.status)
+            if peer is not None:
+                peer.end()
+
+    def _refused(self, scope: dict[str, Any], name: str, message: str) -> None:
+        """Log a refusal through the one throttle (F-4): at most one record per kind per interval."""
+        log_refusal(self.refusals, self.activity.logger, name, message, surface="http", peer=_peer(scope))
 
     async def _answer_error(self, out: Responder, err: HttpError) -> None:
         try:
@@ -139,18 +183,31 @@ class HttpApp:
 
     # ---- who may ask, and what -----------------------------------------------------
 
-    async def _dispatch(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
+    async def _dispatch(self, scope: dict[str, Any], receive: Receive, out: Responder,
+                        peer: HttpPeer | None) -> None:
+        headers = scope["headers"]
+        if len(headers) > MAX_HEADERS:
+            raise HttpError(431, f"a request may carry at most {MAX_HEADERS} header fields",
+                            code="too_many_headers", headers=[CLOSE])
+        if header(scope, b"transfer-encoding") is not None and header(scope, b"content-length") is not None:
+            # Request smuggling: which of the two frames the body is a matter of opinion
+            # between parsers; refuse, and close (RFC 9112 6.1). Conflicting lengths are
+            # h11's 400 already; identical repeats it merges into one (RFC 9112 6.3).
+            raise HttpError(400, "a request may not carry both Content-Length and Transfer-Encoding",
+                            code="ambiguous_length", headers=[CLOSE])
         host = header(scope, b"host")
-        if host is not None and not _is_loopback_host(_host_of(host)):
+        if host is not None and not _loopback_header(host, host_of):
             # F-20: a page whose name was rebound to 127.0.0.1 sends its own name here.
             raise HttpError(403, "the Host header must name this machine (localhost or a loopback address)",
                             "permission_error", "forbidden_host")
-        origin = header(scope, b"origin")
-        if origin is not None:
-            if not _origin_ok(origin):
-                # F-20: a web page elsewhere may not drive the user's model through their browser.
-                raise HttpError(403, "cross-origin requests are accepted from loopback origins only",
-                                "permission_error", "forbidden_origin")
+        origins = [value for key, value in headers if key == b"origin"]
+        if origins:
+            if len(origins) > 1 or not _loopback_header(origins[0], origin_host):
+                # F-20: a web page elsewhere may not drive the user's model through their
+                # browser; a browser sends one Origin, so two are refused, not picked from.
+                raise HttpError(403, "cross-origin requests are accepted from loopback origins only "
+                                "(one Origin header)", "permission_error", "forbidden_origin")
+            origin = origins[0]
             out.extra_headers += [(b"access-control-allow-origin", origin), (b"vary", b"origin")]
             if scope["method"] == "OPTIONS":
                 out.route = "preflight"
@@ -168,7 +225,10 @@ class HttpApp:
         out.route = route
         out.shape = ERROR_SHAPES.get(route)
         if self.api_key and route not in PUBLIC_ROUTES:
-            self._authenticate(scope)
+            self._authenticate(scope, peer)
+        if peer is not None and not peer.begin(authorized=not self.api_key or route not in PUBLIC_ROUTES):
+            raise HttpError(503, "too many HTTP connections are open (--max-connections); retry shortly",
+                            "server_error", "connection_limit", headers=[CLOSE])
         if route == "not_found":
             raise HttpError(404, f"no route {scope['method']} {scope['path']}", "not_found_error", "not_found")
         if scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
@@ -176,7 +236,7 @@ class HttpApp:
                             headers=[(b"allow", method.encode())])
         await self._handlers[route](scope, receive, out)
 
-    def _authenticate(self, scope: dict[str, Any]) -> None:
+    def _authenticate(self, scope: dict[str, Any], peer: HttpPeer | None) -> None:
         assert self.api_key is not None
         value = header(scope, b"authorization") or b""
         scheme, _, presented = value.decode("latin-1").partition(" ")
@@ -187,9 +247,13 @@ class HttpApp:
         anthropic_key = header(scope, b"x-api-key")
         if anthropic_key is not None and keys_match(anthropic_key.decode("latin-1").strip(), self.api_key):
             return
-        self.activity.traffic.warning("auth_refused", extra=activity_record("activity", surface="http", peer=_peer(scope)))
+        # Issue 19 item 3: one record per interval, however many keyless requests come.
+        self._refused(scope, "auth_refused", "refusing an http request: invalid or missing API key")
+        # A connection that has never been authorized is closed after its 401: a
+        # guesser pays a connection per guess, and leaves the pending pool.
+        close = [CLOSE] if peer is not None and peer.pending else []
         raise HttpError(401, "invalid or missing API key (send Authorization: Bearer KEY)", "authentication_error",
-                        "invalid_api_key", headers=[(b"www-authenticate", b"Bearer")])
+                        "invalid_api_key", headers=[(b"www-authenticate", b"Bearer"), *close])
 
     async def _preflight(self, scope: dict[str, Any], out: Responder) -> None:
         asked = header(scope, b"access-control-request-headers") or b"authorization, content-type"
@@ -300,6 +364,11 @@ class HttpApp:
             raise exc
         refused = pipeline.result()
         if refused is not None:
+            if out.status and not out.gone:
+                # Ended after its stream began (evicted past a drain deadline on SIGTERM or
+                # SIGHUP): the status is sent, so the stream's own error event says it.
+                await sink.fail(refused.kind, refused.message)
+                return
             raise HttpError.from_fault(refused.kind, refused.message)
 
     # ---- embeddings ----------------------------------------------------------------------

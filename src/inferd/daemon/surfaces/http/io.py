@@ -5,6 +5,14 @@ the rest is discarded for at most BODY_LINGER_SECS so the client can read our 41
 before the connection closes (closing on unread input resets the connection and
 the client would lose the answer), and nothing past the cap is ever held.
 
+F-22: a body is read within the read timeout (`408` past it) and from the daemon's
+byte budget (`413` with `Retry-After` when the budget has no room: the budget is
+daemon-wide, so the next try may fit). A declared `Content-Length` is taken from the
+budget before a byte is read, so a client that declares 64 MiB and drips them holds
+its share for at most the read timeout; a chunked body is taken chunk by chunk. The
+rules travel in the request's scope (`BODY_RULES`, set by the app), so every route
+that reads a body reads it under them.
+
 F-17: every write waits for the client to read at most the write timeout (the bound
 net/conn.py defines for every surface); then the connection is aborted and the write raises WriteTimeout (a ConnectionError), which
 the pipeline treats like a client that left: the generation is cancelled and its
@@ -16,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from ....proto.framing import MAX_FRAME_BYTES
+from ...net.buffers import ByteBudget
 from ...net.conn import WriteTimeout, bounded, ensure_open, write_may_wait
-from .errors import HttpError
+from .errors import RETRY_AFTER_SECS, HttpError
 
 MAX_BODY_BYTES = MAX_FRAME_BYTES
 BODY_LINGER_SECS = 2.0
@@ -36,6 +46,35 @@ class ClientGone(Exception):
     """The client disconnected before its request was read."""
 
 
+class HttpPeer(Protocol):
+    """One HTTP connection as the app sees it (kept by server.py, by client address)."""
+
+    transport: asyncio.Transport
+    pending: bool
+
+    def begin(self, authorized: bool) -> bool:
+        """A request reached a route: stop the head deadline; an authorized one moves a
+        pending connection into the HTTP pool (False: that pool is full)."""
+        ...
+
+    def end(self) -> None:
+        """The request's response is done: the next request's head is due in time."""
+        ...
+
+
+#: The scope key of a request's BodyRules.
+BODY_RULES = "inferd.body_rules"
+
+
+@dataclass(frozen=True, slots=True)
+class BodyRules:
+    """F-22: how long a body may take, the budget it is read from, who hears of a refusal."""
+
+    timeout: float | None
+    budget: ByteBudget | None
+    refused: Callable[[str, str], None]
+
+
 def header(scope: dict[str, Any], name: bytes) -> bytes | None:
     for key, value in scope["headers"]:
         if key == name:
@@ -44,28 +83,71 @@ def header(scope: dict[str, Any], name: bytes) -> bytes | None:
 
 
 async def read_body(scope: dict[str, Any], receive: Receive, cap: int = MAX_BODY_BYTES) -> bytes:
-    """The whole request body, or HttpError 413 past `cap`, or ClientGone."""
+    """The whole request body, or HttpError (413 past `cap` or the budget, 408 past the
+    read timeout), or ClientGone."""
+    rules: BodyRules | None = scope.get(BODY_RULES)
     declared = header(scope, b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        if header(scope, b"expect") != b"100-continue":
-            await _discard(receive)  # it is on its way already: let it arrive, unread
-        raise too_large(cap)
+    size = int(declared) if declared is not None and declared.isdigit() else None
+    held = rules.budget.hold() if rules is not None and rules.budget is not None else None
+    timeout = rules.timeout if rules is not None else None
+    try:
+        if size is not None and size > cap:
+            outcome: bytes | HttpError = too_large(cap)
+        elif held is not None and size is not None and not held.take(size):
+            outcome = budget_full(held.budget)
+        else:
+            try:
+                async with asyncio.timeout(timeout):
+                    outcome = await _gather(receive, cap, held if size is None else None)
+            except TimeoutError:
+                outcome = timed_out(timeout or 0.0)
+    finally:
+        if held is not None:
+            held.release()  # before a refusal's linger: a refused body holds nothing
+    if isinstance(outcome, HttpError):
+        await _refuse(scope, receive, rules, outcome)
+    return outcome  # type: ignore[return-value]
+
+
+async def _gather(receive: Receive, cap: int, held: Any) -> bytes | HttpError:
+    """The body's bytes, taking each chunk from `held` first when it is given."""
     body = bytearray()
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone()
-        body += message.get("body", b"")
-        if len(body) > cap:
-            del body[:]
-            await _discard(receive)
-            raise too_large(cap)
+        chunk = message.get("body", b"")
+        if len(body) + len(chunk) > cap:
+            return too_large(cap)
+        if held is not None and chunk and not held.take(len(chunk)):
+            return budget_full(held.budget)
+        body += chunk
         if not message.get("more_body", False):
             return bytes(body)
 
 
+async def _refuse(scope: dict[str, Any], receive: Receive, rules: BodyRules | None, err: HttpError) -> None:
+    """Log the refusal (throttled), let the rest of the body arrive unread, raise it."""
+    if rules is not None:
+        rules.refused(err.code or "refused", err.message)
+    if err.status != 413 or header(scope, b"expect") != b"100-continue":
+        await _discard(receive)  # it is on its way already: let it arrive, unread
+    raise err
+
+
 def too_large(cap: int) -> HttpError:
     return HttpError(413, f"request body exceeds {cap} bytes", code="request_too_large", headers=[CLOSE])
+
+
+def budget_full(budget: ByteBudget) -> HttpError:
+    return HttpError(413, f"the daemon already holds {budget.limit} bytes of unfinished requests (its buffer "
+                     "budget, --buffer-budget-mib); retry shortly", code="buffer_budget_full",
+                     headers=[CLOSE, (b"retry-after", str(RETRY_AFTER_SECS).encode())])
+
+
+def timed_out(seconds: float) -> HttpError:
+    return HttpError(408, f"request body not received within {seconds:g} s (--read-timeout-secs)",
+                     code="request_timeout", headers=[CLOSE])
 
 
 async def _discard(receive: Receive) -> None:

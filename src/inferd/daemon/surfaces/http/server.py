@@ -8,11 +8,25 @@ ADR 0013 has the why (and the measured cost). What this file adds to uvicorn:
 - uvicorn's signal capture is switched off: the daemon's SignalHandlers own SIGINT,
   SIGTERM and SIGHUP (uvicorn would take SIGTERM for itself);
 - each connection is registered with the daemon's ConnectionTracker as surface
-  "http" and counted against `--max-connections` with every other surface (F-1 in
-  aggregate); a connection beyond the cap is aborted at once, as on the sockets;
-  the daemon's drain cancels the tracker entries, which aborts the connections;
-- each connection's transport is kept by client address, the `scope["client"]` of
-  its requests, so a write that outlives the write timeout can abort it (F-17, io.py).
+  "http", in a pool of its own (`http:tcp`, `--max-connections`, issue 19 item 2):
+  the sockets' connections never count against it, nor its against theirs. With an
+  API key a connection starts in the pending pool (`http:pending-auth`, 64) and moves
+  to `http:tcp` with its first authorized request, as an NDJSON TCP peer does with
+  its auth frame (`ConnectionTracker.admit`/`promote`, the same code); a full pending
+  pool makes room by dropping the connection that has waited longest;
+- a deadline for each request's head (F-22): uvicorn arms no timer before a
+  connection's first request, nor while a later request's head trickles in (its
+  keep-alive timer stops at the first byte). `HttpConnection` arms `--read-timeout-secs`
+  when the connection opens and after each response and stops it when a request
+  reaches a route; a pending connection's deadline runs from its connect until an
+  authorized request. Past it the connection gets `408` (when no request is in
+  flight) and is closed;
+- the daemon's drain cancels the tracker entries, which aborts the connections;
+- each connection is kept by client address, the `scope["client"]` of its requests,
+  so a write that outlives the write timeout can abort it (F-17, io.py) and a request
+  can tell its connection when it starts and ends;
+- every refusal is logged through the daemon's one throttle (observe/throttle.py),
+  uvicorn's own warnings ("Invalid HTTP request received.") included.
 
 uvicorn is driven through its public Config/Server API; the few places that reach
 further are listed in ADR 0024 and pinned by tests/daemon/surfaces/http/test_http_server.py.
@@ -31,15 +45,21 @@ from .... import __version__
 from ....proto.endpoints import parse_tcp_addr
 from ...context import DaemonContext
 from ...observe.activity import activity_record
-from ...net.listeners import LISTEN_BACKLOG, ConnectionTracker, Listener, ListenerError, ListenerSecurity, require_loopback
+from ...observe.throttle import ThrottleFilter
+from ...net.listeners import (LISTEN_BACKLOG, MAX_PENDING_HTTP, PENDING_HTTP_POOL, ConnectionTracker, Listener,
+                              ListenerError, ListenerSecurity, require_loopback, surface_pool)
 from . import DEFAULT_HTTP_PORT
-from .app import HttpApp, Transports
+from .app import Connections, HttpApp
 
 log = logging.getLogger("inferd.http")
 
 SURFACE = "http"
 
 _running: set[asyncio.Task[None]] = set()  # uvicorn serve tasks: strong references until they end
+#: uvicorn logs a warning per malformed request: through the one throttle (F-4). Its
+#: logger is process-wide, so the filter is too (added once).
+_UVICORN_FILTER = ThrottleFilter()
+TIMEOUT_408 = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
 
 
 def parse_http_addr(text: str) -> tuple[str, int]:
@@ -70,13 +90,15 @@ def _listening_socket(host: str, port: int) -> socket.socket:
 
 
 def _protocol_factory(tracker: ConnectionTracker, sec: ListenerSecurity,
-                      transports: Transports) -> Callable[..., asyncio.Protocol]:
+                      connections: Connections) -> Callable[..., asyncio.Protocol]:
     # h11, not "auto" (httptools when installed): the same parser wherever inferd runs,
     # pure Python and strict; httptools measured no faster for SSE (ADR 0013).
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    class TrackedConnection(asyncio.Protocol):
-        """uvicorn's h11 protocol, counted and cancellable like every daemon connection.
+    pool = surface_pool(SURFACE, "tcp")
+
+    class HttpConnection(asyncio.Protocol):
+        """uvicorn's h11 protocol, counted, deadlined and cancellable like every daemon connection.
 
         A wrapper, not a subclass: uvicorn's protocol is driven only through asyncio's
         Protocol methods, and what uvicorn builds it with is handed on unread (ADR 0024).
@@ -86,24 +108,35 @@ def _protocol_factory(tracker: ConnectionTracker, sec: ListenerSecurity,
             self._http = H11Protocol(*args, **kwargs)
             self._entry: asyncio.Future[None] | None = None
             self._client: tuple[str, int] | None = None
+            self._timer: asyncio.TimerHandle | None = None
+            self._busy = False
+            self._label = "tcp"
+            self.transport: asyncio.Transport | None = None
+            self.pending = False
+
+        # ---- what asyncio calls ----------------------------------------------------
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             peer = transport.get_extra_info("peername")
-            label = f"tcp:{peer[0]}:{peer[1]}" if peer else "tcp"
-            if sec.max_connections is not None and tracker.count() >= sec.max_connections:
-                sec.activity.logger.warning("refusing an http connection: %d connections open", sec.max_connections,
-                                            extra=activity_record("activity", "connection_refused_limit", surface=SURFACE,
-                                                        limit=sec.max_connections))
+            self._label = f"tcp:{peer[0]}:{peer[1]}" if peer else "tcp"
+            self.pending = bool(sec.api_key)
+            where, limit = (PENDING_HTTP_POOL, MAX_PENDING_HTTP) if self.pending else (pool, sec.max_connections)
+            entry = asyncio.get_running_loop().create_future()
+            if not tracker.admit(entry, SURFACE, where, limit, evict_oldest=self.pending):  # type: ignore[arg-type]
+                self._refuse("connection_refused_limit", f"refusing an http connection: {limit} open in {where}",
+                             pool=where, limit=limit)
                 transport.abort()
                 return
-            entry = self._entry = asyncio.get_running_loop().create_future()
-            # The tracker cancels its entries on drain; for us that means: drop the connection.
+            self._entry = entry
+            self.transport = transport  # type: ignore[assignment]
+            # The tracker cancels its entries on drain (or to make room): drop the connection.
             entry.add_done_callback(lambda f: transport.abort() if f.cancelled() else None)
-            tracker.add(entry, SURFACE)  # type: ignore[arg-type]
             if peer:
                 self._client = (str(peer[0]), int(peer[1]))  # what uvicorn puts in scope["client"]
-                transports[self._client] = transport  # type: ignore[assignment]
-            sec.activity.traffic.info("http_connection_accepted", extra=activity_record("activity", transport="tcp", peer=label))
+                connections[self._client] = self
+            if not self.pending:
+                self._accepted()
+            self._arm()
             self._http.connection_made(transport)
 
         def data_received(self, data: bytes) -> None:
@@ -122,13 +155,70 @@ def _protocol_factory(tracker: ConnectionTracker, sec: ListenerSecurity,
             entry = self._entry
             if entry is None:
                 return  # refused at the cap: uvicorn never saw it
+            self._disarm()
             tracker.discard(entry)  # type: ignore[arg-type]
             if not entry.done():
                 entry.set_result(None)
-            transports.pop(self._client, None)  # type: ignore[arg-type]
+            if self._client is not None and connections.get(self._client) is self:
+                del connections[self._client]
             self._http.connection_lost(exc)
 
-    return TrackedConnection
+        # ---- what a request tells it (io.HttpPeer) ---------------------------------
+
+        def begin(self, authorized: bool) -> bool:
+            self._busy = True
+            if self.pending:
+                if not authorized:
+                    return True  # the pending deadline runs on
+                if not tracker.promote(self._entry, pool, sec.max_connections):  # type: ignore[arg-type]
+                    self._refuse("connection_refused_limit", f"refusing an http request: {sec.max_connections} "
+                                 f"connections open in {pool}", pool=pool, limit=sec.max_connections)
+                    return False
+                self.pending = False
+                self._accepted()
+            self._disarm()
+            return True
+
+        def end(self) -> None:
+            self._busy = False
+            if not self.pending and self.transport is not None and not self.transport.is_closing():
+                self._arm()  # the next request's head is due within the read timeout
+
+        # ---- the head deadline -----------------------------------------------------
+
+        def _arm(self) -> None:
+            self._disarm()
+            if sec.read_timeout is not None:
+                self._timer = asyncio.get_running_loop().call_later(sec.read_timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        def _expired(self) -> None:
+            self._timer = None
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            what = "an authorized request" if self.pending else "a request head"
+            self._refuse("read_timeout", f"closing an http connection: no {what} within {sec.read_timeout:g} s")
+            if self._busy:
+                transport.abort()  # a pending connection's unauthorized request: nothing to answer
+                return
+            transport.write(TIMEOUT_408)  # between requests: nothing else is being written
+            transport.close()
+
+        # ---- records ---------------------------------------------------------------
+
+        def _accepted(self) -> None:
+            sec.activity.traffic.info("http_connection_accepted",
+                                      extra=activity_record("activity", transport="tcp", peer=self._label))
+
+        def _refuse(self, name: str, message: str, **fields: object) -> None:
+            sec.refuse(name, message, surface=SURFACE, transport="tcp", peer=self._label, **fields)
+
+    return HttpConnection
 
 
 class _UvicornServer:
@@ -170,11 +260,14 @@ async def bind_http(addr: str, ctx: DaemonContext, *, sec: ListenerSecurity,
         sock = _listening_socket(host, port)
     except socket.gaierror as exc:
         raise ListenerError(f"cannot resolve {host!r}: {exc}") from None
-    transports: Transports = {}
+    connections: Connections = {}
     app = HttpApp(ctx, api_key=sec.api_key, write_timeout=sec.write_timeout, activity=sec.activity,
-                  transports=transports)
+                  connections=connections, refusals=sec.refusals, read_timeout=sec.read_timeout, budget=sec.budget)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if _UVICORN_FILTER not in uvicorn_log.filters:
+        uvicorn_log.addFilter(_UVICORN_FILTER)
     config = uvicorn.Config(
-        app, http=_protocol_factory(tracker, sec, transports), ws="none", lifespan="off", interface="asgi3",
+        app, http=_protocol_factory(tracker, sec, connections), ws="none", lifespan="off", interface="asgi3",
         log_config=None, log_level="warning", access_log=False, proxy_headers=False,
         server_header=False, headers=[("server", f"inferd/{__version__}")], timeout_keep_alive=5,
         backlog=LISTEN_BACKLOG,
