@@ -7,7 +7,8 @@ slot: v1, v2, HTTP and embed share this gate.
 Fairness between apps (THREAT_MODEL F-21, ADR 0030). Every ticket belongs to an app:
 the peer the sockets identified (`app_of`: a Unix peer is its uid and pid, a TCP peer
 its host). Each app waits in its own FIFO line; a freed permit goes to the app that
-holds the fewest running permits, ties to whoever has waited longest. With one app
+holds the fewest running permits, ties to the app served least recently (so two apps
+on one permit take turns), then to whoever has waited longest. With one app
 this is plain FIFO (upstream left the order to an unfair mutex). And when the queue is
 full, an app holding at least two places more than the newcomer's app gives up its
 newest waiting place to it (that request ends with `queue_full`, as if refused on
@@ -62,6 +63,10 @@ class Admission:
         self._lines: dict[str, deque[Ticket]] = {}
         self._held: dict[str, int] = {}
         self._runs: dict[str, int] = {}
+        #: Per app with admitted tickets: when it was last handed a permit (a grant count).
+        self._served: dict[str, int] = {}
+        self._grants = itertools.count(1)
+        self._grants_seen = 0
         self._waiting = 0
         #: Waiting tickets that asked for their place in line.
         self._watching = 0
@@ -136,15 +141,16 @@ class Admission:
 
     def _next(self) -> "Ticket | None":
         """The ticket the next permit goes to: of the waiting apps, the one running the
-        fewest permits; ties to the earliest arrival. Cancelled waiters are dropped."""
+        fewest permits, then the one served least recently, then the earliest arrival.
+        Cancelled waiters are dropped."""
         best: Ticket | None = None
-        best_key: tuple[int, int] | None = None
+        best_key: tuple[int, int, int] | None = None
         for app, line in list(self._lines.items()):
             while line and line[0]._fut.done():  # type: ignore[union-attr]
                 self._unqueue(line.popleft())
             if not line:
                 continue
-            key = (self._runs.get(app, 0), line[0]._arrival)
+            key = (self._runs.get(app, 0), self._served.get(app, -1), line[0]._arrival)
             if best_key is None or key < best_key:
                 best, best_key = line[0], key
         return best
@@ -154,11 +160,12 @@ class Admission:
         if no running request ended meanwhile."""
         if not self._watching:
             return
-        heap = [(self._runs.get(app, 0), line[0]._arrival, app, 0) for app, line in self._lines.items() if line]
+        heap = [(self._runs.get(app, 0), self._served.get(app, -1), line[0]._arrival, app, 0)
+                for app, line in self._lines.items()]
         heapq.heapify(heap)
         place = 0
         while heap:
-            runs, _, app, i = heapq.heappop(heap)
+            runs, _, _, app, i = heapq.heappop(heap)
             line = self._lines[app]
             ticket = line[i]
             place += 1
@@ -167,8 +174,8 @@ class Admission:
                 nudge = ticket._nudge
                 if nudge is not None and not nudge.done():
                     nudge.set_result(None)
-            if i + 1 < len(line):
-                heapq.heappush(heap, (runs + 1, line[i + 1]._arrival, app, i + 1))
+            if i + 1 < len(line):  # as if granted: one more permit, served last
+                heapq.heappush(heap, (runs + 1, self._grants_seen + place, line[i + 1]._arrival, app, i + 1))
 
     # -- internal, used by Ticket ------------------------------------------------------------
 
@@ -237,6 +244,8 @@ class Admission:
     def _grant(self, app: str) -> None:
         self._running += 1
         self._runs[app] = self._runs.get(app, 0) + 1
+        self._grants_seen = next(self._grants)
+        self._served[app] = self._grants_seen
 
     def _release_run(self, app: str) -> None:
         self._running -= 1
@@ -261,6 +270,7 @@ class Admission:
             self._held[app] = left
         else:
             del self._held[app]
+            self._served.pop(app, None)  # an app that comes back later counts as new
         if self._outstanding == 0:
             self._idle.set()
 
