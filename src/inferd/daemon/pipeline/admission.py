@@ -65,8 +65,7 @@ class Admission:
         self._runs: dict[str, int] = {}
         #: Per app with admitted tickets: when it was last handed a permit (a grant count).
         self._served: dict[str, int] = {}
-        self._grants = itertools.count(1)
-        self._grants_seen = 0
+        self._grants = 0
         self._waiting = 0
         #: Waiting tickets that asked for their place in line.
         self._watching = 0
@@ -175,7 +174,7 @@ class Admission:
                 if nudge is not None and not nudge.done():
                     nudge.set_result(None)
             if i + 1 < len(line):  # as if granted: one more permit, served last
-                heapq.heappush(heap, (runs + 1, self._grants_seen + place, line[i + 1]._arrival, app, i + 1))
+                heapq.heappush(heap, (runs + 1, self._grants + place, line[i + 1]._arrival, app, i + 1))
 
     # -- internal, used by Ticket ------------------------------------------------------------
 
@@ -244,8 +243,8 @@ class Admission:
     def _grant(self, app: str) -> None:
         self._running += 1
         self._runs[app] = self._runs.get(app, 0) + 1
-        self._grants_seen = next(self._grants)
-        self._served[app] = self._grants_seen
+        self._grants += 1
+        self._served[app] = self._grants
 
     def _release_run(self, app: str) -> None:
         self._running -= 1
@@ -254,6 +253,8 @@ class Admission:
             self._runs[app] = left
         else:
             del self._runs[app]
+        if not self._waiting:
+            return
         nxt = self._next()
         if nxt is None:
             return
