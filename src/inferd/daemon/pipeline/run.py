@@ -3,8 +3,8 @@
 A surface decodes its wire into a `GenerationRequest` (or an embed request), hands
 it here with a `Sink` that encodes events for that wire, and is done. Everything
 between the two ends lives here once: routing by what the request needs, the
-backend's admission gate (fair between apps, F-21), the pre-stream refusal of one backend handing the
-request to the next, each backend's circuit breaker hearing how its request went
+backend's admission gate (fair between apps, F-21), the pre-stream refusal of one
+backend handing the request to the next, each backend's circuit breaker hearing how its request went
 (breaker.py, F-10), cancellation (a sink that raises ConnectionError closes the
 engine stream, which cancels the generation), `tool_choice_unsatisfied`, and the
 activity log record and the metrics (observe/metrics.py) of every outcome. And, for

@@ -14,7 +14,8 @@ from ...engine.events import Done, PromptProgress, TextDelta, ThinkingDelta, Too
 from ...engine.request import ChatMessage, GenerationRequest, ResponseFormat
 from ...proto.errors import ErrorCode, InvalidRequest, encode_error
 from ...proto.framing import encode_frame
-from ...proto.v1 import ContextInfo, CountFrame, ProgressFrame, Request, Resolved, TokenLines, encode_done, parse_request
+from ...proto.v1 import (ContextInfo, CountFrame, ProgressFrame, Request, Resolved, TokenLines, encode_done,
+                         parse_request)
 from ..context import DaemonContext
 from ..net.conn import PeerConnection
 from ..pipeline import policy, run

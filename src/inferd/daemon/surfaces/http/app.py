@@ -226,8 +226,9 @@ class HttpApp:
         serving = _ServedBy(meta, greq, False)
         echo = (greq.prompt or "") if req.echo else ""
         needs = _needs(req)
-        await self._answer(scope, receive, out, serving, needs, CompletionStream(out, meta, echo) if req.stream else None,
-                           CompletionCollect(echo), meta, req.return_progress)
+        streamed = CompletionStream(out, meta, echo) if req.stream else None
+        await self._answer(scope, receive, out, serving, needs, streamed, CompletionCollect(echo), meta,
+                           req.return_progress)
 
     async def _responses(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         req = decode.parse(responses.ResponsesRequest, await read_body(scope, receive))
