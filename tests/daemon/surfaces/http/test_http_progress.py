@@ -79,3 +79,27 @@ async def test_queued_chunk_while_another_holds_the_slot(http_daemon, monkeypatc
     assert rest[-1] == "data: [DONE]"
     holder_writer.close()
     await wait_until(lambda: gate.outstanding == 0, what="all released")
+
+
+async def test_a_refusal_after_the_queued_chunk_is_an_error_event(http_daemon, monkeypatch):
+    """The queued chunk began the stream (200): a backend refusing the request once it
+    gets its slot can no longer be a status, so it is an SSE error event."""
+    d = await http_daemon(mock={"tokens": ["alpha ", "beta"]})
+    backend = d.server.router.entries[0].backend
+    watch = watch_mock(d, monkeypatch, hold_at=1)
+    holder_reader, holder_writer = await dial(d.infer)
+    holder_writer.write(line(req("holder")))
+    assert (await read_json(holder_reader))["type"] == "token"
+    async with httpx.AsyncClient(base_url=base_url(d), timeout=10) as c:
+        async with c.stream("POST", "/v1/chat/completions", json={**CHAT, "return_progress": True}) as r:
+            lines = r.aiter_lines()
+            assert "queue_progress" in json.loads((await anext(lines)).removeprefix("data: "))
+            backend.set_ready(False)  # the backend will refuse it when its turn comes
+            watch.gate.set()
+            rest = [ln async for ln in lines if ln]
+    assert r.status_code == 200
+    (event,) = rest
+    error = json.loads(event.removeprefix("data: "))["error"]
+    assert error["code"] == "backend_unavailable"
+    holder_writer.close()
+    backend.set_ready(True)
