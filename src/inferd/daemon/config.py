@@ -105,6 +105,8 @@ class MockEntry(_Named):
     prompt_tokens: int = Field(default=0, ge=0)
     cached_tokens: int = Field(default=0, ge=0)
     n_ctx: int | None = Field(default=None, gt=0)
+    # Prompt tokens per progress report (issue 22); 0: one chunk.
+    prefill_chunk: int = Field(default=0, ge=0)
 
 
 class LlamaCppEntry(LlamaCppOptions, _Named):

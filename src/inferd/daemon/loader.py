@@ -174,6 +174,7 @@ def _mock(entry: MockEntry) -> MockBackend:
             prompt_tokens=entry.prompt_tokens,
             cached_tokens=entry.cached_tokens,
             n_ctx=entry.n_ctx,
+            prefill_chunk=entry.prefill_chunk,
         )
     )
 

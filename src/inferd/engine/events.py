@@ -1,7 +1,9 @@
 """The one vocabulary between an engine and the daemon: what a generation yields.
 
 Every backend's `generate()` stream yields any mix of TextDelta, ThinkingDelta,
-ToolCallDelta and ToolCall, then exactly one Done, always last. Ending (or raising) before Done is a
+ToolCallDelta and ToolCall, then exactly one Done, always last. A request that set
+`progress` also gets PromptProgress events before its first output (ADR 0029); no
+other request ever sees one. Ending (or raising) before Done is a
 mid-stream failure, which every surface reports as `backend_unavailable` after the
 partial output. Closing the stream (`aclose()`) cancels the generation.
 
@@ -57,6 +59,17 @@ class ToolCallDelta:
 
 
 @dataclass(slots=True)
+class PromptProgress:
+    """How much of the prompt is read: `done` of `total` tokens, of which `cached` came
+    from the KV cache. Only for a request with `progress` set: once as reading starts
+    (done == cached), then after each chunk; the last has done == total."""
+
+    done: int
+    total: int
+    cached: int = 0
+
+
+@dataclass(slots=True)
 class ToolCall:
     """One complete, parsed tool call, after any ToolCallDelta pieces of it."""
 
@@ -96,8 +109,8 @@ class Done:
     stop_sequence: str | None = None
 
 
-__all__ = ["FinishReason", "TextDelta", "ThinkingDelta", "ToolCallDelta", "ToolCall", "Timings", "Usage",
-           "ContextUsage", "Done", "Event", "EventStream"]
+__all__ = ["FinishReason", "TextDelta", "ThinkingDelta", "ToolCallDelta", "ToolCall", "PromptProgress", "Timings",
+           "Usage", "ContextUsage", "Done", "Event", "EventStream"]
 
-Event = TextDelta | ThinkingDelta | ToolCallDelta | ToolCall | Done
+Event = TextDelta | ThinkingDelta | ToolCallDelta | ToolCall | PromptProgress | Done
 EventStream = AsyncIterator[Event]

@@ -29,7 +29,7 @@ from .backend import (
     NotReady,
     Unavailable,
 )
-from .events import ContextUsage, Done, Event, FinishReason, TextDelta, ThinkingDelta, ToolCall, Usage
+from .events import ContextUsage, Done, Event, FinishReason, PromptProgress, TextDelta, ThinkingDelta, ToolCall, Usage
 from .request import GenerationRequest
 from .text import StopScanner
 
@@ -70,6 +70,9 @@ class MockConfig:
     cached_tokens: int = 0
     #: Reported as `done.context.max`; `used` is prompt + completion tokens.
     n_ctx: int | None = None
+    #: Prompt tokens "read" per chunk for a request that asked for progress (issue 22):
+    #: PromptProgress as reading starts and after each chunk. 0: the whole prompt at once.
+    prefill_chunk: int = 0
 
     #: Built steps by what they were built from: a long tape is not rebuilt per request.
     _built: dict[tuple[Any, ...], list[ScriptStep]] = field(default_factory=dict, repr=False, compare=False)
@@ -90,6 +93,16 @@ class MockConfig:
         if self.emit_tool_use is not None:
             steps.append(ScriptStep(tool_name=self.emit_tool_use, tool_input={}))
         return steps
+
+
+def _prefill(cfg: MockConfig) -> list[PromptProgress]:
+    """What llama.cpp's scheduler reports while it reads a prompt, for the mock's one."""
+    total, cached = cfg.prompt_tokens, min(cfg.cached_tokens, cfg.prompt_tokens)
+    chunk = cfg.prefill_chunk or total
+    marks = [cached, *range(cached + chunk, total, chunk)]
+    if marks[-1] != total:
+        marks.append(total)
+    return [PromptProgress(done=d, total=total, cached=cached) for d in marks]
 
 
 def _pre_stream(kind: PreStreamError) -> BackendError:
@@ -152,6 +165,9 @@ class MockBackend(Backend):
         # string is sent once the next step shows it does not.
         stops = StopScanner(request.stop) if request.stop else None
         answering = bool(request.messages) and request.messages[-1].role == "tool"
+        if request.progress and cfg.prompt_tokens:
+            for event in _prefill(cfg):
+                yield event
         for sent, step in enumerate(cfg.steps(answering)):
             if cfg.drop_after is not None and sent >= cfg.drop_after:
                 return

@@ -98,3 +98,5 @@ class GenerationRequest:
     grammar: str = ""
     #: v2 attachments by id (opaque to the engine contract; media backends read them).
     attachments: dict[str, Any] = field(default_factory=dict)
+    #: Yield PromptProgress events while the prompt is read (issue 22, ADR 0029).
+    progress: bool = False

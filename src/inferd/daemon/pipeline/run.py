@@ -3,11 +3,13 @@
 A surface decodes its wire into a `GenerationRequest` (or an embed request), hands
 it here with a `Sink` that encodes events for that wire, and is done. Everything
 between the two ends lives here once: routing by what the request needs, the
-backend's FIFO admission gate, the pre-stream refusal of one backend handing the
-request to the next, each backend's circuit breaker hearing how its request went
+backend's admission gate (fair between apps, F-21), the pre-stream refusal of one
+backend handing the request to the next, each backend's circuit breaker hearing how its request went
 (breaker.py, F-10), cancellation (a sink that raises ConnectionError closes the
 engine stream, which cancels the generation), `tool_choice_unsatisfied`, and the
-activity log record and the metrics (observe/metrics.py) of every outcome.
+activity log record and the metrics (observe/metrics.py) of every outcome. And, for
+a request that asked (issue 22, ADR 0029), its progress: its place in the queue, how
+much of its prompt is read, and the context it will use.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from dataclasses import replace
 from typing import Protocol, TypeVar
 
 from ...engine.backend import BackendError, EmbedResult, Fault
-from ...engine.events import Done, EventStream, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
+from ...engine.events import Done, EventStream, PromptProgress, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from ...engine.request import GenerationRequest
 from ...proto.embed import EmbedResolved
 from ..context import DaemonContext
@@ -55,6 +57,17 @@ class Sink(Protocol):
     async def done(self, done: Done, backend: str) -> None: ...
 
     async def fail(self, kind: Fault, message: str) -> None: ...
+
+
+class Progress(Protocol):
+    """The progress end of a surface, for a request that asked for it (issue 22).
+    Its methods raise ConnectionError when the peer is gone, like a Sink's."""
+
+    async def queued(self, position: int) -> None: ...
+
+    async def prompt(self, event: PromptProgress) -> None: ...
+
+    async def context(self, used: int, max: int) -> None: ...
 
 
 def _candidates(entries: list[BackendEntry], needs: Needs) -> list[BackendEntry]:
@@ -106,12 +119,15 @@ class _Serving:
     generator machinery cost more than the routing it wraps.
     """
 
-    __slots__ = ("ctx", "needs", "call", "ticket", "live", "attempt", "lease")
+    __slots__ = ("ctx", "needs", "call", "peer", "report", "ticket", "live", "attempt", "lease")
 
-    def __init__(self, ctx: DaemonContext, needs: Needs, call: Callable[[BackendEntry], Awaitable[T]]) -> None:
+    def __init__(self, ctx: DaemonContext, needs: Needs, call: Callable[[BackendEntry], Awaitable[T]],
+                 peer: str = "", report: Callable[[int], Awaitable[None]] | None = None) -> None:
         self.ctx = ctx
         self.needs = needs
         self.call = call
+        self.peer = peer  # the app it counts against in admission (F-21)
+        self.report = report  # hears its place in the queue (issue 22)
 
     async def __aenter__(self) -> tuple[BackendEntry, T, Attempt]:  # type: ignore[type-var]
         ctx = self.ctx
@@ -151,13 +167,17 @@ class _Serving:
             handed = False
             try:
                 try:
-                    ticket = entry.admission.try_admit()
+                    ticket = entry.admission.try_admit(self.peer)
                 except QueueFull:
                     last = Refused(Fault.QUEUE_FULL, "queue full")
                     continue
                 except AdmissionClosed:
                     raise Refused(Fault.CLOSED, "admission closed") from None
-                await ticket.__aenter__()  # waits FIFO for a permit of this backend
+                try:
+                    await ticket.start(self.report)  # waits its turn (fair between apps) for a permit
+                except QueueFull:  # its place went to another app's request (F-21)
+                    last = Refused(Fault.QUEUE_FULL, "queue full")
+                    continue
                 try:
                     result = await self.call(entry)
                 except BackendError as exc:
@@ -251,7 +271,8 @@ _REQUEST_FAULTS = frozenset({Fault.INVALID_REQUEST, Fault.TOOL_CALL_MALFORMED, F
 
 async def generate(ctx: DaemonContext, req: GenerationRequest, sink: Sink, *, surface: str,
                    needs: Needs = Needs(), peer: str = "",
-                   serving: Callable[[BackendEntry], GenerationRequest] | None = None) -> Refused | None:
+                   serving: Callable[[BackendEntry], GenerationRequest] | None = None,
+                   progress: Progress | None = None) -> Refused | None:
     """Serve one generation through `sink`, or return why it was refused before its
     stream began (the sink has been sent nothing: the surface says it in its wire).
 
@@ -259,6 +280,7 @@ async def generate(ctx: DaemonContext, req: GenerationRequest, sink: Sink, *, su
     again for the next one if this one refuses before its stream); it returns the
     request as that backend is to serve it, so a surface may size a default by it and
     name it in its answer. A failure once the stream began goes to `sink.fail`.
+    `progress`, given only for a request that asked, hears its progress (issue 22).
     ConnectionError/OSError from the sink (the peer left or stalled) propagates after
     the engine stream is closed, which cancels the generation.
     """
@@ -270,11 +292,14 @@ async def generate(ctx: DaemonContext, req: GenerationRequest, sink: Sink, *, su
         clock.permit()  # called holding the admission permit
         if serving is not None:
             served = serving(entry)
+        if progress is not None and not served.progress:
+            served = replace(served, progress=True)
         return entry.backend.generate(served)
 
     try:
-        async with _Serving(ctx, needs, start) as (entry, stream, attempt):
-            await _relay(ctx, served, sink, entry, stream, attempt, surface, peer, clock)
+        async with _Serving(ctx, needs, start, peer, None if progress is None else progress.queued) \
+                as (entry, stream, attempt):
+            await _relay(ctx, served, sink, entry, stream, attempt, surface, peer, clock, progress)
     except Refused as exc:
         clock.outcome = exc.kind.value
         return exc
@@ -284,7 +309,8 @@ async def generate(ctx: DaemonContext, req: GenerationRequest, sink: Sink, *, su
 
 
 async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: BackendEntry,
-                 stream: EventStream, attempt: Attempt, surface: str, peer: str, clock: RequestClock) -> None:
+                 stream: EventStream, attempt: Attempt, surface: str, peer: str, clock: RequestClock,
+                 progress: Progress | None) -> None:
     done: Done | None = None
     # The token loop: per event one type test, one add, one await. Counts by kind are
     # kept in locals and only gathered for the log at the end.
@@ -309,6 +335,11 @@ async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: 
             elif kind is Done:
                 done = event  # type: ignore[assignment]
                 break
+            elif kind is PromptProgress:
+                # Only a request that asked gets these from a backend (issue 22).
+                if progress is not None:
+                    await _prompt(progress, event, entry)  # type: ignore[arg-type]
+                continue
             else:
                 log.warning("backend %s yielded %s; treating it as a fault", entry.label, kind.__name__)
                 break
@@ -349,6 +380,12 @@ async def _relay(ctx: DaemonContext, req: GenerationRequest, sink: Sink, entry: 
             cached_tokens=usage.cached_tokens, **counts,
             ms=round((time.perf_counter() - clock.started) * 1000, 1), peer=peer,
         ))
+
+
+async def _prompt(progress: Progress, event: PromptProgress, entry: BackendEntry) -> None:
+    await progress.prompt(event)
+    if event.done == event.total and entry.caps.n_ctx:
+        await progress.context(event.total, entry.caps.n_ctx)  # once: the prompt is read
 
 
 async def _mid_stream(ctx: DaemonContext, sink: Sink, entry: BackendEntry, surface: str, rid: str,
@@ -405,7 +442,7 @@ async def embed(ctx: DaemonContext, req: EmbedResolved, *, surface: str = "embed
     outcome, tokens = "cancelled", 0
     needs = Needs(embed=True, model=req.model, keep_alive=keep_alive)
     try:
-        async with _Serving(ctx, needs, lambda e: e.backend.embed(req)) as (entry, result, attempt):
+        async with _Serving(ctx, needs, lambda e: e.backend.embed(req), peer) as (entry, result, attempt):
             attempt.succeeded()
             outcome, tokens = "ok", result.input_tokens
             ctx.activity.traffic.info(_event_name(surface, "embed_request_done"), extra=activity_record(

@@ -2,18 +2,20 @@
 
 Decode: a v1 request becomes a GenerationRequest. Encode: text deltas become token
 frames (thinking is not part of v1 and is dropped; v1 requests carry no tools), then
-exactly one `done` (with the whole text as `content`) or `error`. Everything between
-is the shared request pipeline.
+exactly one `done` (with the whole text as `content`) or `error`; before them, for a
+request with `progress: true`, `progress` frames (`WireProgress`, v2's too). Everything
+between is the shared request pipeline.
 """
 
 from __future__ import annotations
 
 from ...engine.backend import Fault
-from ...engine.events import Done, TextDelta, ThinkingDelta, ToolCall
+from ...engine.events import Done, PromptProgress, TextDelta, ThinkingDelta, ToolCall
 from ...engine.request import ChatMessage, GenerationRequest, ResponseFormat
 from ...proto.errors import ErrorCode, InvalidRequest, encode_error
 from ...proto.framing import encode_frame
-from ...proto.v1 import ContextInfo, CountFrame, Request, Resolved, TokenLines, encode_done, parse_request
+from ...proto.v1 import (ContextInfo, CountFrame, ProgressFrame, Request, Resolved, TokenLines, encode_done,
+                         parse_request)
 from ..context import DaemonContext
 from ..net.conn import PeerConnection
 from ..pipeline import policy, run
@@ -69,6 +71,28 @@ class _Sink:
         await self.conn.send(encode_error(self.rid, V1_CODES[kind], message))
 
 
+class WireProgress:
+    """The `progress` frames of one request (issue 22, ADR 0029), on v1 and v2 alike:
+    sent whether or not the request streams its tokens, since it asked for them."""
+
+    __slots__ = ("conn", "rid")
+
+    def __init__(self, conn: PeerConnection, rid: str) -> None:
+        self.conn = conn
+        self.rid = rid
+
+    async def queued(self, position: int) -> None:
+        await self.conn.send(encode_frame(ProgressFrame(id=self.rid, stage="queued", position=position)))
+
+    async def prompt(self, event: PromptProgress) -> None:
+        await self.conn.send(encode_frame(ProgressFrame(id=self.rid, stage="prefill", done=event.done,
+                                                        total=event.total)))
+
+    async def context(self, used: int, max: int) -> None:
+        await self.conn.send(encode_frame(ProgressFrame(id=self.rid, stage="context",
+                                                        context=ContextInfo(used=used, max=max))))
+
+
 async def answer_refusal(sink: run.Sink, refused: run.Refused | None) -> bool:
     """Say a refusal on the wire; False when the daemon is closing (the loop ends)."""
     if refused is None:
@@ -102,7 +126,8 @@ async def serve_inference(conn: PeerConnection, ctx: DaemonContext) -> None:
             await answer_count(conn, ctx, request_, V1_CODES, needs)
             return True
         sink = _Sink(conn, resolved.id, resolved.stream)
+        progress = WireProgress(conn, resolved.id) if resolved.progress else None
         return await answer_refusal(sink, await run.generate(ctx, request_, sink, surface="inference",
-                                                             needs=needs, peer=conn.peer_label))
+                                                             needs=needs, peer=conn.peer_label, progress=progress))
 
     await serve_requests(conn, parse_request, handle)

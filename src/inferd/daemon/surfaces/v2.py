@@ -40,7 +40,7 @@ from ..pipeline.router import Needs
 from .faults import V2_CODES
 from .finish import FINISH
 from .ndjson import serve_requests
-from .v1 import answer_count, answer_refusal, context_info
+from .v1 import WireProgress, answer_count, answer_refusal, context_info
 
 def _text(blocks: list[object]) -> str:
     return "".join(b.text for b in blocks if isinstance(b, TextBlock))
@@ -147,7 +147,8 @@ async def serve_inference_v2(conn: PeerConnection, ctx: DaemonContext) -> None:
             await answer_count(conn, ctx, request_, V2_CODES, needs)
             return True
         sink = _Sink(conn, resolved.id, resolved.stream_tool_input)
+        progress = WireProgress(conn, resolved.id) if resolved.progress else None
         return await answer_refusal(sink, await run.generate(ctx, request_, sink, surface="v2", needs=needs,
-                                                             peer=conn.peer_label))
+                                                             peer=conn.peer_label, progress=progress))
 
     await serve_requests(conn, parse_request, handle)

@@ -314,6 +314,7 @@ class LlamaCppBackend(Backend):
             cancel=cancel,
             new_parser=plan.new_parser,
             request_id=request.id,
+            progress=request.progress,
         )
         self._gen.submit(job)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..events import Done, Event, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
+from ..events import Done, Event, PromptProgress, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 
 
 @dataclass(slots=True)
@@ -108,7 +108,8 @@ class WorkerStream:
             raise StopAsyncIteration
         item = await self._queue.get()
         kind = type(item)
-        if kind is TextDelta or kind is ThinkingDelta or kind is ToolCallDelta or kind is ToolCall:
+        if kind is TextDelta or kind is ThinkingDelta or kind is ToolCallDelta or kind is ToolCall \
+                or kind is PromptProgress:
             return item  # type: ignore[return-value]
         self._finished = True
         if kind is Done:

@@ -40,6 +40,8 @@ class GenerationJob:
     new_parser: Callable[[], Any] = field(default=lambda: _PlainText())
     #: The request's id, shown in the backend's sequence reports (`inferd status`).
     request_id: str = ""
+    #: Emit PromptProgress as the prompt is read (issue 22).
+    progress: bool = False
 
     def abandon(self, exc: BaseException) -> None:
         if not isinstance(exc, BackendError):

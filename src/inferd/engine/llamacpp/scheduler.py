@@ -41,7 +41,7 @@ import llama_cpp.llama_cpp as L
 
 from ...proto.admin import SequenceSlot
 from ..backend import BackendError, BackendInvalidRequest, Unavailable
-from ..events import ContextUsage, Done, FinishReason, Timings, Usage
+from ..events import ContextUsage, Done, FinishReason, PromptProgress, Timings, Usage
 from ..text import StopScanner, Utf8Stream
 from .bridge import StepPost
 from .job import GenerationJob, SideJob
@@ -116,6 +116,11 @@ class Sequence:
             slot=self.slot.seq_id, request=self.job.request_id,
             state="prefill" if self.next is None and self.prefilling else "decode",
             prompt_tokens=len(self.prompt), cached_tokens=self.cached)
+
+
+def _prompt_progress(seq: Sequence, done: int) -> None:
+    """Issue 22: a request that asked for it hears how much of its prompt is read."""
+    seq.job.emit(PromptProgress(done=done, total=len(seq.prompt), cached=seq.cached))
 
 
 class BatchScheduler(ContextThread[GenerationContext]):
@@ -384,6 +389,8 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 seq.wait_for = None
             if not seq.placed:
                 self._place(ctx, seq)
+                if seq.job.progress:
+                    _prompt_progress(seq, seq.cached)  # reading starts (issue 22)
             start = len(seq.slot.kv)
             end = min(len(seq.prompt), start + budget)
             fed.append((seq, start, end))
@@ -434,6 +441,8 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 self.prefill_steps.append((prompt_tokens, len(decoding)))
             for seq, start, end in fed:
                 seq.slot.kv.extend(seq.prompt[start:end])
+                if seq.job.progress:
+                    _prompt_progress(seq, end)
             changed = False
             for seq in decoding:
                 seq.slot.kv.append(seq.next)  # type: ignore[arg-type]

@@ -279,7 +279,7 @@ class HttpApp:
         serving = _ServedBy(meta, greq, sized)
         needs = _needs(req, tools=bool(req.tools))
         await self._answer(scope, receive, out, serving, needs,
-                           ChatStream(out, meta) if req.stream else None, ChatCollect(), meta)
+                           ChatStream(out, meta) if req.stream else None, ChatCollect(), meta, req.return_progress)
 
     async def _completions(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         req = decode.parse(decode.CompletionRequest, await read_body(scope, receive))
@@ -290,8 +290,9 @@ class HttpApp:
         serving = _ServedBy(meta, greq, False)
         echo = (greq.prompt or "") if req.echo else ""
         needs = _needs(req)
-        await self._answer(scope, receive, out, serving, needs,
-                           CompletionStream(out, meta, echo) if req.stream else None, CompletionCollect(echo), meta)
+        streamed = CompletionStream(out, meta, echo) if req.stream else None
+        await self._answer(scope, receive, out, serving, needs, streamed, CompletionCollect(echo), meta,
+                           req.return_progress)
 
     async def _responses(self, scope: dict[str, Any], receive: Receive, out: Responder) -> None:
         req = decode.parse(responses.ResponsesRequest, await read_body(scope, receive))
@@ -315,18 +316,19 @@ class HttpApp:
                            MessagesStream(out, meta) if req.stream else None, MessagesCollect(), meta)
 
     async def _answer(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
-                      needs: Needs, streamed: Any, whole: Any, meta: Meta) -> None:
-        """One generation: into `streamed` when the client asked for a stream, else
+                      needs: Needs, streamed: Any, whole: Any, meta: Meta, progress: bool = False) -> None:
+        """One generation: into `streamed` when the client asked for a stream (with
+        progress chunks if it asked for those too: `streamed` is their run.Progress), else
         collected into `whole` and answered in one body."""
         if streamed is not None:
-            await self._stream(scope, receive, out, serving, needs, streamed)
+            await self._stream(scope, receive, out, serving, needs, streamed, progress)
         else:
             await self._generate(scope, receive, out, serving, needs, whole)
             await self._whole(out, whole, meta)
 
     async def _stream(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
-                      needs: Needs, sink: Any) -> None:
-        await self._generate(scope, receive, out, serving, needs, sink)
+                      needs: Needs, sink: Any, progress: bool = False) -> None:
+        await self._generate(scope, receive, out, serving, needs, sink, sink if progress else None)
         if sink.error is not None and not out.gone:
             raise sink.error  # the backend failed before the sink wrote its first chunk: a real status
 
@@ -338,14 +340,14 @@ class HttpApp:
         await out.json(200, sink.body(meta))
 
     async def _generate(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
-                        needs: Needs, sink: Any) -> None:
+                        needs: Needs, sink: Any, progress: Any = None) -> None:
         """Run the pipeline while watching for the client to leave; if it does, cancel
         the pipeline call (queued, prefilling or decoding: the slot is freed and the
         engine stream closed by the pipeline's own cleanup). A refusal before the
         stream is an HTTP status."""
         pipeline = asyncio.ensure_future(
             run.generate(self.ctx, serving.request, sink, surface="http", needs=needs, peer=_peer(scope),
-                         serving=serving))
+                         serving=serving, progress=progress))
         watcher = asyncio.ensure_future(wait_disconnect(receive))
         try:
             await asyncio.wait((pipeline, watcher), return_when=asyncio.FIRST_COMPLETED)
@@ -365,8 +367,8 @@ class HttpApp:
         refused = pipeline.result()
         if refused is not None:
             if out.status and not out.gone:
-                # Ended after its stream began (evicted past a drain deadline on SIGTERM or
-                # SIGHUP): the status is sent, so the stream's own error event says it.
+                # The stream began (progress chunks, or evicted past a drain deadline on
+                # SIGTERM or SIGHUP after its status went out): its own error event says it.
                 await sink.fail(refused.kind, refused.message)
                 return
             raise HttpError.from_fault(refused.kind, refused.message)

@@ -106,6 +106,8 @@ class _Sampling(_Body):
     stream_options: StreamOptions | None = None
     n: StrictInt | None = None
     grammar: StrictStr | None = None  # llama-server extension (GBNF)
+    # llama-server extension (issue 22): progress chunks before the first token, when streamed.
+    return_progress: StrictBool = False
 
 
 class ChatRequest(_Sampling):

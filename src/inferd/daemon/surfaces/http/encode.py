@@ -13,15 +13,22 @@ with everything). Done becomes `finish_reason` and `usage` with
 A streaming sink sends nothing until the first event, so a request refused before
 its first token (a full queue, an invalid request) still gets a real HTTP status; a
 failure after that is one `data: {"error": ...}` event, and no `[DONE]`.
+
+Progress (issue 22, ADR 0029), only for a streamed request with llama-server's
+`return_progress: true`: chunks with an empty assistant turn and no text, carrying
+llama-server's `prompt_progress {total, cache, processed, time_ms}` while the prompt is
+read, or ours, `queue_progress {position}`, while the request waits for a slot. The
+first of them starts the stream, so a refusal after it is an error event too.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from ....engine.backend import Fault
-from ....engine.events import Done, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
+from ....engine.events import Done, PromptProgress, TextDelta, ThinkingDelta, ToolCall, ToolCallDelta
 from ....engine.request import openai_tool_call
 from ..finish import FINISH
 from .errors import HttpError
@@ -144,12 +151,16 @@ class _Stream:
     pieces, so a token costs one JSON string encoding (the hot path)."""
 
     object_name = ""
+    #: The choice of a chunk that carries progress and no output (issue 22).
+    progress_choice: dict[str, Any] = {}
 
     def __init__(self, out: Responder, meta: Meta) -> None:
         self.out = out
         self.meta = meta
         self.started = False
+        self.opened = False  # the 200 and its headers are sent (by the first chunk of any kind)
         self.error: HttpError | None = None  # a failure before the first chunk
+        self._reading: float | None = None  # when the prompt's reading began (prompt_progress.time_ms)
         self._head = b""  # built at the first chunk: the pipeline names the model just before
         tail_usage = b',"usage":null' if meta.include_usage else b""
         self._tail = b',"logprobs":null,"finish_reason":null}]' + tail_usage + b"}\n\n"
@@ -166,7 +177,36 @@ class _Stream:
         self._head = (b'data: {"id":' + _js(meta.id) + b',"object":"' + self.object_name.encode()
                       + b'","created":' + str(meta.created).encode() + b',"model":' + _js(meta.model)
                       + b',"choices":[{"index":0,')
-        await self.out.start(200, SSE_HEADERS)
+        await self._open()
+
+    async def _open(self) -> None:
+        if not self.opened:
+            self.opened = True
+            await self.out.start(200, SSE_HEADERS)
+
+    # ---- progress (issue 22): the pipeline's run.Progress ------------------------------------
+
+    async def _progress(self, key: str, value: dict[str, Any]) -> None:
+        await self._open()
+        meta = self.meta
+        await self.out.body(b"data: " + dumps({
+            "id": meta.id, "object": self.object_name, "created": meta.created, "model": meta.model,
+            "choices": [{"index": 0, **self.progress_choice, "logprobs": None, "finish_reason": None}],
+            key: value}) + b"\n\n")
+
+    async def queued(self, position: int) -> None:
+        await self._progress("queue_progress", {"position": position})
+
+    async def prompt(self, event: PromptProgress) -> None:
+        now = time.monotonic()
+        if self._reading is None:
+            self._reading = now
+        await self._progress("prompt_progress", {"total": event.total, "cache": event.cached,
+                                                 "processed": event.done,
+                                                 "time_ms": round((now - self._reading) * 1000, 1)})
+
+    async def context(self, used: int, max: int) -> None:
+        pass  # llama-server's stream has no such chunk: prompt_progress.total is `used`, /v1/models has n_ctx
 
     def _final(self, done: Done) -> bytes:
         raise NotImplementedError
@@ -185,7 +225,7 @@ class _Stream:
 
     async def fail(self, kind: Fault, message: str) -> None:
         error = HttpError.from_fault(kind, message)
-        if not self.started:
+        if not self.opened:
             self.error = error  # the route answers with the status
             return
         await self.out.body(b"data: " + error.encode() + b"\n\n", more=False)
@@ -193,6 +233,7 @@ class _Stream:
 
 class ChatStream(_Stream):
     object_name = "chat.completion.chunk"
+    progress_choice = {"delta": {"role": "assistant", "content": None}}
 
     def __init__(self, out: Responder, meta: Meta) -> None:
         super().__init__(out, meta)
@@ -236,6 +277,7 @@ class ChatStream(_Stream):
 
 class CompletionStream(_Stream):
     object_name = "text_completion"
+    progress_choice = {"text": ""}
 
     def __init__(self, out: Responder, meta: Meta, echo: str = "") -> None:
         super().__init__(out, meta)
