@@ -12,7 +12,7 @@ import errno
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .errors import ConnectTimeout
+from .errors import ClientError, ConnectTimeout
 from .transport import bounded, check_timeout
 
 T = TypeVar("T")
@@ -44,15 +44,21 @@ _TRANSIENT_MESSAGES = (
 )
 
 
-class WaitTimeout(TimeoutError):
-    """The daemon did not accept a connection within `timeout` seconds."""
+class WaitError(ClientError):
+    """`dial_and_wait_ready` gave up: WaitTimeout or WaitPermanent (seed 003's one
+    error type for the wait). A ClientError like every failure of this library."""
+
+
+class WaitTimeout(WaitError, TimeoutError):
+    """The daemon did not accept a connection within `timeout` seconds; the last
+    failure is the `__cause__`."""
 
     def __init__(self, timeout: float) -> None:
         super().__init__(f"daemon not ready within {timeout:g}s")
         self.timeout = timeout
 
 
-class WaitPermanent(Exception):
+class WaitPermanent(WaitError):
     """Dialing failed in a way retrying cannot fix; the original is `.error`."""
 
     def __init__(self, error: BaseException) -> None:
