@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 
 import pytest
@@ -29,6 +30,7 @@ SHAPES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "tool_call": {"tool": str, "args": dict, "id": str},
     "tool_result": {"tool": str, "id": str, "output": str, "is_error": bool},
     "cost": {"input_tokens": int, "output_tokens": int, "total_usd": float},
+    "command_ack": {"command": str, "text": str},
     "status": {"message": str},
     "error": {"message": str},
 }
@@ -93,10 +95,12 @@ async def test_chat_json_drives_a_full_tool_round_trip(daemon):
     proc.stdin.write(b"What is the weather in Paris?\n")
     await proc.stdin.drain()
     while (ev := await next_event())["event"] != "tool_call":
-        assert ev["event"] in ("boot", "query", "response_chunk"), ev
+        assert ev["event"] in ("boot", "query", "response_chunk", "status"), ev
     call = ev
     assert call["tool"] == "get_weather" and isinstance(call["args"]["city"], str)
-    assert (await next_event())["event"] == "response_end"
+    while (ev := await next_event())["event"] == "status":
+        pass  # which backend served the turn, how full the context is
+    assert ev["event"] == "response_end"
     assert (await next_event())["event"] == "cost"
     proc.stdin.write(json.dumps({"output": {"temp_c": 21, "sky": "sunny"}}).encode() + b"\n")
     await proc.stdin.drain()
@@ -104,7 +108,7 @@ async def test_chat_json_drives_a_full_tool_round_trip(daemon):
     assert result == {"event": "tool_result", "tool": "get_weather", "id": call["id"],
                       "output": '{"temp_c": 21, "sky": "sunny"}', "is_error": False}
     while (ev := await next_event())["event"] != "cost":
-        assert ev["event"] in ("response_chunk", "thinking_chunk", "response_end", "tool_call"), ev
+        assert ev["event"] in ("response_chunk", "thinking_chunk", "response_end", "tool_call", "status"), ev
     assert ev["input_tokens"] > 0 and ev["output_tokens"] > 0 and ev["total_usd"] == 0.0
     proc.stdin.close()
     rest = await asyncio.wait_for(proc.stdout.read(), 60)
@@ -128,9 +132,14 @@ async def test_run_json_streams_chunks_then_end_and_cost(daemon):
     events = [check_shape(line) for line in lines]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "boot" and kinds[1] == "query" and kinds[-2:] == ["response_end", "cost"]
-    assert set(kinds[2:-2]) == {"response_chunk"}
-    assert events[1]["text"] == "Once upon a time"
+    assert set(kinds[2:-2]) == {"response_chunk", "status"}
+    assert events[1] == {"event": "query", "text": "Once upon a time", "queue_len": 0}
     assert events[-1]["output_tokens"] == 8
+    # The reply reached --max-tokens: the adapter's Info, as a status line after the text.
+    notes = [e["message"] for e in events if e["event"] == "status" and e["message"].startswith("note: ")]
+    assert notes == ["note: the reply was cut off at max_tokens (8)"]
+    assert kinds.index("status", kinds.index("response_chunk")) > max(
+        i for i, k in enumerate(kinds) if k == "response_chunk")
 
 
 async def test_run_json_schema_output_parses(daemon):
@@ -154,3 +163,27 @@ async def test_run_json_errors_are_an_event_and_a_failing_exit(daemon):
     code, lines, _ = await cli("run", "--json", "--addr", daemon.v2 + ".absent", "hi", "--tools", daemon.tools,
                                "--wait", "0")
     assert code == 1 and check_shape(lines[-1])["event"] == "error"
+
+
+async def test_chat_json_one_turn_between_slash_commands_end_to_end(daemon):
+    """The event stream of one real turn: /reset and /exit acknowledged around it, the
+    query with its queue length, the reply, a status line saying which backend served
+    it and how full the context is, the end and the cost."""
+    code, lines, err = await cli("chat", "--json", "--addr", daemon.infer, "--temperature", "0", "--max-tokens", "6",
+                                 stdin=b"/reset\nSay hello.\n/exit\nnever sent\n")
+    assert code == 0, err
+    events = [check_shape(line) for line in lines]
+    kinds = [e["event"] for e in events]
+    assert events[:3] == [
+        {"event": "boot", "version": events[0]["version"], "bare": True, "auto": False},
+        {"event": "command_ack", "command": "/reset", "text": "history cleared"},
+        {"event": "query", "text": "Say hello.", "queue_len": 0},
+    ]
+    assert events[-1] == {"event": "command_ack", "command": "/exit", "text": "bye"}
+    assert kinds[-3:-1] == ["response_end", "cost"] and events[-2]["output_tokens"] > 0
+    middle = kinds[3:-3]
+    assert set(middle) <= {"status", "response_chunk"} and "response_chunk" in middle
+    statuses = [e["message"] for e in events if e["event"] == "status"]
+    assert any(re.fullmatch(r"default model on llamacpp: context \d+/2048 tokens \([\d.]+%\)", m) for m in statuses), \
+        statuses
+    assert "never sent" not in "".join(lines)

@@ -15,14 +15,17 @@ from inferd.client.events import (
     EngineEvent,
     Error,
     Footer,
+    Info,
     ResponseStart,
     TextDelta,
     TextDone,
     ThinkingDelta,
     ThinkingDone,
     ThinkingStart,
+    StatusUpdate,
     ToolCallStart,
     TurnEnd,
+    TurnEndReason,
     TurnStart,
 )
 from inferd.proto import v1, v2
@@ -144,8 +147,9 @@ async def test_v1_stream_exact_sequence():
         TextDelta(text="Hel"),
         TextDelta(text="lo"),
         TextDone(),
+        StatusUpdate(provider="mock"),
         Footer(prompt_tokens=3, completion_tokens=2, total_chars=5, elapsed_ms=500, rate=4.0),
-        TurnEnd(turn_id="r1", reason="end"),
+        TurnEnd(turn_id="r1", reason=TurnEndReason.COMPLETE),
     ]
     assert not frames.closed  # the turn ended normally: nothing to cancel
 
@@ -164,8 +168,9 @@ async def test_v1_without_streaming_takes_the_text_from_done():
         ResponseStart(),
         TextDelta(text="Paris"),
         TextDone(),
+        StatusUpdate(provider="mock"),
         Footer(prompt_tokens=3, completion_tokens=2, total_chars=5, elapsed_ms=250, rate=8.0),
-        TurnEnd(reason="end"),
+        TurnEnd(reason=TurnEndReason.COMPLETE),
     ]
 
 
@@ -180,8 +185,10 @@ async def test_v1_done_with_the_new_members():
         timings=v1.Timings(prompt_ms=5.0, generate_ms=50.0, tokens_per_second=80.0),
     )
     events = await collect(Frames(token("ok"), done), turn_id="t", clock=clock(0.0, 0.1))
-    assert events[-3:] == [
+    assert events[-5:] == [
         ContextUsage(used=2048, max=8192),
+        StatusUpdate(provider="llamacpp", context_pct=25.0),
+        Info(message="the reply was cut off at max_tokens"),
         Footer(
             prompt_tokens=100,
             completion_tokens=4,
@@ -192,7 +199,7 @@ async def test_v1_done_with_the_new_members():
             rate=80.0,
             context="2048/8192 (25%)",
         ),
-        TurnEnd(turn_id="t", reason="length"),
+        TurnEnd(turn_id="t", reason=TurnEndReason.MAX_TOKENS),
     ]
 
 
@@ -218,7 +225,7 @@ async def test_v1_error_before_anything():
 async def test_status_frames_and_empty_deltas_make_no_events():
     frames = Frames(v1.StatusFrame(id="r1", status="queued"), token(""), token("a"), token(""), done_v1("a", 1))
     assert kinds(await collect(frames)) == [
-        "turn_start", "response_start", "text_delta", "text_done", "footer", "turn_end",
+        "turn_start", "response_start", "text_delta", "text_done", "status_update", "footer", "turn_end",
     ]
 
 
@@ -246,8 +253,9 @@ async def test_v2_thinking_text_and_tool_use_exact_sequence():
         TextDone(),
         ToolCallStart(id="tc-1", name="get_weather", args={"city": "Oslo"}),
         ToolCallStart(id="tc-2", name="get_time", args={"tz": "Europe/Oslo"}),
+        StatusUpdate(provider="mock"),
         Footer(prompt_tokens=5, completion_tokens=20, total_chars=13, elapsed_ms=1000, rate=20.0),
-        TurnEnd(turn_id="r2", reason="tool_use"),
+        TurnEnd(turn_id="r2", reason=TurnEndReason.TOOL_USE),
     ]
 
 
@@ -269,6 +277,7 @@ async def test_v2_runs_of_text_and_thinking_alternate():
         "thinking_start",
         "thinking_delta",
         "thinking_done",
+        "status_update",
         "footer",
         "turn_end",
     ]
@@ -277,7 +286,7 @@ async def test_v2_runs_of_text_and_thinking_alternate():
 async def test_v2_tool_use_without_text():
     frames = Frames(tool_use("c", "f", None), done_v2(v2.StopReasonV2.TOOL_USE, 1))
     events = await collect(frames)
-    assert kinds(events) == ["turn_start", "tool_call_start", "footer", "turn_end"]
+    assert kinds(events) == ["turn_start", "tool_call_start", "status_update", "footer", "turn_end"]
     assert events[1] == ToolCallStart(id="c", name="f", args=None)
 
 
@@ -291,8 +300,10 @@ async def test_v2_done_with_the_new_members():
         timings=v1.Timings(prompt_ms=3.0, generate_ms=100.0, tokens_per_second=100.0),
     )
     events = await collect(Frames(thinking("t"), text("x"), done), clock=clock(0.0, 0.2))
-    assert events[-3:] == [
+    assert events[-5:] == [
         ContextUsage(used=60, max=4096),
+        StatusUpdate(provider="llamacpp", context_pct=1.5),
+        Info(message="the reply was cut off at max_tokens"),
         Footer(
             prompt_tokens=50,
             completion_tokens=10,
@@ -303,7 +314,7 @@ async def test_v2_done_with_the_new_members():
             rate=100.0,
             context="60/4096 (1%)",
         ),
-        TurnEnd(reason="max_tokens"),
+        TurnEnd(reason=TurnEndReason.MAX_TOKENS),
     ]
 
 
@@ -329,9 +340,9 @@ async def test_frames_parsed_from_the_wire():
     events = await collect(Frames(*(v2.parse_response(raw) for raw in lines)))
     assert kinds(events) == [
         "turn_start", "thinking_start", "thinking_delta", "thinking_done",
-        "response_start", "text_delta", "text_done", "footer", "turn_end",
+        "response_start", "text_delta", "text_done", "status_update", "footer", "turn_end",
     ]
-    assert events[-1] == TurnEnd(reason="end_turn")
+    assert events[-1] == TurnEnd(reason=TurnEndReason.COMPLETE)
 
 
 async def test_done_frames_from_the_wire_with_the_new_members():
@@ -341,8 +352,9 @@ async def test_done_frames_from_the_wire_with_the_new_members():
         b'"timings":{"prompt_ms":1.0,"generate_ms":10.0,"tokens_per_second":100.0},"context":{"used":10,"max":100}}'
     )
     events = await collect(Frames(v1.parse_response(b'{"type":"token","id":"a","content":"hi"}'), v1.parse_response(v1_done)))
-    assert events[-3:-1] == [
+    assert events[-4:-1] == [
         ContextUsage(used=10, max=100),
+        StatusUpdate(provider="llamacpp", context_pct=10.0),
         Footer(prompt_tokens=9, completion_tokens=1, cache_read_tokens=8, total_chars=2, elapsed_ms=events[-2].elapsed_ms,
                rate=100.0, context="10/100 (10%)"),
     ]
@@ -354,9 +366,10 @@ async def test_done_frames_from_the_wire_with_the_new_members():
     events = await collect(Frames(v2.parse_response(v2_done)))
     assert events[1:] == [
         ContextUsage(used=13, max=8192),
-        Footer(prompt_tokens=9, completion_tokens=4, thinking_tokens=3, elapsed_ms=events[2].elapsed_ms, rate=75.0,
+        StatusUpdate(provider="llamacpp", context_pct=0.2),
+        Footer(prompt_tokens=9, completion_tokens=4, thinking_tokens=3, elapsed_ms=events[3].elapsed_ms, rate=75.0,
                context="13/8192 (0%)"),
-        TurnEnd(reason="end_turn"),
+        TurnEnd(reason=TurnEndReason.COMPLETE),
     ]
 
 
@@ -364,13 +377,15 @@ async def test_done_frames_of_a_daemon_without_the_new_members():
     old = OldDone(id="o", content="abc", usage=OldUsage(prompt_tokens=2, completion_tokens=3), stop_reason="end",
                   backend="mock")
     events = await collect(Frames(token("abc"), old), clock=clock(0.0, 1.5))
-    assert events[-2:] == [
+    assert events[-3:] == [
+        StatusUpdate(provider="mock"),
         Footer(prompt_tokens=2, completion_tokens=3, total_chars=3, elapsed_ms=1500, rate=2.0),
-        TurnEnd(reason="end"),
+        TurnEnd(reason=TurnEndReason.COMPLETE),
     ]
     old_v2 = OldDoneV2(id="o", usage=OldUsageV2(input_tokens=1, output_tokens=0), stop_reason="end_turn", backend="mock")
     events = await collect(Frames(old_v2), clock=clock(0.0, 0.0))
-    assert events == [TurnStart(), Footer(prompt_tokens=1), TurnEnd(reason="end_turn")]
+    assert events == [TurnStart(), StatusUpdate(provider="mock"), Footer(prompt_tokens=1),
+                      TurnEnd(reason=TurnEndReason.COMPLETE)]
 
 
 # ---- failures of the stream and early exits ---------------------------------------------------
@@ -426,7 +441,8 @@ async def test_events_round_trip_through_json():
 
 async def test_engine_events_against_a_real_daemon(daemon_factory, sockdir):
     d = await daemon_factory(mock={"tokens": ["Hello", ", ", "world"]}, v2=True, v2_addr=str(sockdir / "v2.sock"))
-    expected = ["turn_start", "response_start", "text_delta", "text_delta", "text_delta", "text_done", "footer", "turn_end"]
+    expected = ["turn_start", "response_start", "text_delta", "text_delta", "text_delta", "text_done", "status_update",
+                "footer", "turn_end"]
 
     async with await Client.dial_uds(d.infer, read_timeout=10) as client:
         request = Request(id="real-1", messages=[Message(role=Role.USER, content="hi")])
@@ -439,12 +455,12 @@ async def test_engine_events_against_a_real_daemon(daemon_factory, sockdir):
         assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "Hello, world"
         (footer,) = [e for e in events if isinstance(e, Footer)]
         assert footer.completion_tokens == 3 and footer.total_chars == 12 and footer.elapsed_ms >= 0
-        assert events[-1] == TurnEnd(turn_id="real-1", reason="end")
+        assert events[-1] == TurnEnd(turn_id="real-1", reason=TurnEndReason.COMPLETE)
         # A finished turn leaves the connection usable for the next one.
         assert not client.closed
         again = await asyncio.wait_for(collect(client.generate(request.model_copy(update={"stream": False}))), 10)
         assert [k for k in kinds(again) if k != "context_usage"] == [
-            "turn_start", "response_start", "text_delta", "text_done", "footer", "turn_end",
+            "turn_start", "response_start", "text_delta", "text_done", "status_update", "footer", "turn_end",
         ]
         assert [e.text for e in again if isinstance(e, TextDelta)] == ["Hello, world"]
 
@@ -452,7 +468,7 @@ async def test_engine_events_against_a_real_daemon(daemon_factory, sockdir):
         request = v2.RequestV2(id="real-2", messages=[v2.MessageV2(role="user", content=[v2.TextBlock(text="hi")])])
         events = await asyncio.wait_for(collect(client.generate(request)), 10)
         assert [k for k in kinds(events) if k != "context_usage"] == expected
-        assert events[-1] == TurnEnd(turn_id="real-2", reason="end_turn")
+        assert events[-1] == TurnEnd(turn_id="real-2", reason=TurnEndReason.COMPLETE)
 
         # An error frame from the daemon: a dangling attachment reference.
         bad = v2.RequestV2(id="bad", messages=[v2.MessageV2(role="user", content=[v2.ImageBlock(attachment_id="nope")])])

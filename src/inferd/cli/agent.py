@@ -6,13 +6,19 @@ from a shell:
 
     boot{version,bare,auto}  query{text,queue_len}  response_chunk{text}
     thinking_chunk{text} (ours)  tool_call{tool,args,id}  tool_result{tool,id,output,is_error}
-    response_end  cost{input_tokens,output_tokens,total_usd}  status{message}  error{message}
+    response_end  cost{input_tokens,output_tokens,total_usd}  command_ack{command,text}
+    status{message}  error{message}
+
+(docs/cli.md says when each comes.) `--json` asks the daemon for progress frames, so
+a request that waits shows `status` lines (queue position, prompt reading, context)
+before its first token, and `query.queue_len` is its queue position.
 
 `error` is the last line of a failed run, which then exits non-zero. In `chat --json`
-every stdin line is a prompt, except a line holding a JSON object, which answers the
-pending tool call: {"id": "call_…", "output": "…", "is_error": false} (`id` may be
-left out while one call is pending; `output` may be any JSON value). Once every
-pending call has its result, the model continues by itself. `--tool-choice required`
+every stdin line is a prompt, except a slash command (`/reset`, `/exit`, `/model
+NAME`: cli/slash.py, answered by `command_ack`) and a line holding a JSON object,
+which answers the pending tool call: {"id": "call_…", "output": "…", "is_error": false}
+(`id` may be left out while one call is pending; `output` may be any JSON value).
+Once every pending call has its result, the model continues by itself. `--tool-choice required`
 forces a call in answer to each prompt; the turn that answers tool results is `auto`.
 
 Tools and thinking need protocol v2, so these commands speak v2 when a flag needs it
@@ -23,21 +29,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from inferd import __version__
 from inferd.client.client import Client
 from inferd.client.client_v2 import ClientV2
 from inferd.client.errors import ClientError
+from inferd.client.events import EventSession
 from inferd.client.wait import WaitPermanent, WaitTimeout, dial_and_wait_ready
-from inferd.proto.v1 import DoneFrame, ErrorFrame, Message, Request, ResponseFormat, Role, TokenFrame
+from inferd.proto.v1 import Message, Request, ResponseFormat, Role
 from inferd.proto.v2 import (
-    DoneFrameV2,
-    FrameV2,
     MessageV2,
     RequestV2,
     RoleV2,
@@ -48,6 +51,8 @@ from inferd.proto.v2 import (
 )
 
 from .common import describe
+from .emitter import Emitter, TurnView
+from .slash import Command, parse_command, prompt_text, unknown
 
 
 class UsageError(Exception):
@@ -101,85 +106,6 @@ class AgentOptions:
         return bool(self.tools) or self.tool_choice is not None or self.thinking is not None
 
 
-class Emitter:
-    """Where a turn's output goes: the terminal (text on stdout, the rest dimmed on
-    stderr) or JSON lines on stdout."""
-
-    def __init__(self, as_json: bool, out: TextIO | None = None) -> None:
-        self.as_json = as_json
-        self.out = out or sys.stdout
-        self._open_line = False
-
-    def _event(self, event: str, **fields: Any) -> None:
-        self.out.write(json.dumps({"event": event, **fields}, ensure_ascii=False, separators=(",", ":")) + "\n")
-        self.out.flush()
-
-    def _note(self, text: str) -> None:
-        print(f"\x1b[2m{text}\x1b[0m" if sys.stderr.isatty() else text, file=sys.stderr, flush=True)
-
-    def boot(self, *, bare: bool) -> None:
-        if self.as_json:
-            self._event("boot", version=__version__, bare=bare, auto=False)
-
-    def query(self, text: str, queue_len: int = 0) -> None:
-        if self.as_json:
-            self._event("query", text=text, queue_len=queue_len)
-
-    def chunk(self, text: str) -> None:
-        if self.as_json:
-            self._event("response_chunk", text=text)
-        else:
-            self.out.write(text)
-            self.out.flush()
-            self._open_line = True
-
-    def thinking(self, text: str) -> None:
-        if self.as_json:
-            self._event("thinking_chunk", text=text)
-        else:
-            self._note(f"[thinking] {text}")
-
-    def tool_call(self, name: str, args: Any, id: str) -> None:
-        if self.as_json:
-            self._event("tool_call", tool=name, args=args, id=id)
-        else:
-            self._end_line()
-            self._note(f"[tool call {id}] {name} {json.dumps(args, ensure_ascii=False)}")
-
-    def tool_result(self, name: str, id: str, output: str, is_error: bool) -> None:
-        if self.as_json:
-            self._event("tool_result", tool=name, id=id, output=output, is_error=is_error)
-
-    def response_end(self) -> None:
-        if self.as_json:
-            self._event("response_end")
-        else:
-            self._end_line()
-
-    def cost(self, input_tokens: int, output_tokens: int) -> None:
-        if self.as_json:
-            self._event("cost", input_tokens=input_tokens, output_tokens=output_tokens, total_usd=0.0)
-
-    def status(self, message: str) -> None:
-        if self.as_json:
-            self._event("status", message=message)
-        else:
-            self._note(message)
-
-    def error(self, message: str) -> None:
-        if self.as_json:
-            self._event("error", message=message)
-        else:
-            self._end_line()
-            print(f"error: {message}", file=sys.stderr, flush=True)
-
-    def _end_line(self) -> None:
-        if self._open_line:
-            self.out.write("\n")
-            self.out.flush()
-            self._open_line = False
-
-
 @dataclass
 class TurnResult:
     ok: bool
@@ -188,7 +114,6 @@ class TurnResult:
     text: str = ""
     error: str = ""
     completion_tokens: int = 0
-    rate: float = 0.0
 
 
 class Conversation:
@@ -196,12 +121,20 @@ class Conversation:
 
     def __init__(self, opts: AgentOptions) -> None:
         self.opts = opts
+        #: The model requests name (`/model NAME`); None: the daemon's default.
+        self.model: str | None = None
+        #: What the turns of this conversation share (the backend that served the last).
+        self.session = EventSession()
+        self._ids = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """A fresh history: the system prompt only, no tool call pending (`/reset`)."""
         self.messages: list[MessageV2] = []
-        if opts.system:
-            self.messages.append(MessageV2(role=RoleV2.SYSTEM, content=[TextBlock(text=opts.system)]))
+        if self.opts.system:
+            self.messages.append(MessageV2(role=RoleV2.SYSTEM, content=[TextBlock(text=self.opts.system)]))
         self.pending: dict[str, str] = {}  # call id -> tool name, awaiting results
         self._results: list[ToolResultBlock] = []
-        self._ids = 0
 
     def _next_id(self) -> str:
         self._ids += 1
@@ -246,6 +179,8 @@ class Conversation:
             extra["thinking"] = o.thinking
         if o.schema is not None:
             extra["response_format"] = ResponseFormat(type="json_schema", schema=o.schema)
+        if self.model is not None:
+            extra["model"] = self.model
         return RequestV2(id=self._next_id(), messages=list(self.messages), **extra)
 
     def v1_request(self) -> Request:
@@ -254,52 +189,34 @@ class Conversation:
         extra: dict[str, Any] = dict(self.opts.sampling)
         if self.opts.schema is not None:
             extra["response_format"] = ResponseFormat(type="json_schema", schema=self.opts.schema)
+        if self.model is not None:
+            extra["model"] = self.model
         return Request(id=self._next_id(), messages=messages, **extra)
 
-    async def turn(self, client: Client, emit: Emitter) -> TurnResult:
-        """Send the conversation, stream the reply through `emit`, and record it."""
+    async def turn(self, client: Client, emit: Emitter, query: str | None = None) -> TurnResult:
+        """Send the conversation, show the reply through `emit`, and record it.
+
+        `query` is the prompt that started this turn (emitted as `query` once the
+        daemon has said where the request waits). With `--json` the request asks for
+        progress frames, which become `status` lines before the first token.
+        """
         v2 = isinstance(client, ClientV2)
         request = self.v2_request() if v2 else self.v1_request()
-        started = time.monotonic()
-        text: list[str] = []
-        calls: list[ToolUseBlock] = []
-        result = TurnResult(ok=False)
-        async for frame in client.generate(request):  # type: ignore[arg-type]
-            if isinstance(frame, TokenFrame):
-                text.append(frame.content)
-                emit.chunk(frame.content)
-            elif isinstance(frame, FrameV2):
-                block = frame.block
-                if block.type == "text":
-                    text.append(block.delta)
-                    emit.chunk(block.delta)
-                elif block.type == "thinking":
-                    emit.thinking(block.delta)
-                else:
-                    calls.append(block)
-                    emit.tool_call(block.name, block.input, block.tool_call_id)
-            elif isinstance(frame, (DoneFrame, DoneFrameV2)):
-                if isinstance(frame, DoneFrame) and not text and frame.content:
-                    text.append(frame.content)
-                    emit.chunk(frame.content)
-                usage = frame.usage
-                inp = getattr(usage, "prompt_tokens", None) or getattr(usage, "input_tokens", 0)
-                out = getattr(usage, "completion_tokens", None) or getattr(usage, "output_tokens", 0)
-                emit.response_end()
-                emit.cost(inp, out)
-                elapsed = time.monotonic() - started
-                rate = frame.timings.tokens_per_second if frame.timings else (out / elapsed if elapsed > 0 else 0.0)
-                result = TurnResult(ok=True, stop_reason=str(frame.stop_reason), calls=calls, text="".join(text),
-                                    completion_tokens=out, rate=rate)
-            elif isinstance(frame, ErrorFrame):
-                result = TurnResult(ok=False, error=f"{frame.code}: {frame.message}", text="".join(text))
-        if result.ok:
-            content: list[Any] = [TextBlock(text=result.text)] if result.text else []
-            content += calls
-            if content:
-                self.messages.append(MessageV2(role=RoleV2.ASSISTANT, content=content))
-            self.pending = {c.tool_call_id: c.name for c in calls}
-        return result
+        view = TurnView(emit, query)
+        frames = client.generate(request, progress=True if emit.as_json else None)  # type: ignore[arg-type]
+        async for event in self.session.events(frames):
+            view.show(event, self.session.queue_position)
+        text = "".join(view.text)
+        if not view.ok:
+            return TurnResult(ok=False, error=view.error, text=text)
+        calls = [ToolUseBlock(tool_call_id=c.id, name=c.name, input=c.args) for c in view.calls]
+        content: list[Any] = [TextBlock(text=text)] if text else []
+        content += calls
+        if content:
+            self.messages.append(MessageV2(role=RoleV2.ASSISTANT, content=content))
+        self.pending = {c.tool_call_id: c.name for c in calls}
+        return TurnResult(ok=True, stop_reason=str(view.reason), calls=calls, text=text,
+                          completion_tokens=view.output_tokens)
 
 
 class Unreachable(Exception):
@@ -324,13 +241,14 @@ async def agent_run(prompt: str, opts: AgentOptions, addr: str, api_key: str | N
     emit.boot(bare=opts.system is None and not opts.tools)
     conversation = Conversation(opts)
     conversation.add_user(prompt)
-    emit.query(prompt)
     try:
-        async with await dial(opts, addr, api_key, wait) as client:
-            result = await conversation.turn(client, emit)
+        client = await dial(opts, addr, api_key, wait)
     except (ClientError, OSError, Unreachable) as exc:
+        emit.query(prompt)
         emit.error(describe(exc))
         return 1
+    async with client:
+        result = await conversation.turn(client, emit, query=prompt)
     if not result.ok:
         emit.error(result.error)
         return 1
@@ -369,7 +287,13 @@ class AgentChat:
             text = line.strip()
             if not text:
                 continue
+            command = parse_command(text)
+            if command is not None:
+                if not self.command(command):
+                    return 0
+                continue
             obj = _json_object(text)
+            query = None
             if obj is not None:
                 try:
                     call_id, tool, output, is_error = conv.answer(obj)
@@ -383,12 +307,33 @@ class AgentChat:
                 if conv.pending:
                     emit.error(f"tool call(s) pending ({', '.join(conv.pending)}): answer them before the next prompt")
                     return 1
-                conv.add_user(line.rstrip("\r\n"))
-                emit.query(line.rstrip("\r\n"))
-            result = await conv.turn(client, emit)
+                query = prompt_text(line.rstrip("\r\n"))
+                conv.add_user(query)
+            result = await conv.turn(client, emit, query=query)
             if not result.ok:
                 emit.error(result.error)
                 return 1
+
+    def command(self, command: Command) -> bool:
+        """Carry out a slash command and acknowledge it; False for `/exit`."""
+        conv, emit = self.conversation, self.emit
+        if command.name == "/exit":
+            emit.command_ack(command.name, "bye")
+            return False
+        if command.name == "/reset":
+            dropped = len(conv.pending)
+            conv.reset()
+            emit.command_ack(command.name, "history cleared" + (f", {dropped} pending tool call(s) dropped"
+                                                                 if dropped else ""))
+        elif command.name == "/model":
+            if command.arg:
+                conv.model = command.arg
+                emit.command_ack(command.name, f"requests now name model {command.arg}")
+            else:
+                emit.command_ack(command.name, f"model: {conv.model or 'the daemon default'}")
+        else:
+            emit.command_ack(command.name, unknown(command))
+        return True
 
 
 async def _readline(stream: TextIO) -> str | None:

@@ -22,6 +22,7 @@ from inferd.proto.v1 import DoneFrame, ErrorFrame, Message, Request, Role, Token
 
 from .agent import AgentChat, AgentOptions, UsageError, agent_run, load_schema, load_tools
 from .common import EXIT_FAIL, connect, describe, die, err, run_async
+from .slash import parse_command, prompt_text, unknown
 
 T = TypeVar("T")
 
@@ -218,6 +219,7 @@ def chat(addr: str, api_key: str | None, wait: float, system: str | None, opts: 
     connection (and the daemon's prompt-prefix cache) is reused."""
     base = [Message(role=Role.SYSTEM, content=system)] if system else []
     history = list(base)
+    model: str | None = None  # `/model NAME`; None: the daemon's default
     interactive = sys.stdin.isatty()
     session = ChatSession(addr, api_key, wait)
     with asyncio.Runner() as runner:
@@ -226,17 +228,23 @@ def chat(addr: str, api_key: str | None, wait: float, system: str | None, opts: 
                 line = read_user_line(interactive)
                 if line is None:
                     break
-                command = line.strip()
-                if not command:
+                if not line.strip():
                     continue
-                if command == "/exit":
-                    break
-                if command == "/reset":
-                    history = list(base)
-                    err("[history cleared]")
+                command = parse_command(line)
+                if command is not None:
+                    if command.name == "/exit":
+                        break
+                    if command.name == "/reset":
+                        history = list(base)
+                        err("[history cleared]")
+                    elif command.name == "/model":
+                        model = command.arg or model
+                        err(f"[model: {model or 'the daemon default'}]")
+                    else:
+                        err(f"[{unknown(command)}]")
                     continue
-                history.append(Message(role=Role.USER, content=line))
-                request = Request(id=next_id("chat"), messages=list(history), **opts)
+                history.append(Message(role=Role.USER, content=prompt_text(line)))
+                request = Request(id=next_id("chat"), messages=list(history), model=model, **opts)
                 try:
                     turn = runner.run(session.turn(request))
                 except KeyboardInterrupt:
@@ -349,7 +357,8 @@ def register(app: typer.Typer) -> None:
         thinking: ThinkingOpt = None,
         json_schema: SchemaOpt = None,
     ) -> None:
-        """Chat interactively; /reset clears the history, /exit or EOF quits.
+        """Chat interactively; /reset clears the history, /model NAME names the model
+        requests ask for, /exit or EOF quits (`//text` sends "/text").
 
         With --json (or an agent flag) every stdin line is a prompt, and a line holding
         a JSON object answers the pending tool call: {"id": ..., "output": ...}."""

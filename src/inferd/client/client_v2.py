@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import Union
 
+from inferd.proto.v1 import CountFrame, ProgressFrame
 from inferd.proto.v2 import DoneFrameV2, ErrorFrameV2, FrameV2, parse_response
 
 from .client import Client, FrameStream
 
-FrameV2Any = Union[FrameV2, DoneFrameV2, ErrorFrameV2]
+FrameV2Any = Union[FrameV2, DoneFrameV2, ErrorFrameV2, CountFrame, ProgressFrame]
 
 
 class FrameStreamV2(FrameStream):

@@ -1,16 +1,16 @@
-"""Errors raised by the client library.
+"""Errors raised by the client library: every failure of the library is a ClientError.
 
-Every failure of an open connection is a ClientError (seed 003): a reset or broken
-connection mid-request is ConnectionLost, which is also the builtin ConnectionError
-(so `except OSError` keeps working). Dialing is the one place platform errors are
-left as they are (ConnectionRefusedError, FileNotFoundError, ...) so
-`is_transient_dial_error` and callers can tell "daemon not up yet" from "you may not
-talk to it"; `dial_and_wait_ready` turns them into WaitError.
+I/O failures (a refused or reset connection, a broken pipe, a socket that does not
+exist, ...) are raised as ClientIOError subclasses that are *also* the builtin
+OSError subclass the platform raised (ConnectionRefused is a ConnectionRefusedError,
+SocketNotFound a FileNotFoundError, ...), with the same errno. So `except ClientError`
+sees every failure, while `except ConnectionError` and `is_transient_dial_error`
+keep telling "daemon not up yet" from "you may not talk to it" (seed 003: the
+client's errors are one taxonomy, not a ClientError beside a raw io error).
 
-Timeouts are the exception to that rule: they are raised as our own types, which
-are at once ClientError (so `except ClientError` sees every failure of the
-library) and the builtin TimeoutError (so `except TimeoutError` keeps working,
-and `is_transient_dial_error` treats a connect that timed out as "retry").
+Timeouts are raised as our own types too, which are at once ClientError and the
+builtin TimeoutError (so `except TimeoutError` keeps working, and
+`is_transient_dial_error` treats a connect that timed out as "retry").
 """
 
 from __future__ import annotations
@@ -18,15 +18,6 @@ from __future__ import annotations
 
 class ClientError(Exception):
     """Base class for protocol-level failures seen by a client."""
-
-
-class ConnectionLost(ClientError, ConnectionError):
-    """The connection failed under a request (reset by the peer, broken pipe): the
-    request did not complete. Also the builtin ConnectionError."""
-
-    def __init__(self, message: str) -> None:
-        # One argument only: OSError reads two as (errno, strerror).
-        super().__init__(message)
 
 
 class UnexpectedEof(ClientError):
@@ -78,3 +69,63 @@ class ReadTimeout(ClientTimeout):
 
 class WriteTimeout(ClientTimeout):
     """The daemon did not take a request within `write_timeout` seconds (it stopped reading)."""
+
+
+class ClientIOError(ClientError, OSError):
+    """The connection failed at the operating system's level; `errno` is the platform's.
+
+    Raised instead of the bare OSError by every dial, send and receive of this
+    library (`as_client_error`); the original is the `__cause__`.
+    """
+
+
+class ConnectionRefused(ClientIOError, ConnectionRefusedError):
+    """Nothing accepts connections at the address (yet)."""
+
+
+class ConnectionReset(ClientIOError, ConnectionResetError):
+    """The daemon's end reset the connection (it crashed, or dropped us mid-stream)."""
+
+
+class ConnectionAborted(ClientIOError, ConnectionAbortedError):
+    """The connection was aborted on this machine's side."""
+
+
+class BrokenPipe(ClientIOError, BrokenPipeError):
+    """A write found the daemon's end already closed."""
+
+
+class SocketNotFound(ClientIOError, FileNotFoundError):
+    """The socket or pipe does not exist: the daemon is not (yet) listening there."""
+
+
+class PermissionDenied(ClientIOError, PermissionError):
+    """The socket exists but this user may not connect to it (F-1: 0600 sockets)."""
+
+
+# Most specific first: ConnectionRefusedError etc. are ConnectionErrors too.
+_IO_KINDS: tuple[tuple[type[OSError], type[ClientIOError]], ...] = (
+    (ConnectionRefusedError, ConnectionRefused),
+    (ConnectionResetError, ConnectionReset),
+    (ConnectionAbortedError, ConnectionAborted),
+    (BrokenPipeError, BrokenPipe),
+    (FileNotFoundError, SocketNotFound),
+    (PermissionError, PermissionDenied),
+)
+
+
+def as_client_error(exc: OSError) -> ClientError:
+    """`exc` as this library's error: unchanged if it is one already, else the
+    ClientIOError of its kind carrying the same errno, message and file name."""
+    if isinstance(exc, ClientError):
+        return exc
+    kind = next((ours for theirs, ours in _IO_KINDS if isinstance(exc, theirs)), ClientIOError)
+    if exc.errno is None:
+        # One argument only: OSError reads two as (errno, strerror).
+        return kind(str(exc) or type(exc).__name__)
+    winerror = getattr(exc, "winerror", None)
+    if winerror is not None:  # Windows: keep what is_transient_dial_error reads
+        return kind(exc.errno, exc.strerror, exc.filename, winerror)
+    if exc.filename is not None:
+        return kind(exc.errno, exc.strerror, exc.filename)
+    return kind(exc.errno, exc.strerror)

@@ -19,6 +19,10 @@ Timeouts (all in seconds; None means no limit):
 
 After any timeout the connection is closed (aborted, without waiting for unsent
 bytes), which is also how the daemon learns to drop the request (protocol §7.3).
+
+I/O failures of a dial, a send or a receive (refused, reset, broken pipe, no such
+socket) leave this module as ClientIOError subclasses (`errors.as_client_error`),
+never as a bare OSError; after one the connection is closed too.
 """
 
 from __future__ import annotations
@@ -39,8 +43,16 @@ from inferd.proto.endpoints import parse_tcp_addr  # the daemon binds by the sam
 from inferd.proto.errors import FrameTooLarge
 from inferd.proto.framing import MAX_FRAME_BYTES, STREAM_LIMIT, FrameReader
 
-from .errors import (ClientDecodeError, ClientError, ClientTimeout, ConnectionLost, ConnectTimeout, ReadTimeout,
-                     WriteTimeout)
+from .errors import (
+    ClientDecodeError,
+    ClientError,
+    ClientIOError,
+    ClientTimeout,
+    ConnectTimeout,
+    ReadTimeout,
+    WriteTimeout,
+    as_client_error,
+)
 
 TcpAddr = Union[str, tuple[str, int]]
 StreamPair = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -111,6 +123,16 @@ async def bounded(aw: Awaitable[T], timeout: float | None, expired: Callable[[],
         raise
 
 
+async def io_guarded(aw: Awaitable[T]) -> T:
+    """Await `aw`; an OSError it raises becomes the ClientIOError of its kind."""
+    try:
+        return await aw
+    except OSError as exc:
+        if isinstance(exc, ClientError):
+            raise
+        raise as_client_error(exc) from exc
+
+
 def _connect_expired(what: str, timeout: float) -> Callable[[], ConnectTimeout]:
     return lambda: ConnectTimeout(f"connecting to {what} took longer than {timeout:g}s", timeout)
 
@@ -123,8 +145,8 @@ async def dial_uds(path: str, *, connect_timeout: float | None = DEFAULT_CONNECT
     timeout = check_timeout("connect_timeout", connect_timeout)
     path = os.fspath(path)
     if timeout is None:
-        return await _open_uds(path)
-    return await bounded(_open_uds(path), timeout, _connect_expired(path, timeout))
+        return await io_guarded(_open_uds(path))
+    return await io_guarded(bounded(_open_uds(path), timeout, _connect_expired(path, timeout)))
 
 
 async def _open_uds(path: str) -> StreamPair:
@@ -167,8 +189,10 @@ async def dial_tcp(
     host, port = parse_tcp_addr(addr)
     timeout = check_timeout("connect_timeout", connect_timeout)
     if timeout is None:
-        return await _open_tcp(host, port, api_key)
-    return await bounded(_open_tcp(host, port, api_key), timeout, _connect_expired(f"{host}:{port}", timeout))
+        return await io_guarded(_open_tcp(host, port, api_key))
+    return await io_guarded(
+        bounded(_open_tcp(host, port, api_key), timeout, _connect_expired(f"{host}:{port}", timeout))
+    )
 
 
 async def _open_tcp(host: str, port: int, api_key: str | None) -> StreamPair:
@@ -192,14 +216,14 @@ async def dial_pipe(name: str, *, connect_timeout: float | None = DEFAULT_CONNEC
     """
     timeout = check_timeout("connect_timeout", connect_timeout)
     if sys.platform != "win32":
-        raise OSError(errno.EOPNOTSUPP, f"named pipes are only available on Windows: {name}")
+        raise ClientIOError(errno.EOPNOTSUPP, f"named pipes are only available on Windows: {name}")
     loop = asyncio.get_running_loop()
     create = getattr(loop, "create_pipe_connection", None)
     if create is None:
-        raise OSError(errno.EOPNOTSUPP, "named pipes need the Windows proactor event loop")
+        raise ClientIOError(errno.EOPNOTSUPP, "named pipes need the Windows proactor event loop")
     if timeout is None:
-        return await _open_pipe(loop, create, name)
-    return await bounded(_open_pipe(loop, create, name), timeout, _connect_expired(name, timeout))
+        return await io_guarded(_open_pipe(loop, create, name))
+    return await io_guarded(bounded(_open_pipe(loop, create, name), timeout, _connect_expired(name, timeout)))
 
 
 async def _open_pipe(loop: asyncio.AbstractEventLoop, create: Any, name: str) -> StreamPair:
@@ -304,9 +328,9 @@ class Connection:
         except ClientTimeout:
             self.abort()
             raise
-        except OSError as exc:
+        except OSError as exc:  # reset, broken pipe: the connection is gone
             self.abort()
-            raise ConnectionLost(f"the connection to the daemon failed while sending: {exc}") from exc
+            raise as_client_error(exc) from exc
 
     async def recv(self, timeout: float | None | Unset = UNSET) -> bytes | None:
         """The next frame's bytes, or None at a clean EOF.
@@ -328,9 +352,9 @@ class Connection:
             # Part of a frame may have been consumed: the stream is out of step.
             self.abort()
             raise
-        except OSError as exc:
+        except OSError as exc:  # reset mid-stream: the connection is gone
             self.abort()
-            raise ConnectionLost(f"the connection to the daemon failed while reading: {exc}") from exc
+            raise as_client_error(exc) from exc
 
     def close(self) -> None:
         """Drop the connection; for a running request this is the cancel signal."""

@@ -45,11 +45,13 @@ _TRANSIENT_MESSAGES = (
 
 
 class WaitError(ClientError):
-    """`dial_and_wait_ready` gave up: WaitTimeout or WaitPermanent (seed 003)."""
+    """`dial_and_wait_ready` gave up: WaitTimeout or WaitPermanent (seed 003's one
+    error type for the wait). A ClientError like every failure of this library."""
 
 
 class WaitTimeout(WaitError, TimeoutError):
-    """The daemon did not accept a connection within `timeout` seconds."""
+    """The daemon did not accept a connection within `timeout` seconds; the last
+    failure is the `__cause__`."""
 
     def __init__(self, timeout: float) -> None:
         super().__init__(f"daemon not ready within {timeout:g}s")
