@@ -10,7 +10,9 @@ For each model (the real Gemma 3 270M, and the tiny random model that
   throughput   N concurrent clients (distinct prompts, greedy, --tokens each) through
                `inferd serve --parallel 8` over its Unix socket, and through llama-server
                `--parallel 8` over HTTP (/completion, the same prompt tokens), alternated
-               round by round so background load hits both alike. Aggregate tok/s (all
+               round by round so background load hits both alike; and through the same
+               daemon with `--in-process` (llama.cpp in the daemon's own process, no
+               runner; issue 18: inproc/inferd is what the runner costs). Aggregate tok/s (all
                tokens / wall time), decode tok/s (tokens after each client's first / time
                from the first first-token to the last token), TTFT p50/p95 per client.
   ceilings     llama-batched-bench (decode S_TG at N sequences, same prompt length and
@@ -105,16 +107,17 @@ async def inferd_stream(sock: str, messages: list[dict], n: int, rid: str, keep_
 
 class Servers:
     def __init__(self, model: str, n_ctx: int, parallel: int, threads: int, workdir: Path,
-                 server_bin: str | None, baseline_src: str | None) -> None:
+                 server_bin: str | None, baseline_src: str | None, inproc: bool = True) -> None:
         self.model, self.n_ctx, self.parallel, self.threads = model, n_ctx, parallel, threads
         self.dir = workdir
         self.procs: list[subprocess.Popen] = []
         self.sock = self._inferd("new", SRC, parallel=parallel)
+        self.inproc = self._inferd("inproc", SRC, parallel=parallel, extra=["--in-process"]) if inproc else None
         self.baseline = self._inferd("base", Path(baseline_src) / "src", parallel=None) if baseline_src else None
         self.today = self._inferd("today", SRC, parallel=None) if baseline_src else None
         self.port = self._llama_server(server_bin) if server_bin else None
 
-    def _inferd(self, name: str, src: Path, parallel: int | None) -> str:
+    def _inferd(self, name: str, src: Path, parallel: int | None, extra: list[str] | None = None) -> str:
         d = self.dir / name
         d.mkdir()
         sock = str(d / "infer.sock")
@@ -128,6 +131,7 @@ class Servers:
                 "--admin-addr", str(d / "admin.sock"), "--lock", str(d / "inferd.lock"), "--queue-depth", "64"]
         if parallel is not None:
             argv += ["--parallel", str(parallel)]
+        argv += extra or []
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=open(d / "stderr", "wb"))
         self.procs.append(proc)
         deadline = time.monotonic() + 180
@@ -222,6 +226,10 @@ async def one_round(servers: Servers, prompts: Prompts, n_clients: int, n_tokens
     chats = [prompts.story(r * 64 + n_clients * 8 + i) for i in range(n_clients)]
     streams = await asyncio.gather(*(inferd_stream(servers.sock, m, n_tokens, f"r{r}c{i}") for i, m in enumerate(chats)))
     summarise(list(streams), legs["inferd"])
+    if servers.inproc:
+        streams = await asyncio.gather(*(inferd_stream(servers.inproc, m, n_tokens, f"r{r}c{i}")
+                                         for i, m in enumerate(chats)))
+        summarise(list(streams), legs["inproc"])
     if servers.port:
         bodies = [{"prompt": prompts.tokens(m), "n_predict": n_tokens, "temperature": 0, "stream": True,
                    "cache_prompt": True} for m in chats]
@@ -354,12 +362,15 @@ def run_model(label: str, model: str, args: argparse.Namespace, n_tokens: int, f
     work = Path(tempfile.mkdtemp(prefix="ifd-par-", dir="/tmp"))
     n_ctx = 8192 if full and not args.skip_long else 1024
     servers = Servers(model, n_ctx, max(clients), args.threads, work, server_bin,
-                      args.baseline_src if full and "baseline" in args.sections else None)
+                      args.baseline_src if full and "baseline" in args.sections else None,
+                      inproc=throughput and not args.no_inproc)
     try:
-        legs = {c: {"inferd": Leg(), "llama-server": Leg()} for c in clients}
+        legs = {c: {"inferd": Leg(), "inproc": Leg(), "llama-server": Leg()} for c in clients}
 
         async def all_rounds() -> None:
             await inferd_stream(servers.sock, prompts.story(999), 4, "warm")
+            if servers.inproc:
+                await inferd_stream(servers.inproc, prompts.story(999), 4, "warm")
             for r in range(args.rounds if throughput else 0):
                 for c in clients:
                     await one_round(servers, prompts, c, n_tokens, r, legs[c])
@@ -398,6 +409,14 @@ def run_model(label: str, model: str, args: argparse.Namespace, n_tokens: int, f
         print(f"{c:>7} | {med(a.aggregate):>10.1f} {med(a.decode):>7.1f} {pct(a.ttft_ms, .5):>8.0f} {pct(a.ttft_ms, .95):>6.0f}"
               f" | {sa:>10.1f} {sd:>7.1f} {pct(s.ttft_ms, .5):>8.0f} {pct(s.ttft_ms, .95):>6.0f} | {ceiling(c):>7.1f} | "
               f"{med(a.aggregate) / sa:>10.2f} {med(a.decode) / ceiling(c):>11.2f}")
+    if legs[clients[0]]["inproc"].aggregate:
+        print(f"\n-- runner vs in-process ({label}; ratio = runner / in-process, goal >= 0.98) --")
+        print(f"{'clients':>7} | {'runner agg':>10} {'inproc agg':>10} {'ratio':>6} | {'runner ttft':>11} "
+              f"{'inproc ttft':>11}")
+        for c in clients:
+            a, b = legs[c]["inferd"], legs[c]["inproc"]
+            print(f"{c:>7} | {med(a.aggregate):>10.1f} {med(b.aggregate):>10.1f} "
+                  f"{med(a.aggregate) / med(b.aggregate):>6.3f} | {pct(a.ttft_ms, .5):>11.1f} {pct(b.ttft_ms, .5):>11.1f}")
     one, top = legs[clients[0]]["inferd"], legs[clients[-1]]["inferd"]
     print(f"{clients[-1]} clients / {clients[0]} client (inferd aggregate): {med(top.aggregate) / med(one.aggregate):.2f}")
     if tg:
@@ -419,6 +438,7 @@ def main() -> int:
     ap.add_argument("--tiny-tokens", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-inproc", action="store_true", help="skip the --in-process daemon's leg")
     ap.add_argument("--baseline-src", help="a checkout of the code before parallel sequences (has src/inferd)")
     ap.add_argument("--sections", default="throughput,long,stall,baseline,evidence",
                     help="which legs to run (comma-separated); ceilings run with throughput")
