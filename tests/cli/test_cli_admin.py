@@ -30,7 +30,10 @@ CAPS_A = {
     "gpu_layers": 0,
     "model": "gemma-3-270m",
     "n_ctx": 4096,
+    "parallel": 4,
     "flash_attn": True,
+    "n_threads": 8,
+    "n_threads_batch": 8,
 }
 CAPS_B = {
     "id": "admin",
@@ -188,7 +191,7 @@ def test_doctor_all_ok_exits_0(fake_server, fake_config):
         "[ ok ] config: loaded /etc/inferd.json (backends: [llamacpp:alpha], auto_pull=true)",
         f"[ ok ] admin: connected at {server.path}; daemon status=ready phase=-",
         "[ ok ] backend: alpha accelerator=cpu gpu_layers=0 v2=true vision=false audio=false"
-        " tools=true thinking=true embed=false model=gemma-3-270m n_ctx=4096 flash_attn=true",
+        " tools=true thinking=true embed=false model=gemma-3-270m n_ctx=4096 parallel=4 threads=8/8 flash_attn=true",
         "[ ok ] device: cpu",
         "[ ok ] backend: beta accelerator=cuda gpu_layers=43 v2=false vision=true audio=false"
         " tools=false thinking=false embed=true",

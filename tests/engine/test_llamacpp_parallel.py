@@ -158,6 +158,25 @@ def test_parallel_sets_slots_permits_and_capabilities(par):
     # Each sequence has the whole n_ctx of its own.
     assert caps.n_ctx == par.n_ctx == N_CTX
     assert L.llama_n_ctx(par._gen_state.ctx) == 4 * N_CTX
+    # What this machine was given (issue 18: shown by doctor), and what llama.cpp runs.
+    assert (caps.n_threads, caps.n_threads_batch) == (par.settings.threads(), par.settings.threads_batch())
+    assert caps.n_threads == L.llama_n_threads(par._gen_state.ctx)
+
+
+def test_default_threads_are_one_per_physical_core(tmp_path):
+    """Issue 18: a core's second hardware thread (SMT) is not counted, as llama.cpp's
+    tools count; without a readable topology each CPU is a core."""
+    from inferd.engine.llamacpp.settings import physical_cores
+
+    for cpu, siblings in {0: "0,4", 1: "1,5", 4: "0,4", 5: "1,5", 2: "2", 3: "3"}.items():
+        (tmp_path / f"cpu{cpu}" / "topology").mkdir(parents=True)
+        (tmp_path / f"cpu{cpu}" / "topology" / "thread_siblings_list").write_text(siblings + "\n")
+    assert physical_cores({0, 1, 4, 5}, tmp_path) == 2
+    assert physical_cores({0, 1, 2, 3, 4, 5}, tmp_path) == 4
+    assert physical_cores({0, 2}, tmp_path) == 2
+    assert physical_cores({0, 7}, tmp_path) == 2  # cpu7 has no topology: count CPUs
+    assert LlamaCppSettings(model_path="x").threads() == physical_cores()
+    assert LlamaCppSettings(model_path="x", n_threads=3).threads() == 3
 
 
 def test_one_sequence_is_the_default_of_the_engine(solo):

@@ -141,6 +141,11 @@ def backend_line(cap: AdminEvent) -> Line:
         detail += f" model={cap.model}"
     if cap.n_ctx is not None:
         detail += f" n_ctx={cap.n_ctx}"
+    if cap.parallel is not None:
+        detail += f" parallel={cap.parallel}"
+    if cap.n_threads is not None:
+        # What was chosen for this machine (issue 18): threads per physical core.
+        detail += f" threads={cap.n_threads}/{cap.n_threads_batch or cap.n_threads}"
     if cap.flash_attn is not None:
         detail += f" flash_attn={_flag(cap.flash_attn)}"
     if cap.amx is not None:

@@ -120,6 +120,11 @@ class BackendCapabilities(BaseModel):
     parallel: int | None = None
     #: Whether llama.cpp runs flash attention (ADR 0018); None when unknown or not llama.cpp.
     flash_attn: bool | None = None
+    #: CPU threads of one decode step and of a prompt batch (issue 18: by default one
+    #: per physical core this process may use, as llama.cpp's tools count). None when
+    #: not llama.cpp.
+    n_threads: int | None = None
+    n_threads_batch: int | None = None
     #: llama.cpp's AMX kernels (ADR 0019): "on", "off" (withheld) or "absent" (not in the
     #: build); with the reason a user reads. None for backends other than llama.cpp.
     amx: str | None = None
@@ -311,6 +316,8 @@ class AdminEvent(BaseModel):
     model: str | None = None
     parallel: int | None = None
     flash_attn: bool | None = None
+    n_threads: int | None = None
+    n_threads_batch: int | None = None
     amx: str | None = None
     amx_reason: str | None = None
     cpu_features: list[str] | None = None

@@ -185,6 +185,8 @@ class LlamaCppBackend(Backend):
             n_ctx=self.n_ctx,
             parallel=self.parallel,
             flash_attn=self.flash_attn,
+            n_threads=self.settings.threads(),
+            n_threads_batch=self.settings.threads_batch(),
             amx=self.amx.setting,
             amx_reason=self.amx.reason,
             cpu_features=cpu_features_used(system_features()),

@@ -39,7 +39,9 @@ class LlamaCppOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_ctx: int = Field(default=DEFAULT_N_CTX, gt=0)
-    #: None = every core this process may run on.
+    #: None = one per physical core this process may run on (`physical_cores`), as
+    #: llama.cpp's own tools choose: a second hardware thread of a core only contends
+    #: for the same units in a decode step (issue 18).
     n_threads: int | None = Field(default=None, gt=0)
     #: None = same as n_threads.
     n_threads_batch: int | None = Field(default=None, gt=0)
@@ -112,7 +114,7 @@ class LlamaCppSettings(LlamaCppOptions):
     def threads(self) -> int:
         if self.n_threads is not None and self.n_threads > 0:
             return self.n_threads
-        return available_cores()
+        return physical_cores()
 
     def threads_batch(self) -> int:
         if self.n_threads_batch is not None and self.n_threads_batch > 0:
@@ -126,8 +128,30 @@ def padded_ctx(n_ctx: int) -> int:
 
 
 def available_cores() -> int:
+    """Logical CPUs this process may run on (hardware threads, SMT siblings included)."""
+    return len(_allowed_cpus()) or max(1, os.cpu_count() or 1)
+
+
+def physical_cores(cpus: set[int] | None = None, topology: Path = Path("/sys/devices/system/cpu")) -> int:
+    """Physical cores among `cpus` (default: the CPUs this process may run on): the
+    CPUs grouped by their `thread_siblings_list` (Linux sysfs). Where the topology
+    cannot be read, every CPU counts as a core."""
+    cpus = _allowed_cpus() if cpus is None else cpus
+    if not cpus:
+        return available_cores()
+    cores: set[str] = set()
+    for cpu in cpus:
+        try:
+            siblings = (topology / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text().strip()
+        except OSError:
+            return len(cpus)
+        cores.add(siblings)
+    return max(1, len(cores))
+
+
+def _allowed_cpus() -> set[int]:
     # The affinity mask is what a container or taskset actually grants us.
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        return set()
