@@ -21,7 +21,7 @@ from ....engine.events import Done, TextDelta, ThinkingDelta, ToolCall, ToolCall
 from ..faults import FAULTS
 from ..finish import anthropic_stop
 from .anthropic import error_body
-from .encode import SSE_HEADERS, Meta, dumps
+from .encode import SSE_HEADERS, Meta, _js, dumps
 from .errors import HttpError
 from .io import Responder
 
@@ -34,6 +34,15 @@ def usage(done: Done) -> dict[str, Any]:
 
 def _sse(kind: str, data: dict[str, Any]) -> bytes:
     return b"event: " + kind.encode() + b"\ndata: " + dumps({"type": kind, **data}) + b"\n\n"
+
+
+_PING = _sse("ping", {})
+#: A text or thinking delta is these around the block's index and the JSON string of
+#: its piece (one string encoding per token, as in encode.py's SSE chunks).
+_DELTA_HEAD = b'event: content_block_delta\ndata: {"type":"content_block_delta","index":'
+_DELTA_TEXT = b',"delta":{"type":"text_delta","text":'
+_DELTA_THINKING = b',"delta":{"type":"thinking_delta","thinking":'
+_DELTA_TAIL = b"}}\n\n"
 
 
 class _Blocks:
@@ -60,6 +69,10 @@ class _Blocks:
         if self.emit:
             self.pending.append(_sse("content_block_delta", {"index": len(self.blocks) - 1, "delta": delta}))
 
+    def _piece(self, kind: bytes, text: str) -> None:
+        if self.emit:
+            self.pending.append(_DELTA_HEAD + str(len(self.blocks) - 1).encode() + kind + _js(text) + _DELTA_TAIL)
+
     def close(self) -> None:
         if self.kind is None:
             return
@@ -79,12 +92,12 @@ class _Blocks:
             if self.kind != "text":
                 self._open({"type": "text", "text": ""})
             self.parts.append(event.text)  # type: ignore[union-attr]
-            self._delta({"type": "text_delta", "text": event.text})  # type: ignore[union-attr]
+            self._piece(_DELTA_TEXT, event.text)  # type: ignore[union-attr]
         elif kind is ThinkingDelta:
             if self.kind != "thinking":
                 self._open({"type": "thinking", "thinking": "", "signature": ""})
             self.parts.append(event.text)  # type: ignore[union-attr]
-            self._delta({"type": "thinking_delta", "thinking": event.text})  # type: ignore[union-attr]
+            self._piece(_DELTA_THINKING, event.text)  # type: ignore[union-attr]
         elif kind is ToolCallDelta:
             if self.call_id != event.id:  # type: ignore[union-attr]
                 self._open({"type": "tool_use", "id": event.id, "name": event.name, "input": {}})  # type: ignore[union-attr]
@@ -137,8 +150,7 @@ class MessagesStream:
         if not self.started:
             self.started = True
             await self.out.start(200, SSE_HEADERS)
-            self.blocks.pending[:0] = [_sse("message_start", {"message": message(self.meta, [], None)}),
-                                       _sse("ping", {})]
+            self.blocks.pending[:0] = [_sse("message_start", {"message": message(self.meta, [], None)}), _PING]
 
     async def _flush(self, more: bool = True) -> None:
         data = b"".join(self.blocks.pending)

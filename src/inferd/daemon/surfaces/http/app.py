@@ -49,9 +49,9 @@ from . import anthropic, decode, responses
 from .anthropic_encode import MessagesCollect, MessagesStream
 from .responses_encode import ResponsesCollect, ResponsesStream
 from .encode import ChatCollect, ChatStream, CompletionCollect, CompletionStream, Meta
-from .errors import HttpError
-from .io import (BODY_RULES, CLOSE, BodyRules, ClientGone, HttpPeer, Receive, Responder, Send, header, read_body,
-                 wait_disconnect)
+from .errors import HttpError, invalid
+from .io import (BODY_RULES, CLOSE, BodyRules, ClientGone, HttpPeer, Receive, Responder, Send, header, peer_label,
+                 read_body, wait_disconnect)
 from . import ollama
 
 #: The open connections by client address (`scope["client"]`), kept by the server glue:
@@ -71,8 +71,13 @@ ROUTES: dict[str, tuple[str, str]] = {
     "/metrics": ("GET", "metrics"),
     **ollama.ROUTES,  # Ollama's API (ADR 0027)
 }
-#: Routes whose wire has its own error shape (every other route answers in OpenAI's).
-ERROR_SHAPES = {"messages": anthropic.error_shape}
+#: Routes whose wire has its own error shape, and that shape: an HttpError -> (status,
+#: body). Every other route answers in OpenAI's (HttpError.encode). The one place an
+#: error's shape is chosen: Responder.error, by the route `_route_of` names.
+ERROR_SHAPES: dict[str, Callable[[HttpError], tuple[int, bytes]]] = {
+    "messages": anthropic.error_shape,
+    **dict.fromkeys([route for _, route in ollama.ROUTES.values()] + [ollama.NOT_FOUND], ollama.error_shape),
+}
 #: Header fields one request may carry. h11 bounds a head that arrives in pieces to
 #: 16 KiB, but parses a head that arrives in one read whole (up to 256 KiB, ~30,000
 #: fields); no client needs more than a few dozen.
@@ -161,7 +166,7 @@ class HttpApp:
             await self._dispatch(scope, receive, out, peer)
         except HttpError as err:
             if not out.status and not out.gone:
-                await self._answer_error(out, ollama.shaped(err, scope["path"]))
+                await self._answer_error(out, err)
         except ClientGone:
             pass
         except (ConnectionError, OSError):
@@ -173,7 +178,7 @@ class HttpApp:
 
     def _refused(self, scope: dict[str, Any], name: str, message: str) -> None:
         """Log a refusal through the one throttle (F-4): at most one record per kind per interval."""
-        log_refusal(self.refusals, self.activity.logger, name, message, surface="http", peer=_peer(scope))
+        log_refusal(self.refusals, self.activity.logger, name, message, surface="http", peer=peer_label(scope))
 
     async def _answer_error(self, out: Responder, err: HttpError) -> None:
         try:
@@ -185,6 +190,8 @@ class HttpApp:
 
     async def _dispatch(self, scope: dict[str, Any], receive: Receive, out: Responder,
                         peer: HttpPeer | None) -> None:
+        method, route = _route_of(scope["path"])
+        out.shape = ERROR_SHAPES.get(route)  # before the first check: every refusal is in the route's shape
         headers = scope["headers"]
         if len(headers) > MAX_HEADERS:
             raise HttpError(431, f"a request may carry at most {MAX_HEADERS} header fields",
@@ -213,23 +220,13 @@ class HttpApp:
                 out.route = "preflight"
                 await self._preflight(scope, out)
                 return
-        path = scope["path"]
-        if path not in ROUTES and f"/v1{path}" in ROUTES and path not in ("/health", "/metrics"):
-            path = f"/v1{path}"
-        if path in ROUTES:
-            method, route = ROUTES[path]
-        elif path.startswith(("/v1/models/", "/models/")):
-            method, route = "GET", "model"
-        else:
-            method, route = "", "not_found"
         out.route = route
-        out.shape = ERROR_SHAPES.get(route)
         if self.api_key and route not in PUBLIC_ROUTES:
             self._authenticate(scope, peer)
         if peer is not None and not peer.begin(authorized=not self.api_key or route not in PUBLIC_ROUTES):
             raise HttpError(503, "too many HTTP connections are open (--max-connections); retry shortly",
                             "server_error", "connection_limit", headers=[CLOSE])
-        if route == "not_found":
+        if route in ("not_found", ollama.NOT_FOUND):
             raise HttpError(404, f"no route {scope['method']} {scope['path']}", "not_found_error", "not_found")
         if scope["method"] != method and not (method == "GET" and scope["method"] == "HEAD"):
             raise HttpError(405, f"{scope['path']} takes {method}", "invalid_request_error", "method_not_allowed",
@@ -321,32 +318,32 @@ class HttpApp:
         progress chunks if it asked for those too: `streamed` is their run.Progress), else
         collected into `whole` and answered in one body."""
         if streamed is not None:
-            await self._stream(scope, receive, out, serving, needs, streamed, progress)
+            await self.stream(scope, receive, out, serving, needs, streamed, progress)
         else:
-            await self._generate(scope, receive, out, serving, needs, whole)
-            await self._whole(out, whole, meta)
+            await self.generate(scope, receive, out, serving, needs, whole)
+            await self.whole(out, whole, meta)
 
-    async def _stream(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
-                      needs: Needs, sink: Any, progress: bool = False) -> None:
-        await self._generate(scope, receive, out, serving, needs, sink, sink if progress else None)
+    async def stream(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
+                     needs: Needs, sink: Any, progress: bool = False) -> None:
+        await self.generate(scope, receive, out, serving, needs, sink, sink if progress else None)
         if sink.error is not None and not out.gone:
             raise sink.error  # the backend failed before the sink wrote its first chunk: a real status
 
-    async def _whole(self, out: Responder, sink: Any, meta: Meta) -> None:
+    async def whole(self, out: Responder, sink: Any, meta: Meta) -> None:
         if out.gone:
             return
         if sink.error is not None:
             raise sink.error
         await out.json(200, sink.body(meta))
 
-    async def _generate(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
-                        needs: Needs, sink: Any, progress: Any = None) -> None:
+    async def generate(self, scope: dict[str, Any], receive: Receive, out: Responder, serving: "_ServedBy",
+                       needs: Needs, sink: Any, progress: Any = None) -> None:
         """Run the pipeline while watching for the client to leave; if it does, cancel
         the pipeline call (queued, prefilling or decoding: the slot is freed and the
         engine stream closed by the pipeline's own cleanup). A refusal before the
         stream is an HTTP status."""
         pipeline = asyncio.ensure_future(
-            run.generate(self.ctx, serving.request, sink, surface="http", needs=needs, peer=_peer(scope),
+            run.generate(self.ctx, serving.request, sink, surface="http", needs=needs, peer=peer_label(scope),
                          serving=serving, progress=progress))
         watcher = asyncio.ensure_future(wait_disconnect(receive))
         try:
@@ -384,7 +381,8 @@ class HttpApp:
                             "embed_unsupported")
         resolved = decode.embed_request(req, f"embd-{uuid.uuid4().hex}")
         try:
-            _, result = await run.embed(self.ctx, resolved, surface="http", peer=_peer(scope), keep_alive=keep_alive)
+            _, result = await run.embed(self.ctx, resolved, surface="http", peer=peer_label(scope),
+                                        keep_alive=keep_alive)
         except run.Refused as exc:
             raise HttpError.from_fault(exc.kind, exc.message) from None
         as_base64 = req.encoding_format == "base64"
@@ -456,17 +454,25 @@ class _ServedBy:
         return replace(self.request, max_tokens=entry.caps.n_ctx or DEFAULT_MAX_TOKENS)
 
 
+def _route_of(path: str) -> tuple[str, str]:
+    """(method, route name) of a path; each /v1 route also answers without the prefix."""
+    if path not in ROUTES and f"/v1{path}" in ROUTES and path not in ("/health", "/metrics"):
+        path = f"/v1{path}"
+    if path in ROUTES:
+        return ROUTES[path]
+    if path.startswith(("/v1/models/", "/models/")):
+        return "GET", "model"
+    if path.startswith(ollama.PREFIX):
+        return "", ollama.NOT_FOUND
+    return "", "not_found"
+
+
 def _needs(req: Any, **needs: Any) -> Needs:
     """The model the body names (OpenAI's `model`) and its keep_alive, for routing."""
     try:
         return policy.model_needs(req.model, getattr(req, "keep_alive", None), **needs)
     except policy.InvalidCombination as exc:
         raise invalid(exc.message, exc.param) from None
-
-
-def _peer(scope: dict[str, Any]) -> str:
-    client = scope.get("client")
-    return f"tcp:{client[0]}:{client[1]}" if client else "tcp"
 
 
 def _base64(vector: list[float]) -> str:

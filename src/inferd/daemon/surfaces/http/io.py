@@ -82,6 +82,12 @@ def header(scope: dict[str, Any], name: bytes) -> bytes | None:
     return None
 
 
+def peer_label(scope: dict[str, Any]) -> str:
+    """The client as the activity log and admission name it (`tcp:HOST:PORT`)."""
+    client = scope.get("client")
+    return f"tcp:{client[0]}:{client[1]}" if client else "tcp"
+
+
 async def read_body(scope: dict[str, Any], receive: Receive, cap: int = MAX_BODY_BYTES) -> bytes:
     """The whole request body, or HttpError (413 past `cap` or the budget, 408 past the
     read timeout), or ClientGone."""
@@ -185,7 +191,7 @@ class Responder:
         self.gone = False
         self.status = 0  # 0 until the response has started
         self.route = "unknown"  # the route name, once known (a metrics label)
-        #: A route whose wire has its own error shape (Anthropic's) sets it: error -> (status, body).
+        #: A route whose wire has its own error shape (app.py ERROR_SHAPES) sets it: error -> (status, body).
         self.shape: Callable[[HttpError], tuple[int, bytes]] | None = None
 
     async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:

@@ -6,7 +6,7 @@
 
 Same listener, same checks as the OpenAI routes (app.py: loopback Host and Origin,
 F-20; `--api-key` Bearer on every route but `/`), same pipeline (pipeline/run.py,
-through HttpApp._generate: admission, cancellation on disconnect, metrics, the
+through HttpApp.generate: admission, cancellation on disconnect, metrics, the
 activity log). Bodies are decoded by ollama_decode.py, answers encoded by
 ollama_encode.py; every error on an Ollama path is `{"error": "message"}`.
 
@@ -35,7 +35,7 @@ from ...pipeline.router import BackendEntry, Needs
 from . import ollama_decode as od
 from .decode import parse
 from .errors import HttpError
-from .io import Receive, Responder, read_body
+from .io import Receive, Responder, peer_label, read_body
 from .ollama_encode import OllamaCollect, OllamaError, OllamaMeta, OllamaStream, loaded
 
 if TYPE_CHECKING:
@@ -59,17 +59,18 @@ ROUTES: dict[str, tuple[str, str]] = {
 }
 #: `/` says "Ollama is running" and nothing else, like /health: no key needed.
 PUBLIC = frozenset({"ollama_root"})
+#: The route of a path under /api/ that is none of the above: a 404 in Ollama's shape.
+NOT_FOUND = "ollama_not_found"
+PREFIX = "/api/"
 
 Handler = Callable[[dict[str, Any], Receive, Responder], Awaitable[None]]
 
 
-def is_ollama_path(path: str) -> bool:
-    """Errors on these paths are in Ollama's shape (unknown /api/ paths included)."""
-    return path == "/" or path.startswith("/api/")
-
-
-def shaped(err: HttpError, path: str) -> HttpError:
-    return OllamaError.of(err) if is_ollama_path(path) else err
+def error_shape(err: HttpError) -> tuple[int, bytes]:
+    """An error in Ollama's shape and status (`{"error": "message"}`): the error shape
+    of every Ollama route (app.py's ERROR_SHAPES)."""
+    shaped = OllamaError.of(err)
+    return shaped.status, shaped.encode()
 
 
 # ---- the models these routes know --------------------------------------------------
@@ -221,11 +222,11 @@ class OllamaRoutes:
     async def _run(self, scope: dict[str, Any], receive: Receive, out: Responder, served: _Served, needs: Needs,
                    stream: bool) -> None:
         if stream:
-            await self.app._stream(scope, receive, out, served, needs, OllamaStream(out, served.meta))  # type: ignore[arg-type]
+            await self.app.stream(scope, receive, out, served, needs, OllamaStream(out, served.meta))  # type: ignore[arg-type]
         else:
             sink = OllamaCollect(served.meta)
-            await self.app._generate(scope, receive, out, served, needs, sink)  # type: ignore[arg-type]
-            await self.app._whole(out, sink, served.meta)  # type: ignore[arg-type]
+            await self.app.generate(scope, receive, out, served, needs, sink)  # type: ignore[arg-type]
+            await self.app.whole(out, sink, served.meta)  # type: ignore[arg-type]
 
     # ---- embeddings --------------------------------------------------------------------
 
@@ -240,7 +241,7 @@ class OllamaRoutes:
         resolved.model = od.requested_model(body)
         arrived = time.perf_counter_ns()
         try:
-            _, result = await run.embed(self.ctx, resolved, surface="http", peer=_peer(scope),
+            _, result = await run.embed(self.ctx, resolved, surface="http", peer=peer_label(scope),
                                         keep_alive=keep_alive)
         except run.Refused as exc:
             raise HttpError.from_fault(exc.kind, exc.message) from None
@@ -300,8 +301,3 @@ class OllamaRoutes:
                               (b"content-length", str(len(data)).encode())])
         await out.body(b"" if scope["method"] == "HEAD" else data, more=False)
 
-
-def _peer(scope: dict[str, Any]) -> str:
-    from .app import _peer as peer  # app.py imports this module: its helper is reached at call time
-
-    return peer(scope)

@@ -33,6 +33,11 @@ def usage(done: Done) -> dict[str, Any]:
             "total_tokens": u.prompt_tokens + u.completion_tokens}
 
 
+#: The empty parts content_part.added opens a message or a reasoning item with, encoded.
+_TEXT_PART = dumps({"type": "output_text", "text": "", "annotations": []})
+_REASONING_PART = dumps({"type": "reasoning_text", "text": ""})
+
+
 class Output:
     """The response being built; `emit` False (a whole answer) skips the events."""
 
@@ -60,9 +65,15 @@ class Output:
 
     def _event(self, kind: str, **fields: Any) -> None:
         if self.emit:
-            self.pending.append(b"event: " + kind.encode() + b"\ndata: "
-                                + dumps({"type": kind, **fields, "sequence_number": self.seq}) + b"\n\n")
-            self.seq += 1
+            self._raw(kind, dumps(fields)[1:-1])
+
+    def _raw(self, kind: str, fields: bytes) -> None:
+        """One event whose fields (between `type` and `sequence_number`) are JSON already:
+        `dumps({"type": kind, **fields, "sequence_number": n})`, byte for byte."""
+        k = kind.encode()
+        self.pending.append(b"event: " + k + b'\ndata: {"type":"' + k + (b'",' + fields + b"," if fields else b'",')
+                            + b'"sequence_number":' + str(self.seq).encode() + b"}\n\n")
+        self.seq += 1
 
     def _delta(self, text: str) -> None:
         if self.emit:
@@ -71,29 +82,30 @@ class Output:
             self.seq += 1
 
     def start(self) -> None:
-        created = self.response("in_progress")
-        self._event("response.created", response=created)
-        self._event("response.in_progress", response=created)
+        if self.emit:  # the two opening events carry the same response: encoded once
+            created = b'"response":' + dumps(self.response("in_progress"))
+            self._raw("response.created", created)
+            self._raw("response.in_progress", created)
 
-    def _begin(self, item: dict[str, Any], delta_kind: str, part: dict[str, Any] | None) -> None:
+    def _begin(self, item: dict[str, Any], delta_kind: str, part: bytes | None) -> None:
         self.open = item
         self.parts = []
-        index = len(self.items)
-        self._event("response.output_item.added", output_index=index, item=item)
+        if not self.emit:
+            return
+        index = str(len(self.items)).encode()
+        where = b'"item_id":"' + item["id"].encode() + b'","output_index":' + index
+        self._raw("response.output_item.added", b'"output_index":' + index + b',"item":' + dumps(item))
         if part is not None:
-            self._event("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
-                        part=part)
+            self._raw("response.content_part.added", where + b',"content_index":0,"part":' + part)
         extra = b',"content_index":0' if part is not None else b""
         self._delta_head = (b"event: " + delta_kind.encode() + b'\ndata: {"type":"' + delta_kind.encode()
-                            + b'","item_id":"' + item["id"].encode() + b'","output_index":' + str(index).encode()
-                            + extra + b',"delta":')
+                            + b'",' + where + extra + b',"delta":')
 
     def text(self, piece: str) -> None:
         if self.open is None or self.open["type"] != "message":
             self.close()
             self._begin({"id": f"msg_{uuid.uuid4().hex}", "type": "message", "status": "in_progress",
-                         "role": "assistant", "content": []}, "response.output_text.delta",
-                        {"type": "output_text", "text": "", "annotations": []})
+                         "role": "assistant", "content": []}, "response.output_text.delta", _TEXT_PART)
         self.parts.append(piece)
         self._delta(piece)
 
@@ -101,8 +113,7 @@ class Output:
         if self.open is None or self.open["type"] != "reasoning":
             self.close()
             self._begin({"id": f"rs_{uuid.uuid4().hex}", "type": "reasoning", "status": "in_progress",
-                         "summary": [], "content": []}, "response.reasoning_text.delta",
-                        {"type": "reasoning_text", "text": ""})
+                         "summary": [], "content": []}, "response.reasoning_text.delta", _REASONING_PART)
         self.parts.append(piece)
         self._delta(piece)
 
