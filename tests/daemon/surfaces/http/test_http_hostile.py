@@ -92,6 +92,30 @@ async def test_a_silent_connection_and_a_trickled_head_are_cut_at_the_read_timeo
     await wait_until(lambda: d.server.tracker.count() == 0, 10, "both connections' ends")
 
 
+async def test_a_keep_alive_stream_longer_than_the_read_timeout_is_not_cut(http_daemon):
+    """The head deadline runs only while a connection owes a head: a request that
+    streams for longer than --read-timeout-secs on a kept-alive connection is answered
+    whole. Two requests pipelined in one write make uvicorn start the second before the
+    first has run its cleanup; the first's end re-armed the head timer under the second
+    and a 408 landed inside its stream (the helper's bench saw it under load)."""
+    d = await http_daemon(read_timeout_secs=0.4, mock={"tokens": ["a", "b", "c", "d", "e", "f"],
+                                                       "token_delay_ms": 150})
+    host, port = host_port(d)
+    body = json.dumps({**CHAT, "max_tokens": 6, "stream": True}).encode()
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(raw_request("POST", "/v1/chat/completions", body) * 2)
+        for _ in range(2):
+            status, headers = await read_head(reader)
+            assert status == 200 and headers.get("transfer-encoding") == "chunked", (status, headers)
+            stream = await asyncio.wait_for(reader.readuntil(b"data: [DONE]\n\n"), 10)
+            assert b"408 Request Timeout" not in stream
+            assert await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 10)  # the last chunk
+            assert stream.count(b'"content":') >= 6, stream
+    finally:
+        writer.close()
+
+
 async def test_a_pending_connection_must_make_an_authorized_request_in_time(http_daemon):
     """With a key, a connection that only asks public routes stays pending; at the read
     timeout it is closed. One authorized request moves it out for good."""

@@ -78,6 +78,8 @@ ERROR_SHAPES: dict[str, Callable[[HttpError], tuple[int, bytes]]] = {
     "messages": anthropic.error_shape,
     **dict.fromkeys([route for _, route in ollama.ROUTES.values()] + [ollama.NOT_FOUND], ollama.error_shape),
 }
+#: The scope key saying this request called HttpPeer.begin (so its end is due).
+BEGUN = "inferd.begun"
 #: Header fields one request may carry. h11 bounds a head that arrives in pieces to
 #: 16 KiB, but parses a head that arrives in one read whole (up to 256 KiB, ~30,000
 #: fields); no client needs more than a few dozen.
@@ -173,7 +175,7 @@ class HttpApp:
             pass  # the client left or stalled (F-17); the pipeline has let go of everything
         finally:
             self.ctx.metrics.http_response(out.route, out.status)
-            if peer is not None:
+            if peer is not None and scope.get(BEGUN):
                 peer.end()
 
     def _refused(self, scope: dict[str, Any], name: str, message: str) -> None:
@@ -223,6 +225,8 @@ class HttpApp:
         out.route = route
         if self.api_key and route not in PUBLIC_ROUTES:
             self._authenticate(scope, peer)
+        if peer is not None:
+            scope[BEGUN] = True  # __call__ ends what began, and only that
         if peer is not None and not peer.begin(authorized=not self.api_key or route not in PUBLIC_ROUTES):
             raise HttpError(503, "too many HTTP connections are open (--max-connections); retry shortly",
                             "server_error", "connection_limit", headers=[CLOSE])

@@ -58,7 +58,8 @@ class HttpPeer(Protocol):
         ...
 
     def end(self) -> None:
-        """The request's response is done: the next request's head is due in time."""
+        """The request's response is done: the next request's head is due in time.
+        Called once for each begin(), and only for a request that called it."""
         ...
 
 

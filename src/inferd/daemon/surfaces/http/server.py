@@ -110,6 +110,11 @@ def _protocol_factory(tracker: ConnectionTracker, sec: ListenerSecurity,
             self._client: tuple[str, int] | None = None
             self._timer: asyncio.TimerHandle | None = None
             self._busy = False
+            #: Requests between their begin and end. uvicorn starts a pipelined or quick
+            #: next request before the previous one's app has returned, so one request's
+            #: end may come after the next one's begin: the head deadline is re-armed
+            #: only when none is left.
+            self._active = 0
             self._label = "tcp"
             self.transport: asyncio.Transport | None = None
             self.pending = False
@@ -166,6 +171,7 @@ def _protocol_factory(tracker: ConnectionTracker, sec: ListenerSecurity,
         # ---- what a request tells it (io.HttpPeer) ---------------------------------
 
         def begin(self, authorized: bool) -> bool:
+            self._active += 1  # the app calls end() for every begin(), whatever it returns
             self._busy = True
             if self.pending:
                 if not authorized:
@@ -180,6 +186,9 @@ def _protocol_factory(tracker: ConnectionTracker, sec: ListenerSecurity,
             return True
 
         def end(self) -> None:
+            self._active -= 1
+            if self._active > 0:
+                return  # another request on this connection is still being served
             self._busy = False
             if not self.pending and self.transport is not None and not self.transport.is_closing():
                 self._arm()  # the next request's head is due within the read timeout
