@@ -179,6 +179,8 @@ async def test_models_and_health(http_daemon):
     (json.dumps({**CHAT, "tools": [{"type": "function", "function": {"name": "f"}}],
                  "tool_choice": {"type": "function", "function": {"name": "g"}}}).encode(),
      400, "invalid_request", "tool_choice"),
+    # A bad keep_alive (issue 20) is the client's error, not a 500.
+    (json.dumps({**CHAT, "keep_alive": "soon"}).encode(), 400, "invalid_request", "keep_alive"),
 ])
 async def test_bad_bodies_are_400_in_openai_shape(http_daemon, body, status, code, param):
     d = await http_daemon()
