@@ -1061,40 +1061,63 @@ def _field(doc: dict[str, Any], name: str, kind: type, default: Any) -> Any:
     return value
 
 
-def _stop_at(sent: str, text: str, stops: list[str]) -> int | None:
-    """Where in `text` the earliest stop string begins, counting only occurrences that
-    end inside `text` (those ending earlier would have stopped an earlier token); an
-    occurrence that began in the text already sent cuts `text` at 0."""
+def _stop_start(sent: str, text: str, stops: list[str]) -> int | None:
+    """Where in `sent + text` the earliest stop string begins, counting only occurrences
+    that end inside `text` (those ending earlier would have stopped an earlier token)."""
     whole = sent + text
     starts = []
     for stop in stops:
         at = whole.find(stop, max(0, len(sent) - len(stop) + 1))
         if at != -1:
             starts.append(at)
-    return max(0, min(starts) - len(sent)) if starts else None
+    return min(starts) if starts else None
+
+
+def _held(whole: str, stops: list[str]) -> int:
+    """How much of the end of `whole` could still begin a stop string: the longest suffix
+    that is a proper prefix of one (held back until the next token shows)."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(whole)), best, -1):
+            if whole.endswith(stop[:n]):
+                best = n
+                break
+    return best
 
 
 def mock_tape(doc: dict[str, Any]) -> tuple[list[str], int, bool]:
-    """(text deltas, completion tokens, ended by max_tokens) for this request."""
+    """(text deltas, completion tokens, ended by max_tokens) for this request.
+
+    With stop strings, a token's text that ends in what could begin one is held back
+    and sent with the next token's (or alone, before the end)."""
     max_tokens = _field(doc, "max_tokens", int, DEFAULT_MAX_TOKENS)
     stops = _field(doc, "stop", list, [])
     if not all(isinstance(s, str) for s in stops):
         raise Unservable(f"stop={stops!r}")
+    stops = [s for s in stops if s]
     deltas: list[str] = []
-    sent = ""
+    sent = ""  # every token's text so far
+    emitted = 0  # how much of it went out
     completion = 0
+    length = False
     for text in MOCK_TOKENS:
         if completion >= max_tokens:
-            return deltas, completion, True
-        completion += 1
-        cut = _stop_at(sent, text, stops)
-        if cut is not None:
-            if cut:
-                deltas.append(text[:cut])
+            length = True
             break
+        completion += 1
+        start = _stop_start(sent, text, stops)
+        if start is not None:
+            if start > emitted:
+                deltas.append((sent + text)[emitted:start])
+            return deltas, completion, False
         sent += text
-        deltas.append(text)
-    return deltas, completion, False
+        keep = len(sent) - _held(sent, stops)
+        if keep > emitted:
+            deltas.append(sent[emitted:keep])
+            emitted = keep
+    if emitted < len(sent):
+        deltas.append(sent[emitted:])
+    return deltas, completion, length
 
 
 def served_frames(surface: str, doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1369,6 +1392,23 @@ def test_v2_json_values_refuse_nonfinite(literal: str, where: str) -> None:
     # Finite numbers still pass through untouched.
     model = v2.parse_request(_v2_free_form(where, "1.5e308"))
     assert _v2_json_values(model)[0] == {"x": [1.5e308]}
+
+
+@pytest.mark.parametrize("stop", [" 0", "q\"", "tok q", " "])
+def test_live_stop_prefix_is_held_to_the_next_token(live, runner, stop: str) -> None:
+    # Found by test_live_mutated_requests: a token ending in what could begin a stop
+    # string (" " of " 0") is held back and sent with the next one; the oracle had
+    # expected every token's text as it came.
+    for surface, messages in (("v1", MSG), ("v2", MSG_V2)):
+        doc = {"id": "hold", "messages": messages, "stop": [stop]}
+        lines, end = runner.run(exchange(live.paths[surface], [json.dumps(doc).encode() + b"\n"]))
+        assert end == "eof"
+        answers = [json.loads(line) for line in lines]
+        for a in answers:
+            a.pop("timings", None)
+        assert answers == served_frames(surface, doc), (surface, answers)
+    deltas, _, _ = mock_tape(doc)
+    assert "".join(deltas) == "".join(MOCK_TOKENS).split(stop)[0]
 
 
 @pytest.mark.parametrize("surface", ["v1", "v2"])
