@@ -80,8 +80,8 @@ def safe_profile(settings: LlamaCppSettings) -> LlamaCppSettings:
 class _Process:
     """One runner process and its channel."""
 
-    def __init__(self, proc: Any, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.proc, self.reader, self.writer = proc, reader, writer
+    def __init__(self, proc: Any, channel: wire.FrameChannel) -> None:
+        self.proc, self.channel = proc, channel
         self.started = time.monotonic()
         self.hello: dict[str, Any] = {}
         self.served = False
@@ -100,11 +100,11 @@ class _Process:
         # runner gets that descriptor over the channel, not by inheritance.
         fd = _verified_fd(settings.model_path)
         socket.send_fds(ours, [b"F"], [fd] if fd is not None else [])
-        reader, writer = await asyncio.open_connection(sock=ours)
-        process = cls(proc, reader, writer)
-        writer.write(wire.to_runner({"op": "load", "profile": profile, "settings": settings.model_dump(mode="json")}))
+        _, channel = await asyncio.get_running_loop().create_connection(wire.FrameChannel, sock=ours)
+        process = cls(proc, channel)
+        channel.write(wire.to_runner({"op": "load", "profile": profile, "settings": settings.model_dump(mode="json")}))
         try:
-            body = await wire.read_frame(reader)
+            body = await channel.read()
             message = wire.from_runner(body) if body is not None else None
         except wire.ChannelError as exc:
             await process.kill()
@@ -116,8 +116,7 @@ class _Process:
         return process
 
     def send(self, message: dict[str, Any]) -> None:
-        if not self.writer.is_closing():
-            self.writer.write(wire.to_runner(message))
+        self.channel.write(wire.to_runner(message))
 
     async def exit_code(self, timeout: float) -> int | None:
         try:
@@ -128,14 +127,14 @@ class _Process:
     async def kill(self) -> int | None:
         if self.proc.poll() is None:
             self.proc.kill()
-        self.writer.close()
+        self.channel.close()
         return await self.exit_code(30.0)
 
     async def stop(self, timeout: float) -> None:
         self.send({"op": "stop"})
         if await self.exit_code(max(timeout, 0.1)) is None:
             await self.kill()
-        self.writer.close()
+        self.channel.close()
 
 
 def _verified_fd(path: object) -> int | None:
@@ -358,30 +357,35 @@ class RunnerBackend(Backend):
                     future.set_result(message.get("value"))
                     proc.served = proc.served or op == "result"
             return
+        if op not in ("failed", "end"):
+            raise wire.ChannelError(f"unknown op {op!r} from the runner")
         stream = self._streams.get(rid)  # type: ignore[arg-type]
         if stream is None:
-            return
+            return  # a request the daemon has already forgotten (cancelled)
         if op == "failed":
             stream.queue.put_nowait(wire.decode_error(message))
-        elif op == "end":
-            stream.queue.put_nowait(_END)
         else:
-            raise wire.ChannelError(f"unknown op {op!r} from the runner")
+            stream.queue.put_nowait(_END)
 
     async def _pump(self, proc: _Process) -> str:
         """Serve one runner's messages until it ends; returns why it ended."""
         watchdog = asyncio.create_task(self._watch(proc))
-        try:
-            while (body := await wire.read_frame(proc.reader)) is not None:
+
+        def handle(body: bytes) -> None:
+            try:
                 self._dispatch(proc, wire.from_runner(body))
-        except wire.ChannelError as exc:
-            log.error("runner %s broke its channel: %s; ending it", proc.proc.pid, exc)
-            await proc.kill()
-            return f"engine broke its channel: {exc}"
-        except (ConnectionError, OSError):
-            pass
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                # A field missing or of the wrong kind: the runner broke the channel's rules.
+                raise wire.ChannelError(f"a malformed {body[:40]!r}... frame: {exc!r}"[:300]) from None
+
+        try:
+            ended = await proc.channel.serve(handle)
         finally:
             watchdog.cancel()
+        if isinstance(ended, wire.ChannelError):
+            log.error("runner %s broke its channel: %s; ending it", proc.proc.pid, ended)
+            await proc.kill()
+            return f"engine broke its channel: {ended}"
         returncode = await proc.exit_code(10.0)
         if returncode is None:
             returncode = await proc.kill()
