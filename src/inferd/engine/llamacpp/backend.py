@@ -15,6 +15,7 @@ import logging
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 from pathlib import Path
@@ -49,7 +50,7 @@ from .native import (
 from .amx import cpu_features_used
 from .sampling import GrammarError, SamplingParams, check_grammar_limits, parse_grammar
 from .scheduler import BatchScheduler
-from .settings import DEFAULT_PARALLEL, LlamaCppSettings
+from .settings import DEFAULT_PARALLEL, LlamaCppSettings, available_cores
 from .chatting import ChatPlan, ChatStyle, output_grammar
 from .templates import BUILTIN, KNOWN_TEMPLATES, ChatRenderer, RenderError, resolve_renderer
 from .bridge import WorkerStream, loop_emitter
@@ -57,6 +58,28 @@ from .job import GenerationJob
 from .slots import GenerationContext
 
 log = logging.getLogger("inferd.engine.llamacpp")
+
+#: The engines loaded in this process (the daemon's, with `--in-process`, or a bench's).
+_engines: "weakref.WeakSet[LlamaCppBackend]" = weakref.WeakSet()
+
+
+def _warn_if_threads_outnumber_cores(new: "LlamaCppBackend") -> None:
+    """Two engines in one process each decode on their own thread with a team of
+    OpenMP threads; once the teams together outnumber the cores, libgomp stops spinning
+    at its barriers and sleeps, and every engine's decode slows (measured on 2 cores,
+    Gemma 3 270M: 46 tok/s alone, 30 tok/s each once a second engine had decoded). The
+    runner mode, the default, gives each model a process of its own (ADR 0025)."""
+    live = [e for e in _engines if e is not new and e._ready]
+    if not live:
+        return
+    threads = sum(max(e.settings.threads(), e.settings.threads_batch()) for e in [*live, new])
+    cores = available_cores()
+    if threads > cores:
+        log.warning("%d llama.cpp engines in one process use %d threads on %d cores: llama.cpp's "
+                    "OpenMP threads stop spinning and each engine decodes slower than alone (a third "
+                    "slower measured on 2 cores); serve without --in-process to give each model a "
+                    "runner process of its own",
+                    len(live) + 1, threads, cores)
 
 
 class LlamaCppBackend(Backend):
@@ -91,6 +114,8 @@ class LlamaCppBackend(Backend):
             self.close(timeout=5.0)
             raise
         self._ready = True
+        _warn_if_threads_outnumber_cores(self)
+        _engines.add(self)
 
     def _setup(self, settings: LlamaCppSettings, path: str, n_gpu_layers: int) -> None:
         model = self._model
