@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 @dataclass
 class Run:
-    """One timed request: time to the first token, decode rate after it, tokens, text."""
+    """One timed request: time to the first token, decode rate after it, tokens, text,
+    and the prompt tokens the server found cached (where it says)."""
 
     ttft_ms: float
     decode_tps: float
     tokens: int
     text: str
+    cached: int = 0
 
 
 def model_path(explicit: str | None) -> str:

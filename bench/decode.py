@@ -29,8 +29,12 @@ The daemons run their defaults but for `--n-ctx` (default: the daemon's own, 819
 slot) and the threads. The in-process legs run in child processes: two engines
 decoding in one process slow each other (engine_decode.py says why).
 Time to first token counts from writing the request; decode tok/s counts the tokens
-after the first. Before every round each leg's KV cache is emptied, so every leg
-prefills the whole prompt.
+after the first. Before every round each leg sends a request of other text, so the
+daemon, inproc and server legs prefill (nearly) the whole prompt; `cached` shows the
+prompt tokens the daemon found cached in the last round. The tools and raw legs find
+their ~300-token prompt cached: the daemon copies a long shared prefix from another
+slot (ADR 0018), so their first token is not a first request's; tools/raw compares
+like with like.
 """
 
 from __future__ import annotations
@@ -98,6 +102,7 @@ async def _stream(sock: str, warm: dict, request: dict, text_of, completion_key:
                 last = now
             elif frame["type"] == "done":
                 count = frame["usage"][completion_key]
+                cached = frame["usage"].get("cached_tokens", 0)
                 break
             else:
                 raise RuntimeError(frame)
@@ -105,7 +110,7 @@ async def _stream(sock: str, warm: dict, request: dict, text_of, completion_key:
         writer.close()
     assert first is not None and last is not None
     tps = (count - 1) / (last - first) if count > 1 and last > first else 0.0
-    return Run((first - start) * 1000, tps, count, "".join(text))
+    return Run((first - start) * 1000, tps, count, "".join(text), cached)
 
 
 async def run_daemon(sock: str, n: int) -> Run:
@@ -222,7 +227,7 @@ def main() -> int:
 
     print(f"model {backend.info['label']}  prompt {len(tokens)} tokens  greedy  max_tokens {args.tokens}  "
           f"threads {args.threads}  rounds {args.rounds}")
-    print_legs(legs, 12)
+    print_legs(legs, 12, (f"{'cached':>8}", lambda name: f"{legs[name][-1].cached:8d}"))
     for a, b in (("daemon", "reference"), ("daemon", "backend"), ("daemon", "inproc"), ("backend", "reference"),
                  ("tools", "daemon"),
                  ("tools", "raw")):

@@ -375,7 +375,8 @@ class RunnerBackend(Backend):
             try:
                 self._dispatch(proc, wire.from_runner(body))
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                # A field missing or of the wrong kind: the runner broke the channel's rules.
+                # THREAT_MODEL F-9: a field missing or of the wrong kind breaks the
+                # channel's rules; it ends this runner, never the supervision.
                 raise wire.ChannelError(f"a malformed {body[:40]!r}... frame: {exc!r}"[:300]) from None
 
         try:
