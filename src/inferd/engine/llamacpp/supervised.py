@@ -109,6 +109,11 @@ class _Process:
         except wire.ChannelError as exc:
             await process.kill()
             raise RunnerFailed(f"the runner broke its channel while loading: {exc}") from None
+        except BaseException:
+            # Cancelled (a shutdown during the load): nothing may outlive it. Killed at
+            # once and reaped off the loop; the channel is closed, not left to the GC.
+            process.abandon()
+            raise
         if message is None or message.get("op") != "hello":
             returncode = await process.kill()
             raise RunnerFailed(describe_exit(returncode) + " while loading the model")
@@ -123,6 +128,13 @@ class _Process:
             return await asyncio.wait_for(asyncio.to_thread(self.proc.wait), timeout)
         except TimeoutError:
             return None
+
+    def abandon(self) -> None:
+        """Kill the runner and close its channel without waiting (a cancelled caller)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.channel.close()
+        asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
 
     async def kill(self) -> int | None:
         if self.proc.poll() is None:
