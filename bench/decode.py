@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from benchkit import Run, median, model_path, print_legs  # noqa: E402
+from benchkit import Run, accepts, median, model_path, print_legs  # noqa: E402
 from cpptools import http_stream, llama_bench_tg, start_llama_server, tool  # noqa: E402
 from engine_decode import PROMPT, LegWorker  # noqa: E402
 
@@ -162,7 +162,7 @@ def start_daemon(model: str, args: argparse.Namespace, d: Path, *extra: str) -> 
          "--v2", "--v2-addr", str(d / "v2.sock"), *extra],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not os.path.exists(sock):
+    while not accepts(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("daemon did not start")
         time.sleep(0.1)

@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
-from benchkit import model_path  # noqa: E402
+from benchkit import accepts, model_path  # noqa: E402
 
 SMALL = {"n_ctx": 512, "parallel": 1, "n_threads": 1}
 
@@ -115,7 +115,7 @@ def main() -> None:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.monotonic() + 300
-            while not os.path.exists(sock):
+            while not accepts(sock):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("the daemon did not start")
                 time.sleep(0.05)

@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(SRC))
 sys.path.insert(0, str(HERE))
-from benchkit import model_path  # noqa: E402
+from benchkit import accepts, model_path  # noqa: E402
 from cpptools import Stream, batched_bench, http_stream, llama_bench_tg, start_llama_server, tool  # noqa: E402
 
 TOPICS = ["the sea", "a lighthouse", "the moon", "a city at night", "a forest", "a desert caravan", "an old ship",
@@ -135,7 +135,7 @@ class Servers:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=open(d / "stderr", "wb"))
         self.procs.append(proc)
         deadline = time.monotonic() + 180
-        while not os.path.exists(sock):
+        while not accepts(sock):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"inferd ({name}) did not start: {(d / 'stderr').read_text()[-2000:]}")
             time.sleep(0.1)

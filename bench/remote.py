@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.append(str(HERE))  # benchkit, after the standard library
 
 import httpx  # noqa: E402
-from benchkit import Run, free_port, median, model_path, print_legs  # noqa: E402
+from benchkit import Run, accepts, free_port, median, model_path, print_legs  # noqa: E402
 
 ALIAS = "bench-remote"
 QUESTION = "Write a short story about a lighthouse keeper and a storm."
@@ -81,7 +81,7 @@ def start_inferd(url: str, d: Path) -> tuple[subprocess.Popen, str]:
         [sys.executable, "-m", "inferd.cli.main", "serve", "--config", str(cfg), "--no-embed", "--uds", sock,
          "--admin-addr", str(d / "admin.sock"), "--lock", str(d / "inferd.lock")],
         env=env, stdout=subprocess.DEVNULL, stderr=(d / "inferd.log").open("wb"))
-    _wait(lambda: os.path.exists(sock), proc, "inferd serve")
+    _wait(lambda: accepts(sock), proc, "inferd serve")
     return proc, sock
 
 

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from benchkit import model_path  # noqa: E402
+from benchkit import accepts, model_path  # noqa: E402
 
 PROMPT = "Write about the ocean."
 
@@ -47,11 +47,12 @@ def start(model: str, args: argparse.Namespace, d: Path, in_process: bool) -> tu
     started = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not os.path.exists(sock):
+    while not accepts(sock):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("daemon did not start")
         time.sleep(0.005)
     return proc, sock, time.perf_counter() - started
+
 
 
 async def stream(sock: str, n: int, rid: str) -> tuple[float, float, int]:
