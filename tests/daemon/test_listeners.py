@@ -187,3 +187,32 @@ async def test_a_burst_of_1000_connects_is_queued_not_refused(daemon_factory):
             s.close()
     await wait_until(lambda: d.server.tracker.count() == 0, 30, "the burst's handlers to end")
     assert (await roundtrip(d.infer, req("after")))[-1]["type"] == "done"
+
+
+async def test_a_unix_socket_accepts_as_soon_as_its_file_exists(daemon_factory, monkeypatch):
+    # Was: the file appeared at bind() and the socket listened only inside
+    # start_unix_server, after a chmod and an await: a client that waits for the file
+    # (bench/runner.py did) was refused with ECONNREFUSED in between.
+    from inferd.daemon.net import listeners
+
+    real = asyncio.start_unix_server
+    dialled: list[tuple[str, object]] = []
+
+    async def start_unix_server(*args: Any, **kw: Any):
+        path = kw["sock"].getsockname()
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(path)  # what a client that saw the file does, before the server starts
+            dialled.append((path, "accepted"))
+        except OSError as exc:
+            dialled.append((path, errno.errorcode.get(exc.errno, str(exc))))
+        finally:
+            probe.close()
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(listeners.asyncio, "start_unix_server", start_unix_server)
+    d = await daemon_factory()
+    assert len(dialled) >= 3, dialled  # admin, inference, embed (and v2 where on)
+    assert all(how == "accepted" for _, how in dialled), dialled
+    frames = await roundtrip(d.infer, req("after"))  # the probes left nothing behind
+    assert frames[-1]["type"] == "done", frames

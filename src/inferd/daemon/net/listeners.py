@@ -279,11 +279,16 @@ async def bind_unix(path: str, surface: str, handler: Handler, *, mode: int, sec
 def _bind_private_unix(path: str) -> socket.socket:
     """A Unix socket bound at `path` with no group/other bits, then opened up by chmod:
     there is no window in which another user can connect. The umask is process-wide,
-    so it is changed only around the bind() itself - never across an await."""
+    so it is changed only around the bind() itself - never across an await.
+
+    It listens at once: the file appears at bind(), and a client that waits for the
+    file (a script, a service manager, a bench) must not be refused in the moment
+    before the server starts. Connections that arrive meanwhile wait in the backlog."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
     try:
         sock.bind(path)
+        sock.listen(LISTEN_BACKLOG)
     except BaseException:
         sock.close()
         raise
