@@ -352,3 +352,46 @@ def test_roles_reach_the_template(backend):
     assert text == "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
     toks = backend.tokenize_prompt(text)
     assert toks[:2] == [2, 105]  # one <bos>, then <start_of_turn>
+
+
+class _PassClock:
+    """Stands in for `time` in sampling.py: each constrained pass reads thread_time
+    twice (start, end) and is told it took the next of `durations` seconds."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.durations = list(durations)
+        self.passes = 0
+        self._end: float | None = None
+
+    def thread_time(self) -> float:
+        if self._end is not None:
+            end, self._end = self._end, None
+            return end
+        start = 100.0 * self.passes
+        self._end = start + (self.durations[self.passes] if self.passes < len(self.durations) else 0.001)
+        self.passes += 1
+        return start
+
+
+# THREAT_MODEL F-11 (ADR 0032): a pass over the budget ends the request only when the
+# pass before it was over too, or when it took GRAMMAR_ONE_PASS_BUDGETS budgets alone.
+# Each token of "zq" text is one the model would not pick: every token is a pass.
+@pytest.mark.parametrize("durations, refused_at", [
+    ([0.6, 0.01, 0.6, 0.01, 0.6], None),   # a slow pass now and then: the machine, not the grammar
+    ([0.01, 0.6, 0.6], 3),                 # costly twice in a row
+    ([0.01, 2.5], 2),                      # one pass of five budgets
+])
+async def test_grammar_cost_is_judged_on_two_passes_in_a_row(backend, monkeypatch, durations, refused_at):
+    from inferd.engine.llamacpp import sampling
+
+    clock = _PassClock(durations)
+    monkeypatch.setattr(sampling, "time", clock)
+    request = req(max_tokens=12, grammar='root ::= "zq" "zq" "zq" "zq" "\\x01"')
+    if refused_at is None:
+        tokens, done = await run(backend, request)
+        assert text_of(tokens) == "zqzqzqzq\x01" and done.reason == FinishReason.END
+        assert clock.passes >= len(durations)
+    else:
+        with pytest.raises(BackendInvalidRequest, match="grammar too costly.*twice in a row"):
+            await run(backend, request)
+        assert clock.passes == refused_at
