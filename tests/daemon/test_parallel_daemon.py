@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from daemon_harness import (cleanup, dial, hold_generation, line, read_json, read_until_terminal, roundtrip, short_tmpdir,
-                            start_daemon, wait_until)
+                            req, start_daemon, wait_until)
 
 from inferd.cli.admin_cmds import status as status_command
 
@@ -35,9 +35,8 @@ PROMPTS = [
 
 
 def chat(id: str, content: str, **extra: Any) -> dict[str, Any]:
-    body = {"id": id, "messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": 32}
-    body.update(extra)
-    return body
+    """A greedy chat request of at most 32 tokens (daemon_harness.req)."""
+    return req(id, content, **{"temperature": 0, "max_tokens": 32, **extra})
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from daemon_harness import (RecordingActivityLog, cleanup, dial, line, read_json, read_until_terminal, short_tmpdir,
-                            start_daemon, wait_until)
+                            req, start_daemon, wait_until)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -30,9 +30,8 @@ ENDLESS = 'root ::= "a" root'
 
 
 def chat(id: str, content: str = "Say hi.", **extra: Any) -> dict[str, Any]:
-    body = {"id": id, "messages": [{"role": "user", "content": content}], "temperature": 0, "max_tokens": 4}
-    body.update(extra)
-    return body
+    """A greedy chat request of at most 4 tokens (daemon_harness.req)."""
+    return req(id, content, **{"temperature": 0, "max_tokens": 4, **extra})
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
