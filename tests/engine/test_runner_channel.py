@@ -131,3 +131,18 @@ async def test_a_runner_sending_a_malformed_message_is_ended_not_the_daemon(tmp_
     assert fake.killed
     assert proc.steps == 3
     theirs.close()
+
+
+async def test_a_large_frame_in_small_pieces_arrives_whole():
+    # An embedding batch is the biggest honest frame: megabytes, read in pieces.
+    channel, theirs = await _pair()
+    got: list[bytes] = []
+    serving = asyncio.create_task(channel.serve(got.append))
+    big = {"op": "result", "rid": 1, "value": {"embeddings": [[0.125] * 512] * 600}}
+    data = _msg(big) + _msg({"op": "beat", "steps": 9})
+    for i in range(0, len(data), 4096):
+        await _send(theirs, data[i:i + 4096])
+    theirs.shutdown(socket.SHUT_WR)
+    assert await asyncio.wait_for(serving, 30) is None
+    assert [json.loads(b) for b in got] == [big, {"op": "beat", "steps": 9}]
+    theirs.close()

@@ -105,6 +105,15 @@ class FrameChannel(asyncio.Protocol):
         buf = self._buf
         if buf:
             buf += data
+            if len(buf) >= 4:
+                (size,) = _LEN.unpack_from(buf, 0)
+                if size > self.limit:
+                    self._end(ChannelError(f"a frame of {size} bytes is over the {self.limit} byte limit"))
+                    return
+                if len(buf) - 4 < size:
+                    return  # a large frame arriving in pieces: copied once, when whole
+            else:
+                return
             data = bytes(buf)
             buf.clear()
         view, at, n = memoryview(data), 0, len(data)
