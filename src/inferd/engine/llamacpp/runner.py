@@ -63,7 +63,7 @@ class FaultPlan:
 
 
 class Runner:
-    def __init__(self, reader: asyncio.StreamReader, channel: socket.socket, model_fd: int | None) -> None:
+    def __init__(self, reader: wire.FrameChannel, channel: socket.socket, model_fd: int | None) -> None:
         self.reader = reader
         self.fd = channel.fileno()
         #: One whole frame at a time, from the loop or the scheduler's thread.
@@ -179,7 +179,7 @@ class Runner:
             await asyncio.sleep(HEARTBEAT_SECS)
 
     async def serve(self) -> int:
-        first = await wire.read_frame(self.reader)
+        first = await self.reader.read()
         if first is None:
             return 0
         load = wire.from_daemon(first)
@@ -190,7 +190,7 @@ class Runner:
         await self.load(settings)
         beat = asyncio.create_task(self.heartbeat())
         try:
-            while (body := await wire.read_frame(self.reader)) is not None:
+            while (body := await self.reader.read()) is not None:
                 msg = wire.from_daemon(body)
                 op, rid = msg["op"], msg.get("rid", 0)
                 if op == "generate":
@@ -244,7 +244,7 @@ class _Direct:
 
 async def _main() -> int:
     channel, model_fd = _harden()
-    reader, _writer = await asyncio.open_connection(sock=channel)
+    _, reader = await asyncio.get_running_loop().create_connection(wire.FrameChannel, sock=channel)
     return await Runner(reader, channel, model_fd).serve()
 
 

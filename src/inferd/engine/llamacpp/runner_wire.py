@@ -51,36 +51,19 @@ class ChannelError(Exception):
     """The peer broke the channel's rules (a malformed or oversized frame)."""
 
 
-async def read_frame(reader: asyncio.StreamReader, limit: int = MAX_RUNNER_FRAME) -> bytes | None:
-    """One frame's body; None at a clean end of stream."""
-    try:
-        head = await reader.readexactly(_LEN.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise ChannelError("the channel ended inside a frame header") from None
-        return None
-    (size,) = _LEN.unpack(head)
-    if size > limit:
-        raise ChannelError(f"a frame of {size} bytes is over the {limit} byte limit")
-    try:
-        return await reader.readexactly(size)
-    except asyncio.IncompleteReadError:
-        raise ChannelError("the channel ended inside a frame") from None
-
-
 def frame(body: bytes) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
 class FrameChannel(asyncio.Protocol):
-    """The daemon's end of a runner channel: frames are cut from the bytes as they
-    arrive and handed to `serve()`'s handler in the same callback.
+    """One end of a runner channel: frames are cut from the bytes as they arrive and
+    handed to `serve()`'s handler in the same callback (the daemon's end), or returned
+    one at a time by `read()` (the runner's end, and the daemon's until `hello`).
 
     A step's events cost the daemon one read callback, with no stream buffer, waiter
     future or task wake-up between the bytes and the dispatch (the in-process engine
     hands its events over with one `call_soon_threadsafe`; issue 18's goal is a
-    runner within 2% of that per token on a tiny model). Before a handler is set
-    (the runner's `hello`), `read()` returns frames one at a time.
+    runner within 2% of that per token on a tiny model).
     """
 
     def __init__(self, limit: int = MAX_RUNNER_FRAME) -> None:
@@ -103,28 +86,16 @@ class FrameChannel(asyncio.Protocol):
         if self.ended.done():
             return
         buf = self._buf
-        if buf:
-            buf += data
-            if len(buf) >= 4:
-                (size,) = _LEN.unpack_from(buf, 0)
-                if size > self.limit:
-                    self._end(ChannelError(f"a frame of {size} bytes is over the {self.limit} byte limit"))
-                    return
-                if len(buf) - 4 < size:
-                    return  # a large frame arriving in pieces: copied once, when whole
-            else:
-                return
-            data = bytes(buf)
-            buf.clear()
-        view, at, n = memoryview(data), 0, len(data)
+        buf += data
+        at, n = 0, len(buf)
         try:
             while n - at >= 4:
-                (size,) = _LEN.unpack_from(view, at)
+                (size,) = _LEN.unpack_from(buf, at)
                 if size > self.limit:
                     raise ChannelError(f"a frame of {size} bytes is over the {self.limit} byte limit")
                 if n - at - 4 < size:
-                    break
-                body = data[at + 4:at + 4 + size]
+                    break  # a large frame arriving in pieces is copied out once, when whole
+                body = bytes(buf[at + 4:at + 4 + size])
                 at += 4 + size
                 self._deliver(body)
                 if self.ended.done():
@@ -132,8 +103,7 @@ class FrameChannel(asyncio.Protocol):
         except ChannelError as exc:
             self._end(exc)
             return
-        if at < n:
-            buf += view[at:]
+        del buf[:at]
 
     def eof_received(self) -> bool:
         self._end(ChannelError("the channel ended inside a frame") if self._buf else None)
