@@ -39,6 +39,15 @@ GRAMMAR_ONE_PASS_BUDGETS = 4
 # llama.cpp reads this seed value as "pick a random one".
 _LLAMA_RANDOM_SEED = 0xFFFFFFFF
 
+#: `llama_get_logits_ith` returning the row's address as an int. llama-cpp-python's
+#: binding returns a POINTER(c_float), which then costs a numpy view built through
+#: ctypes on every token (measured ~55 us per token on a 262k vocabulary right after a
+#: decode, with the interpreter's caches cold; issue 18).
+_logits_row_address = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(
+    ("llama_get_logits_ith", L._lib))
+#: Numpy views of logits rows a sampler keeps, by address (a handful in practice).
+_MAX_ROW_VIEWS = 64
+
 
 class GrammarError(ValueError):
     """The grammar is refused; the message is client-facing."""
@@ -136,6 +145,7 @@ class Sampler:
         self._argmax = params.greedy and grammar is None
         self._full: np.ndarray | None = None
         self._logits: np.ndarray | None = None
+        self._views: dict[int, np.ndarray] = {}
         #: The previous constrained pass went over GRAMMAR_TOKEN_CPU_S.
         self._over = False
         self._one = (L.llama_token_data * 1)()
@@ -148,13 +158,27 @@ class Sampler:
     def constrained_by_grammar(self) -> bool:
         return self._grammar is not None
 
+    def _row_view(self, ctx: L.llama_context_p, row: int) -> np.ndarray:
+        """The logits of batch row `row` as a numpy view, without a copy. A view is
+        kept by the row's address: whenever llama.cpp hands out that address again it
+        points at a row of n_vocab floats, even in a buffer it has reallocated."""
+        address = _logits_row_address(ctx, row)
+        if not address:
+            raise RuntimeError(f"llama.cpp has no logits for batch row {row}")
+        view = self._views.get(address)
+        if view is None:
+            if len(self._views) >= _MAX_ROW_VIEWS:
+                self._views.clear()
+            view = self._views[address] = np.frombuffer(
+                (ctypes.c_float * self._n_vocab).from_address(address), dtype=np.float32)
+        return view
+
     def quick(self, ctx: L.llama_context_p) -> int | None:
         """The next token, or None when the grammar refused the unconstrained choice:
         then the row's logits are copied and `constrained()` must pick the token."""
         row = self.row
         if self._argmax:
-            logits = L.llama_get_logits_ith(ctx, row)
-            return int(np.ctypeslib.as_array(logits, shape=(self._n_vocab,)).argmax())
+            return int(self._row_view(ctx, row).argmax())
         token = L.llama_sampler_sample(self._chain, ctx, row)
         grammar = self._grammar
         if grammar is None:
@@ -169,7 +193,7 @@ class Sampler:
             # The next decode overwrites the context's logits: keep this row's.
             if self._logits is None:
                 self._logits = np.empty(self._n_vocab, dtype=np.float32)
-            self._logits[:] = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, row), shape=(self._n_vocab,))
+            self._logits[:] = self._row_view(ctx, row)
             return None
         L.llama_sampler_accept(grammar, token)
         return token
