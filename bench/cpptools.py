@@ -153,8 +153,9 @@ def batched_bench(binary: str, model: str, threads: int, pp: int, tg: int, clien
     return rates
 
 
-def llama_bench_tg(binary: str, model: str, threads: int, n: int) -> float | None:
-    out = subprocess.run([binary, "-m", model, "-t", str(threads), "-p", "0", "-n", str(n), "-r", "5", "-o", "json"],
+def llama_bench_tg(binary: str, model: str, threads: int, n: int, reps: int = 5) -> float | None:
+    out = subprocess.run([binary, "-m", model, "-t", str(threads), "-p", "0", "-n", str(n), "-r", str(reps),
+                          "-o", "json"],
                          env=tool_env(binary), capture_output=True, text=True, timeout=1800)
     try:
         rows = json.loads(out.stdout)

@@ -224,12 +224,12 @@ def summarise(streams: list[Stream], leg: Leg) -> None:
 async def one_round(servers: Servers, prompts: Prompts, n_clients: int, n_tokens: int, r: int,
                     legs: dict[str, Leg]) -> None:
     chats = [prompts.story(r * 64 + n_clients * 8 + i) for i in range(n_clients)]
-    streams = await asyncio.gather(*(inferd_stream(servers.sock, m, n_tokens, f"r{r}c{i}") for i, m in enumerate(chats)))
-    summarise(list(streams), legs["inferd"])
-    if servers.inproc:
-        streams = await asyncio.gather(*(inferd_stream(servers.inproc, m, n_tokens, f"r{r}c{i}")
-                                         for i, m in enumerate(chats)))
-        summarise(list(streams), legs["inproc"])
+    daemons = [("inferd", servers.sock)] + ([("inproc", servers.inproc)] if servers.inproc else [])
+    # The runner and in-process daemons take turns at going first (ABBA over the rounds):
+    # whichever runs right after llama-server's leg or an idle moment meets other caches.
+    for name, sock in (daemons if r % 2 == 0 else daemons[::-1]):
+        streams = await asyncio.gather(*(inferd_stream(sock, m, n_tokens, f"r{r}c{i}") for i, m in enumerate(chats)))
+        summarise(list(streams), legs[name])
     if servers.port:
         bodies = [{"prompt": prompts.tokens(m), "n_predict": n_tokens, "temperature": 0, "stream": True,
                    "cache_prompt": True} for m in chats]
