@@ -127,8 +127,10 @@ def main() -> int:
     model = model_path(args.model)
     counts = [int(c) for c in args.clients.split(",")]
     res: dict[str, dict[str, list[float]]] = {m: {} for m in ("runner", "inproc")}
-    for _ in range(args.rounds):
-        for mode in ("runner", "inproc"):
+    for r in range(args.rounds):
+        # Each mode goes first in every other round (ABBA): a fixed order gave whichever
+        # ran second the caches and clocks the first left behind.
+        for mode in (("runner", "inproc") if r % 2 == 0 else ("inproc", "runner")):
             d = Path(tempfile.mkdtemp(prefix="ifd-runner-", dir="/tmp"))
             proc, sock, boot = start(model, args, d, mode == "inproc")
             try:
@@ -145,13 +147,18 @@ def main() -> int:
     print(f"model {Path(model).name}  max_tokens {args.tokens}  parallel {args.parallel}  threads {args.threads}  "
           f"rounds {args.rounds} (medians)")
     keys = list(res["runner"])
-    print(f"{'':22}{'runner':>10}{'inproc':>10}{'ratio':>8}")
+    print(f"{'':22}{'runner':>10}{'inproc':>10}{'ratio':>8}   per-round ratios (runner / the inproc of "
+          "the same round): min .. max")
     for key in keys:
         r = statistics.median(res["runner"][key])
         i = res["inproc"].get(key)
         im = statistics.median(i) if i else None
         ratio = f"{r / im:8.3f}" if im else ""
-        print(f"{key:22}{r:10.3f}{(f'{im:10.3f}' if im else ''):>10}{ratio}")
+        spread = ""
+        if i:
+            paired = sorted(a / b for a, b in zip(res["runner"][key], i))
+            spread = f"   {paired[0]:.3f} .. {paired[-1]:.3f}"
+        print(f"{key:22}{r:10.3f}{(f'{im:10.3f}' if im else ''):>10}{ratio}{spread}")
     boot_gap = statistics.median(res["runner"]["boot s"]) - statistics.median(res["inproc"]["boot s"])
     print(f"boot: runner is {boot_gap:+.3f} s vs in process")
     return 0
