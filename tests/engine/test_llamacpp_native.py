@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from inferd.engine.llamacpp import native
 
 
@@ -12,3 +14,54 @@ def test_ggml_device_table_is_reachable_through_the_private_module():
     lib = native._ggml()
     assert lib is not None, "llama_cpp._ggml.libggml is gone: see ADR 0024"
     assert lib.ggml_backend_dev_count() >= 1  # the CPU device at least
+
+
+def test_greedy_reads_logits_rows_through_its_own_binding(tiny_gguf):
+    """`Sampler` reads a logits row through its own ctypes binding of
+    llama_get_logits_ith, by address, with a numpy view cached per address (issue 18).
+    Checked against llama-cpp-python's binding on a real (tiny) model: the same row,
+    live after the next decode, and a row without logits is an error, not a crash."""
+    import numpy as np
+
+    import llama_cpp.llama_cpp as L
+    from inferd.engine.llamacpp.sampling import Sampler, SamplingParams
+
+    native.init_backend()
+    model = native.load_model(tiny_gguf, 0)
+    params = L.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_threads, params.n_threads_batch = 256, 64, 2, 2
+    ctx, _ = native.create_context(model, params, None)
+    assert ctx
+    vocab = L.llama_model_get_vocab(model)
+    n_vocab = L.llama_vocab_n_tokens(vocab)
+    batch = L.llama_batch_init(64, 0, 1)
+    sampler = Sampler(SamplingParams(temperature=0.0, top_p=1.0, top_k=0, seed=1), None, n_vocab)
+    try:
+        def decode(tokens: list[int], pos: int) -> None:
+            batch.n_tokens = len(tokens)
+            for i, t in enumerate(tokens):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i] = t, pos + i, 1
+                batch.seq_id[i][0] = 0
+                batch.logits[i] = i == len(tokens) - 1
+            assert L.llama_decode(ctx, batch) == 0
+
+        def theirs(row: int) -> np.ndarray:
+            return np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, row), shape=(n_vocab,)).copy()
+
+        prompt = native.tokenize(vocab, "The sea is", add_special=True, parse_special=False)
+        decode(prompt, 0)
+        view = sampler._row_view(ctx, -1)
+        assert np.array_equal(view, theirs(-1))
+        token = sampler.quick(ctx)
+        assert token == int(theirs(-1).argmax())
+        with pytest.raises(RuntimeError, match="no logits for batch row 0"):
+            sampler._row_view(ctx, 0)  # only the last row asked for logits
+        decode([token], len(prompt))
+        again = sampler._row_view(ctx, -1)
+        assert np.array_equal(again, theirs(-1))  # the next step's logits, not a stale copy
+        assert sampler.quick(ctx) == int(theirs(-1).argmax())
+    finally:
+        sampler.close()
+        L.llama_batch_free(batch)
+        L.llama_free(ctx)
+        L.llama_model_free(model)
