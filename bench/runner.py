@@ -127,10 +127,10 @@ def main() -> int:
     model = model_path(args.model)
     counts = [int(c) for c in args.clients.split(",")]
     res: dict[str, dict[str, list[float]]] = {m: {} for m in ("runner", "inproc")}
-    for r in range(args.rounds):
+    for round_ in range(args.rounds):
         # Each mode goes first in every other round (ABBA): a fixed order gave whichever
         # ran second the caches and clocks the first left behind.
-        for mode in (("runner", "inproc") if r % 2 == 0 else ("inproc", "runner")):
+        for mode in (("runner", "inproc") if round_ % 2 == 0 else ("inproc", "runner")):
             d = Path(tempfile.mkdtemp(prefix="ifd-runner-", dir="/tmp"))
             proc, sock, boot = start(model, args, d, mode == "inproc")
             try:

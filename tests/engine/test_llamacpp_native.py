@@ -24,6 +24,7 @@ def test_greedy_reads_logits_rows_through_its_own_binding(tiny_gguf):
     import numpy as np
 
     import llama_cpp.llama_cpp as L
+    from inferd.engine.llamacpp import sampling
     from inferd.engine.llamacpp.sampling import Sampler, SamplingParams
 
     native.init_backend()
@@ -60,6 +61,9 @@ def test_greedy_reads_logits_rows_through_its_own_binding(tiny_gguf):
         again = sampler._row_view(ctx, -1)
         assert np.array_equal(again, theirs(-1))  # the next step's logits, not a stale copy
         assert sampler.quick(ctx) == int(theirs(-1).argmax())
+        assert sampling._row_address_through_the_binding(ctx, -1) == sampling._logits_row_address(ctx, -1)
+        assert sampling._logits_row_address is not sampling._row_address_through_the_binding, (
+            "llama_cpp.llama_cpp._lib is gone: greedy sampling fell back to the slower binding")
     finally:
         sampler.close()
         L.llama_batch_free(batch)

@@ -39,12 +39,19 @@ GRAMMAR_ONE_PASS_BUDGETS = 4
 # llama.cpp reads this seed value as "pick a random one".
 _LLAMA_RANDOM_SEED = 0xFFFFFFFF
 
+
+def _row_address_through_the_binding(ctx: L.llama_context_p, row: int) -> int | None:
+    return ctypes.cast(L.llama_get_logits_ith(ctx, row), ctypes.c_void_p).value
+
+
 #: `llama_get_logits_ith` returning the row's address as an int. llama-cpp-python's
 #: binding returns a POINTER(c_float), which then costs a numpy view built through
 #: ctypes on every token (measured ~55 us per token on a 262k vocabulary right after a
-#: decode, with the interpreter's caches cold; issue 18).
-_logits_row_address = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(
-    ("llama_get_logits_ith", L._lib))
+#: decode, with the interpreter's caches cold; issue 18). The library handle is
+#: llama-cpp-python's private `_lib`; without it, its binding serves (slower, same rows).
+_logits_row_address = (
+    ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32)(("llama_get_logits_ith", L._lib))
+    if hasattr(L, "_lib") else _row_address_through_the_binding)
 #: Numpy views of logits rows a sampler keeps, by address (a handful in practice).
 _MAX_ROW_VIEWS = 64
 
