@@ -23,6 +23,7 @@ import dataclasses
 import json
 import pickle
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -71,7 +72,7 @@ class FrameChannel(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._buf = bytearray()
         self._handler: Callable[[bytes], None] | None = None
-        self._pending: list[bytes] = []
+        self._pending: deque[bytes] = deque()
         self._waiter: asyncio.Future[None] | None = None
         #: Resolved when the channel ends: None at a clean end, a ChannelError when the
         #: runner broke its rules (or the handler refused a frame), another error else.
@@ -114,7 +115,7 @@ class FrameChannel(asyncio.Protocol):
             exc = ChannelError("the channel ended inside a frame")
         self._end(exc)
 
-    # ---- the daemon's side ----
+    # ---- frames out: to serve()'s handler, or queued for read() ----
 
     def _deliver(self, body: bytes) -> None:
         handler = self._handler
@@ -146,13 +147,13 @@ class FrameChannel(asyncio.Protocol):
                 return None
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
-        return self._pending.pop(0)
+        return self._pending.popleft()
 
     async def serve(self, handler: Callable[[bytes], None]) -> BaseException | None:
         """Hand every frame to `handler` (which may raise ChannelError to end the
         channel) until the channel ends; returns how it ended (see `ended`)."""
         self._handler = handler
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, deque()
         try:
             for body in pending:
                 handler(body)
