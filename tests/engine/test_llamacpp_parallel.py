@@ -20,6 +20,7 @@ import pytest
 
 from inferd.engine.events import Done, FinishReason, TextDelta
 from inferd.engine.llamacpp import LlamaCppBackend, LlamaCppSettings
+from inferd.engine.llamacpp.bridge import StepPost
 from inferd.engine.request import ChatMessage, GenerationRequest
 from inferd.proto.admin import SequenceSlot
 from inferd.proto.embed import EmbedResolved
@@ -456,3 +457,59 @@ async def test_embeddings_compute_on_the_generation_thread(embed_backend, monkey
     await embed_backend.embed(EmbedResolved(id="e", input=["one", "two"]))
     assert seen == ["inferd-llamacpp-generate"]
     assert {t.name for t in threading.enumerate()}.isdisjoint({"inferd-llamacpp-embed"})
+
+
+class _HoldAll:
+    """A poster that never lets a step's events go by itself (a runner's hold with no
+    end, ADR 0035): what reaches `released` left because the scheduler said idle()."""
+
+    def __init__(self) -> None:
+        self.held: list[Any] = []
+        self.released: list[list[Any]] = []
+        self.lock = threading.Lock()
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any) -> None:
+        callback(*args)
+        StepPost.hold(self.release)
+
+    def put(self, item: Any) -> None:
+        self.held.append(item)
+
+    def release(self) -> None:
+        with self.lock:
+            if self.held:
+                self.released.append(self.held)
+                self.held = []
+
+    def events(self) -> list[Any]:
+        with self.lock:
+            return [ev for batch in self.released for ev in batch]
+
+
+async def test_held_events_leave_before_a_prompt_chunk_and_once_nothing_runs(par):
+    """A runner holds short steps' events for the next step's frame; the scheduler
+    lets them go after a step that read a prompt (a first token), before a step that
+    carries one (a long step) and before it waits, so nothing held is late by more
+    than a decode step or left behind."""
+    a, b = _HoldAll(), _HoldAll()
+    steps = par.decode_steps
+    await par.start(req(ENDLESS[0], "a", max_tokens=120), a.put, threading.Event(), poster=a)
+    await wait_until(lambda: par.decode_steps >= steps + 8 and len(a.held) >= 4, 60, "A decoding")
+    # The first token left with its prompt's step (time to first token is never held);
+    # every decode step's events since are held.
+    assert [len(batch) for batch in a.released] == [1]
+    await par.start(req(PROMPTS[2], "b", max_tokens=8), b.put, threading.Event(), poster=b)
+
+    def finished(p: _HoldAll) -> bool:
+        return any(type(ev) is Done for ev in p.events())
+
+    await wait_until(lambda: finished(a) and finished(b), 120, "both done")
+    # B's prompt step took A's held text out first: that batch is text, no Done.
+    second = a.released[1]
+    assert len(second) >= 4 and all(type(ev) is TextDelta for ev in second), second
+    assert len(a.released) >= 3
+    # Nothing was left behind when the scheduler ran out of work.
+    assert a.held == [] and b.held == []
+    done_a = [ev for ev in a.events() if type(ev) is Done][0]
+    assert done_a.reason is FinishReason.LENGTH and done_a.usage.completion_tokens == 120
+    assert [type(ev) for ev in b.events()][-1] is Done

@@ -40,6 +40,26 @@ class StepPost:
         cls._local.items = []
 
     @classmethod
+    def hold(cls, release: Callable[[], None]) -> None:
+        """A poster keeps what a step gave it for the step after (a runner while its
+        steps are short, ADR 0035): `release` sends it when the thread next calls
+        `idle()`, unless the poster sent it first (its release then has nothing to do)."""
+        releases = getattr(cls._local, "releases", None)
+        if releases is None:
+            releases = cls._local.releases = {}
+        releases[release] = None
+
+    @classmethod
+    def idle(cls) -> None:
+        """The thread is about to do something longer than a decode step (a prompt
+        chunk, a wait, a side job): whatever any poster holds leaves now."""
+        releases = getattr(cls._local, "releases", None)
+        if releases:
+            cls._local.releases = {}
+            for release in releases:
+                release()
+
+    @classmethod
     def flush(cls) -> None:
         items = cls._local.items
         cls._local.items = None

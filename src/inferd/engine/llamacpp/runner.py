@@ -23,7 +23,7 @@ from typing import Any
 
 from ..events import Done
 from . import runner_wire as wire
-from .bridge import Failure
+from .bridge import Failure, StepPost
 from .settings import LlamaCppSettings
 
 #: Tests (only) make the runner fault at a chosen point, to check what the daemon
@@ -33,6 +33,11 @@ from .settings import LlamaCppSettings
 #: in the default profile. Kills (or hangs) this process only.
 FAULT_ENV = "INFERD_TEST_RUNNER_FAULT"
 HEARTBEAT_SECS = 1.0
+#: While steps end sooner than this after the last frame, a step's events wait for the
+#: next step's and leave with them (ADR 0035): on a model that steps in 2 ms a frame per
+#: step costs a daemon wake-up per token, which on a busy CPU preempts llama.cpp. Steps
+#: of a real model (20 ms and up) each still send their own frame.
+HOLD_S = 0.003
 _PR_SET_NO_NEW_PRIVS = 38
 
 
@@ -74,6 +79,8 @@ class Runner:
         #: Generations running, by request: setting one stops it within a decode step.
         self.cancels: dict[int, threading.Event] = {}
         self.outbox: list[Any] = []
+        #: When the last frame of events left (the scheduler's thread only).
+        self.sent_at = 0.0
         self.fault = FaultPlan(None)
 
     # ---- out ---------------------------------------------------------------------------
@@ -91,10 +98,19 @@ class Runner:
 
 
     def flush(self) -> None:
-        """Send what the scheduler's step put in the outbox (its thread only)."""
+        """Send what the scheduler's steps put in the outbox (its thread only)."""
         if self.outbox:
             batch, self.outbox = self.outbox, []
             self.send({"op": "ev", "batch": batch})
+            self.sent_at = time.monotonic()
+
+    def stepped(self) -> None:
+        """A step's events are in the outbox: send them, or hold them for the next step's
+        while steps are short (the scheduler releases them before anything longer)."""
+        if time.monotonic() - self.sent_at >= HOLD_S:
+            self.flush()
+        elif self.outbox:
+            StepPost.hold(self.flush)
 
     # ---- serving ------------------------------------------------------------------------
 
@@ -239,7 +255,7 @@ class _Direct:
 
     def call_soon_threadsafe(self, callback: Any, *args: Any) -> None:
         callback(*args)
-        self.runner.flush()
+        self.runner.stepped()
 
 
 async def _main() -> int:

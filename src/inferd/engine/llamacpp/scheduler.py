@@ -168,7 +168,10 @@ class BatchScheduler(ContextThread[GenerationContext]):
         try:
             while True:
                 if not stopping:
-                    stopping = self._intake(block=not self._running and not self._waiting and not self._side)
+                    block = not self._running and not self._waiting and not self._side
+                    if block:
+                        StepPost.idle()
+                    stopping = self._intake(block=block)
                     if stopping:
                         # Whatever was admitted after shutdown() looked stops too.
                         self._interrupt_running()
@@ -178,6 +181,7 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 if not stopping:
                     changed = self._admit(ctx) or changed
                 if self._side:
+                    StepPost.idle()
                     self._advance_side()
                 changed = self._collect_passes(ctx) or changed
                 if not self._running:
@@ -191,12 +195,14 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 if all(seq.pass_ is not None for seq in self._running):
                     # Only grammar passes are running: wait for one, a little at a time,
                     # so new requests and cancellations are still seen.
+                    StepPost.idle()
                     wait([seq.pass_ for seq in self._running if seq.pass_ is not None],
                          timeout=GRAMMAR_POLL_S, return_when=FIRST_COMPLETED)
                     continue
                 self._step(ctx)
                 self.steps += 1
         finally:
+            StepPost.idle()
             for seq in self._take_all():
                 seq.job.abandon(Unavailable("generation cancelled"))
                 seq.close()
@@ -286,6 +292,7 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 if self._running:
                     break  # a barrier: it runs once everything before it has finished
                 self._waiting.popleft()
+                StepPost.idle()
                 self._run_one(job, ctx)
                 continue
             slot = self._pick_slot(ctx, job.tokens)
@@ -388,6 +395,7 @@ class BatchScheduler(ContextThread[GenerationContext]):
                     continue
                 seq.wait_for = None
             if not seq.placed:
+                StepPost.idle()  # placing may copy another slot's cells
                 self._place(ctx, seq)
                 if seq.job.progress:
                     _prompt_progress(seq, seq.cached)  # reading starts (issue 22)
@@ -420,6 +428,8 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 seq.wait_for = None
             return
         prompt_tokens = sum(e - s for _, s, e in fed)
+        if prompt_tokens:
+            StepPost.idle()  # a prompt chunk makes a long step: held events go first
         ctx.share_cores(any(s.pass_ is not None for s in running))
         t0 = time.perf_counter()
         StepPost.begin()
@@ -457,6 +467,8 @@ class BatchScheduler(ContextThread[GenerationContext]):
                 self._report()
         finally:
             StepPost.flush()
+            if prompt_tokens:
+                StepPost.idle()  # a first token is never held (time to first token)
 
     def _collect_passes(self, ctx: GenerationContext) -> bool:
         """Take the tokens of finished grammar passes (F-11); True if anything changed."""
