@@ -39,6 +39,18 @@ def tool_env(binary: str) -> dict[str, str]:
     return dict(os.environ, LD_LIBRARY_PATH=lib + os.pathsep + os.environ.get("LD_LIBRARY_PATH", ""))
 
 
+def tools_lib_dir() -> str | None:
+    """The directory of the shared libllama the tools run on (llama-bench's, else
+    llama-server's), for LLAMA_CPP_LIB_PATH: None when neither is set or they are static."""
+    for env in ("LLAMA_BENCH", "LLAMA_SERVER"):
+        binary = os.environ.get(env)
+        if binary:
+            lib = Path(binary).resolve().parent
+            if (lib / "libllama.so").exists() or (lib / "libllama.dylib").exists():
+                return str(lib)
+    return None
+
+
 def start_llama_server(binary: str, model: str, n_ctx: int, parallel: int, threads: int,
                        workdir: Path) -> tuple[subprocess.Popen, int]:
     """llama-server with `parallel` slots of `n_ctx` each on a free loopback port, once healthy."""

@@ -28,6 +28,12 @@ held to (issue 18's goal: daemon decode >= 0.97x tg and >= server, first token n
 later than server's), measured in the same alternation as the legs it is compared
 with (this box's speed drifts by 10% within an hour; one tg figure before and one
 after the legs made the ratio follow the drift).
+With `--tools-build`, every leg runs the llama.cpp libraries next to LLAMA_BENCH (the
+daemon, its runner and the in-process legs load them through llama-cpp-python's
+LLAMA_CPP_LIB_PATH) instead of llama-cpp-python's own build. On a CPU with AMX the
+two differ: pip builds for the native CPU, and the tools must be built without AMX;
+that alone moved daemon/tg by about 1% here (ADR 0035, addendum 3). The header says
+which build the legs ran.
 The daemons run their defaults but for `--n-ctx` (default: the daemon's own, 8192 per
 slot) and the threads. The in-process legs run in child processes: two engines
 decoding in one process slow each other (engine_decode.py says why).
@@ -58,7 +64,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from benchkit import Run, accepts, median, model_path, print_legs  # noqa: E402
-from cpptools import http_stream, llama_bench_tg, start_llama_server, tool  # noqa: E402
+from cpptools import http_stream, llama_bench_tg, start_llama_server, tool, tools_lib_dir  # noqa: E402
 from engine_decode import PROMPT, LegWorker  # noqa: E402
 
 
@@ -180,7 +186,17 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n-ctx", type=int, default=8192)
+    ap.add_argument("--tools-build", action="store_true",
+                    help="run every leg on the llama.cpp libraries next to LLAMA_BENCH")
     args = ap.parse_args()
+    build = "llama-cpp-python's own"
+    if args.tools_build:
+        lib = tools_lib_dir()
+        if lib is None:
+            print("!! --tools-build needs LLAMA_BENCH (or LLAMA_SERVER) next to a shared libllama")
+            return 2
+        os.environ["LLAMA_CPP_LIB_PATH"] = lib  # the daemons, runners and leg workers inherit it
+        build = f"the tools' ({lib})"
 
     path = model_path(args.model)
     d = Path(tempfile.mkdtemp(prefix="ifd-decode-", dir="/tmp"))
@@ -234,7 +250,7 @@ def main() -> int:
         return median(legs, name, attr)
 
     print(f"model {backend.info['label']}  prompt {len(tokens)} tokens  greedy  max_tokens {args.tokens}  "
-          f"threads {args.threads}  rounds {args.rounds}")
+          f"threads {args.threads}  rounds {args.rounds}  llama.cpp build: {build}")
     print_legs(legs, 12, (f"{'cached':>8}", lambda name: f"{legs[name][-1].cached:8d}"))
     for a, b in (("daemon", "reference"), ("daemon", "backend"), ("daemon", "inproc"), ("backend", "reference"),
                  ("tools", "daemon"),
