@@ -10,6 +10,9 @@ each alike (medians reported):
              socket to a client in this process (what an app sees); llama.cpp runs in
              the daemon's runner process (ADR 0025)
   inproc     the same daemon with `--in-process`: daemon/inproc is what the runner costs
+             (the runner sends a stream's tokens at most once per frame interval while
+             steps are shorter: 30 ms where the decode threads take every core, as the
+             header says; the in-process engine wakes the daemon every step)
   tools      the same daemon over its v2 socket, two tools declared but not called:
              the output parser (reasoning split, tool-call scan) runs on every token
   server     llama-server (LLAMA_SERVER; skipped when unset) with inferd's default slots
@@ -249,8 +252,12 @@ def main() -> int:
     def med(name: str, attr: str) -> float:
         return median(legs, name, attr)
 
+    from inferd.engine.llamacpp.settings import LlamaCppSettings
+
+    interval = LlamaCppSettings(model_path=path, n_threads=args.threads).frame_interval()
     print(f"model {backend.info['label']}  prompt {len(tokens)} tokens  greedy  max_tokens {args.tokens}  "
-          f"threads {args.threads}  rounds {args.rounds}  llama.cpp build: {build}")
+          f"threads {args.threads}  rounds {args.rounds}  llama.cpp build: {build}  "
+          f"runner frame interval {interval:g} ms (ADR 0035 addendum 4)")
     print_legs(legs, 12, (f"{'cached':>8}", lambda name: f"{legs[name][-1].cached:8d}"))
     for a, b in (("daemon", "reference"), ("daemon", "backend"), ("daemon", "inproc"), ("backend", "reference"),
                  ("tools", "daemon"),

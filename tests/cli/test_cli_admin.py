@@ -32,6 +32,7 @@ CAPS_A = {
     "n_ctx": 4096,
     "parallel": 4,
     "flash_attn": True,
+    "frame_interval_ms": 30.0,
     "n_threads": 8,
     "n_threads_batch": 8,
 }
@@ -191,7 +192,8 @@ def test_doctor_all_ok_exits_0(fake_server, fake_config):
         "[ ok ] config: loaded /etc/inferd.json (backends: [llamacpp:alpha], auto_pull=true)",
         f"[ ok ] admin: connected at {server.path}; daemon status=ready phase=-",
         "[ ok ] backend: alpha accelerator=cpu gpu_layers=0 v2=true vision=false audio=false"
-        " tools=true thinking=true embed=false model=gemma-3-270m n_ctx=4096 parallel=4 threads=8/8 flash_attn=true",
+        " tools=true thinking=true embed=false model=gemma-3-270m n_ctx=4096 parallel=4 threads=8/8 flash_attn=true"
+        " frame_interval=30ms",
         "[ ok ] device: cpu",
         "[ ok ] backend: beta accelerator=cuda gpu_layers=43 v2=false vision=true audio=false"
         " tools=false thinking=false embed=true",
@@ -292,3 +294,18 @@ def test_serve_refuses_a_flash_attn_that_is_not_on_or_off():
     result = runner.invoke(app, ["serve", "--backend", "llamacpp", "--model-path", "/m.gguf", "--flash-attn", "auto"])
     assert result.exit_code == 2
     assert "must be on or off" in result.output
+
+
+def test_serve_passes_the_frame_interval_to_the_engine_and_refuses_one_out_of_range(monkeypatch):
+    """`--frame-interval-ms` (ADR 0035 addendum 4) is the engine's `frame_interval_ms`."""
+    import inferd.daemon.server as server_mod
+
+    seen = []
+    monkeypatch.setattr(server_mod, "run", lambda opts: seen.append(opts) or 0)
+    args = ["serve", "--backend", "llamacpp", "--model-path", "/m.gguf"]
+    assert runner.invoke(app, [*args, "--frame-interval-ms", "12.5"]).exit_code == 0
+    assert seen[-1].llamacpp["frame_interval_ms"] == 12.5
+    assert runner.invoke(app, args).exit_code == 0
+    assert "frame_interval_ms" not in seen[-1].llamacpp  # by machine (the engine's default)
+    result = runner.invoke(app, [*args, "--frame-interval-ms", "-1"])
+    assert result.exit_code == 2 and "--frame-interval-ms" in result.output

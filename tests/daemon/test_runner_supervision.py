@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from daemon_harness import dial, read_until_terminal, req, roundtrip, wait_until
+from inferd.engine.llamacpp.settings import LlamaCppSettings
 
 FAULT = "INFERD_TEST_RUNNER_FAULT"
 RUNNER = "inferd.engine.llamacpp.runner"
@@ -228,10 +229,39 @@ async def test_a_client_leaving_cancels_across_the_channel(daemon_factory, model
     for _ in range(2):
         assert json.loads(await asyncio.wait_for(reader.readline(), 60))["type"] == "token"
     assert len(backend.running_sequences()) == 1
+    # The frame interval this machine gets by default (ADR 0035 addendum 4), shown.
+    assert backend.capabilities().frame_interval_ms == LlamaCppSettings(model_path="x", n_threads=2).frame_interval()
     writer.close()
     await wait_until(lambda: backend.running_sequences() == [], 5, "the runner to free the slot")
     await wait_until(lambda: d.server.router.outstanding == 0, 5)
     assert (await roundtrip(d.infer, req("next", "Say hi.", max_tokens=2), timeout=60))[-1]["type"] == "done"
+
+
+async def test_the_frame_interval_holds_tokens_for_the_next_frame_but_never_the_first(
+        daemon_factory, model_path, monkeypatch):
+    """ADR 0035 addendum 4: with a frame interval longer than the whole answer, the
+    first token leaves with its prompt step, every later one waits, and the last ones
+    leave with the Done: two `ev` frames for eight tokens, the same text as ever."""
+    from inferd.engine.llamacpp.supervised import RunnerBackend
+
+    frames: list[int] = []
+    dispatch = RunnerBackend._dispatch
+
+    def counting(self, proc, message):
+        if message["op"] == "ev":
+            frames.append(len(message["batch"]))
+        return dispatch(self, proc, message)
+
+    monkeypatch.setattr(RunnerBackend, "_dispatch", counting)
+    d = await serve(daemon_factory, model_path, monkeypatch, "", frame_interval_ms=1000)
+    assert d.server.router.entries[0].backend.capabilities().frame_interval_ms == 1000
+    out = await roundtrip(d.infer, req("held", "Write about the sea.", temperature=0, max_tokens=8), timeout=60)
+    assert out[-1]["type"] == "done" and out[-1]["usage"]["completion_tokens"] == 8
+    pieces = [f["content"] for f in out if f["type"] == "token"]
+    assert len(pieces) > 2 and "".join(pieces) == out[-1]["content"]
+    # The first piece on its own; every later one (a token's text, or several tokens'
+    # the output parser held back together) waits, then all of them go with the Done.
+    assert frames == [1, len(pieces)], frames
 
 
 async def test_the_runner_holds_only_its_channel_and_gains_no_privileges(daemon_factory, model_path, monkeypatch):

@@ -180,6 +180,31 @@ def test_default_threads_are_one_per_physical_core(tmp_path):
     assert LlamaCppSettings(model_path="x", n_threads=3).threads() == 3
 
 
+def test_the_frame_interval_is_chosen_by_whether_decode_takes_every_core(monkeypatch):
+    """ADR 0035 addendum 4: 30 ms where the decode threads take every CPU this process
+    may use (each frame's wake-ups then preempt one of them), 3 ms where one is left
+    over; a setting wins; out of range is refused with the field's name."""
+    import pydantic
+
+    from inferd.engine.llamacpp import settings as settings_mod
+
+    monkeypatch.setattr(settings_mod, "available_cores", lambda: 2)
+    assert LlamaCppSettings(model_path="x", n_threads=2).frame_interval() == 30.0
+    assert LlamaCppSettings(model_path="x", n_threads=3).frame_interval() == 30.0
+    assert LlamaCppSettings(model_path="x", n_threads=1).frame_interval() == 3.0
+    monkeypatch.setattr(settings_mod, "available_cores", lambda: 16)
+    assert LlamaCppSettings(model_path="x", n_threads=8).frame_interval() == 3.0
+    assert LlamaCppSettings(model_path="x", n_threads=8, frame_interval_ms=0).frame_interval() == 0.0
+    assert LlamaCppSettings(model_path="x", frame_interval_ms=12.5).frame_interval() == 12.5
+    for bad in (-1, 1001, "soon"):
+        with pytest.raises(pydantic.ValidationError, match="frame_interval_ms"):
+            LlamaCppSettings(model_path="x", frame_interval_ms=bad)
+
+
+def test_in_process_nothing_is_held_so_no_frame_interval_is_shown(solo):
+    assert solo.capabilities().frame_interval_ms is None
+
+
 def test_one_sequence_is_the_default_of_the_engine(solo):
     assert LlamaCppSettings(model_path="x").parallel == 1
     assert solo.capabilities().parallel == solo.concurrency == 1

@@ -53,7 +53,7 @@ def test_a_short_step_waits_for_the_next_and_idle_lets_it_go(monkeypatch):
         assert texts(_frames(theirs)) == [["a"]]
         step("b", 0.001)                              # 1 ms later: held
         assert _frames(theirs) == []
-        step("c", runner_mod.HOLD_S)                  # the hold is over: both in one frame
+        step("c", r.hold_s)                           # the hold is over: both in one frame
         assert texts(_frames(theirs)) == [["b", "c"]]
         step("d", 0.001)                              # held again ...
         assert _frames(theirs) == []
@@ -69,3 +69,34 @@ def test_a_short_step_waits_for_the_next_and_idle_lets_it_go(monkeypatch):
         StepPost.idle()
         ours.close()
         theirs.close()
+
+
+def test_where_decode_takes_every_core_a_step_shorter_than_the_interval_waits(monkeypatch):
+    """The 30 ms interval of a machine whose cores all decode (ADR 0035 addendum 4): at
+    24 ms a step, every other step's events wait for the next one's; a step longer
+    than the interval is sent on its own."""
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    clock = [1000.0]
+    monkeypatch.setattr(runner_mod.time, "monotonic", lambda: clock[0])
+    r = runner_mod.Runner(None, ours, None)  # type: ignore[arg-type]
+    r.hold_s = 0.030
+    direct = runner_mod._Direct(r)
+
+    def step(text: str, after_s: float) -> list[list[str]]:
+        clock[0] += after_s
+        direct.call_soon_threadsafe(r.outbox.append, [3, wire.encode_event(TextDelta(text))])
+        return [[wire.decode_event(ev).text for _, ev in f["batch"]] for f in _frames(theirs)]
+
+    try:
+        assert step("a", 1.0) == [["a"]]
+        assert step("b", 0.024) == []
+        assert step("c", 0.024) == [["b", "c"]]
+        assert step("d", 0.024) == []
+        assert step("e", 0.024) == [["d", "e"]]
+        assert step("f", 0.031) == [["f"]]
+    finally:
+        StepPost.idle()
+        ours.close()
+        theirs.close()
+

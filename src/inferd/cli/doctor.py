@@ -148,6 +148,8 @@ def backend_line(cap: AdminEvent) -> Line:
         detail += f" threads={cap.n_threads}/{cap.n_threads_batch or cap.n_threads}"
     if cap.flash_attn is not None:
         detail += f" flash_attn={_flag(cap.flash_attn)}"
+    if cap.frame_interval_ms is not None:
+        detail += f" frame_interval={cap.frame_interval_ms:g}ms"
     if cap.amx is not None:
         detail += f" amx={cap.amx}"
     runner = cap.runner or {}

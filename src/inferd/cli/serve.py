@@ -78,6 +78,10 @@ def serve(
                                                       help="llama.cpp flash attention (default: llama.cpp's auto)")] = None,
     amx: Annotated[Optional[str], typer.Option("--amx", envvar="INFERD_AMX", metavar="auto|on|off",
                                                help="llama.cpp's AMX kernels (default auto: off where known to fault)")] = None,
+    frame_interval_ms: Annotated[Optional[float], typer.Option(
+        "--frame-interval-ms", envvar="INFERD_FRAME_INTERVAL_MS", min=0, max=1000,
+        help="a runner sends a stream's tokens at most this often while steps are shorter (default: 30 where "
+             "the decode threads take every core, else 3; 0 = every step)")] = None,
     in_process: Annotated[bool, typer.Option("--in-process", envvar="INFERD_IN_PROCESS",
                                              help="run llama.cpp in the daemon's process, not a supervised runner (debugging, benches)")] = False,
 ) -> None:
@@ -100,6 +104,7 @@ def serve(
         "n_ctx": n_ctx, "n_gpu_layers": n_gpu_layers, "n_threads": n_threads, "chat_template": chat_template,
         "parallel": parallel, "flash_attn": None if flash_attn is None else flash_attn == "on", "amx": amx,
         "embed": True if llamacpp_embed else None, "runner": False if in_process else None,
+        "frame_interval_ms": frame_interval_ms,
     }
     _setup_logging()
     opts = ServeOptions(

@@ -125,6 +125,10 @@ class BackendCapabilities(BaseModel):
     #: not llama.cpp.
     n_threads: int | None = None
     n_threads_batch: int | None = None
+    #: How often at most a llama.cpp runner sends a stream's events while its decode
+    #: steps are shorter, in ms (ADR 0035 addendum 4: 30 where the decode threads take
+    #: every CPU, else 3). None in process and for other backends.
+    frame_interval_ms: float | None = None
     #: llama.cpp's AMX kernels (ADR 0019): "on", "off" (withheld) or "absent" (not in the
     #: build); with the reason a user reads. None for backends other than llama.cpp.
     amx: str | None = None
@@ -318,6 +322,7 @@ class AdminEvent(BaseModel):
     flash_attn: bool | None = None
     n_threads: int | None = None
     n_threads_batch: int | None = None
+    frame_interval_ms: float | None = None
     amx: str | None = None
     amx_reason: str | None = None
     cpu_features: list[str] | None = None

@@ -24,7 +24,7 @@ from typing import Any
 from ..events import Done
 from . import runner_wire as wire
 from .bridge import Failure, StepPost
-from .settings import LlamaCppSettings
+from .settings import FRAME_INTERVAL_MS_SPARE_CORES, LlamaCppSettings
 
 #: Tests (only) make the runner fault at a chosen point, to check what the daemon
 #: does about it: `load`, `prefill`, `decode[:N]` (after the N-th token, default 2),
@@ -33,11 +33,6 @@ from .settings import LlamaCppSettings
 #: in the default profile. Kills (or hangs) this process only.
 FAULT_ENV = "INFERD_TEST_RUNNER_FAULT"
 HEARTBEAT_SECS = 1.0
-#: While steps end sooner than this after the last frame, a step's events wait for the
-#: next step's and leave with them (ADR 0035): on a model that steps in 2 ms a frame per
-#: step costs a daemon wake-up per token, which on a busy CPU preempts llama.cpp. Steps
-#: of a real model (20 ms and up) each still send their own frame.
-HOLD_S = 0.003
 _PR_SET_NO_NEW_PRIVS = 38
 
 
@@ -81,6 +76,11 @@ class Runner:
         self.outbox: list[Any] = []
         #: When the last frame of events left (the scheduler's thread only).
         self.sent_at = 0.0
+        #: While steps end sooner than this after the last frame, a step's events wait
+        #: for the next step's and leave with them (ADR 0035 addenda 3 and 4): each frame
+        #: wakes the daemon and then the app, and on a CPU the decode threads fill, every
+        #: wake-up preempts one of them. Set from the settings at load.
+        self.hold_s = FRAME_INTERVAL_MS_SPARE_CORES / 1000.0
         self.fault = FaultPlan(None)
 
     # ---- out ---------------------------------------------------------------------------
@@ -106,8 +106,9 @@ class Runner:
 
     def stepped(self) -> None:
         """A step's events are in the outbox: send them, or hold them for the next step's
-        while steps are short (the scheduler releases them before anything longer)."""
-        if time.monotonic() - self.sent_at >= HOLD_S:
+        while steps are shorter than the frame interval (the scheduler releases them
+        before anything longer)."""
+        if time.monotonic() - self.sent_at >= self.hold_s:
             self.flush()
         elif self.outbox:
             StepPost.hold(self.flush)
@@ -124,6 +125,7 @@ class Runner:
         self.backend.observe_sequences(
             lambda slots: self.send({"op": "seq", "slots": [s.model_dump() for s in slots]}))
         caps = self.backend.capabilities().model_dump()
+        caps["frame_interval_ms"] = settings.frame_interval()  # only a runner holds events
         self.send({"op": "hello", "pid": os.getpid(), "caps": caps, "n_ctx": self.backend.n_ctx,
                    "concurrency": self.backend.concurrency, "label": self.backend.label,
                    "n_embd": self.backend.n_embd})
@@ -203,6 +205,7 @@ class Runner:
         settings = LlamaCppSettings.model_validate(load["settings"])
         if self.model_fd is not None:
             settings = settings.model_copy(update={"model_path": f"/proc/self/fd/{self.model_fd}"})
+        self.hold_s = settings.frame_interval() / 1000.0
         await self.load(settings)
         beat = asyncio.create_task(self.heartbeat())
         try:

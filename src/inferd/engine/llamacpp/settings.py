@@ -25,6 +25,16 @@ MAX_PARALLEL = 256
 #: decode step takes about this long (ADR 0018): the others' streams pause about this
 #: much between two tokens while it is read, instead of for the whole prompt.
 PREFILL_STEP_MS = 250.0
+#: A runner sends a step's events at once only when its last frame left at least this
+#: long before; else they wait for the next step's (ADR 0035, addenda 3 and 4). Where a
+#: core is left over for the daemon and the apps, a frame per step costs the decode
+#: nothing and only steps shorter than a wake-up chain (a tiny model) are held.
+FRAME_INTERVAL_MS_SPARE_CORES = 3.0
+#: Where the decode threads take every CPU this process may use, each frame's wake-ups
+#: (the daemon's, then the app's) preempt a decode thread, and llama.cpp's other
+#: threads wait for it: on 2 cores, Gemma 3 270M, 2% of the decode rate. About one
+#: screen refresh (33 Hz): no reader sees tokens arriving two at a time.
+FRAME_INTERVAL_MS_SATURATED = 30.0
 
 
 class LlamaCppOptions(BaseModel):
@@ -90,6 +100,12 @@ class LlamaCppOptions(BaseModel):
     #: A runner that makes no decode step for this long while it has work is ended as
     #: hung (one step is one llama_decode call: a prompt chunk or a token for each sequence).
     watchdog_secs: float = Field(default=120.0, gt=0)
+    #: A runner sends a stream's events at most once per this many ms while decode steps
+    #: are shorter (a first token, a Done and an error leave at once; ADR 0035 addendum
+    #: 4); 0 = a frame every step. None = by machine: FRAME_INTERVAL_MS_SATURATED when the
+    #: decode threads take every CPU this process may use, else
+    #: FRAME_INTERVAL_MS_SPARE_CORES. `inferd doctor` shows what was chosen.
+    frame_interval_ms: float | None = Field(default=None, ge=0, le=1000)
 
 
 class LlamaCppSettings(LlamaCppOptions):
@@ -120,6 +136,14 @@ class LlamaCppSettings(LlamaCppOptions):
         if self.n_threads_batch is not None and self.n_threads_batch > 0:
             return self.n_threads_batch
         return self.threads()
+
+    def frame_interval(self) -> float:
+        """The runner's frame interval in ms: the setting, or the machine's default."""
+        if self.frame_interval_ms is not None:
+            return self.frame_interval_ms
+        if self.threads() >= available_cores():
+            return FRAME_INTERVAL_MS_SATURATED
+        return FRAME_INTERVAL_MS_SPARE_CORES
 
 
 def padded_ctx(n_ctx: int) -> int:
