@@ -69,3 +69,32 @@ def test_greedy_reads_logits_rows_through_its_own_binding(tiny_gguf):
         L.llama_batch_free(batch)
         L.llama_free(ctx)
         L.llama_model_free(model)
+
+
+def test_sampled_pieces_are_remembered_and_end_of_generation_is_none(tiny_gguf, monkeypatch):
+    """The scheduler reads a sampled token's text through `PieceReader.sampled`: the
+    piece llama.cpp gives, None for an end-of-generation token, and from the second
+    time on without calling llama.cpp (a vocabulary does not change; issue 18)."""
+    import llama_cpp.llama_cpp as L
+
+    native.init_backend()
+    model = native.load_model(tiny_gguf, 0)
+    try:
+        vocab = L.llama_model_get_vocab(model)
+        reader = native.PieceReader(vocab)
+        token = native.tokenize(vocab, " sea", add_special=False, parse_special=False)[0]
+        eos = L.llama_vocab_eos(vocab)
+        assert L.llama_vocab_is_eog(vocab, eos)
+        piece = reader(token)
+        assert piece and reader.sampled(token) == piece
+        assert reader.sampled(eos) is None
+
+        def refuse(*_a: object) -> None:
+            raise AssertionError("asked llama.cpp again")
+
+        monkeypatch.setattr(L, "llama_token_to_piece", refuse)
+        monkeypatch.setattr(L, "llama_vocab_is_eog", refuse)
+        assert reader.sampled(token) == piece  # remembered
+        assert reader.sampled(eos) is None
+    finally:
+        L.llama_model_free(model)

@@ -171,6 +171,9 @@ def tokenize(vocab: L.llama_vocab_p, text: str, *, add_special: bool, parse_spec
     return arr[:n]
 
 
+_UNSEEN = object()
+
+
 class PieceReader:
     """Token -> bytes with a reusable buffer; one instance per thread."""
 
@@ -178,6 +181,18 @@ class PieceReader:
         self._vocab = vocab
         self._size = 256
         self._buf = ctypes.create_string_buffer(self._size)
+        #: Pieces of the tokens sampled so far, None for end-of-generation ones: a
+        #: vocabulary never changes, and a token is two calls into llama.cpp otherwise
+        #: (no more entries than the vocabulary has tokens).
+        self._sampled: dict[int, bytes | None] = {}
+
+    def sampled(self, token: int) -> bytes | None:
+        """The piece of a sampled token, or None when it ends the generation."""
+        piece = self._sampled.get(token, _UNSEEN)
+        if piece is _UNSEEN:
+            piece = None if L.llama_vocab_is_eog(self._vocab, token) else self(token)
+            self._sampled[token] = piece
+        return piece  # type: ignore[return-value]
 
     def __call__(self, token: int) -> bytes:
         n = L.llama_token_to_piece(self._vocab, token, self._buf, self._size, 0, True)

@@ -37,8 +37,6 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-import llama_cpp.llama_cpp as L
-
 from ...proto.admin import SequenceSlot
 from ..backend import BackendError, BackendInvalidRequest, Unavailable
 from ..events import ContextUsage, Done, FinishReason, PromptProgress, Timings, Usage
@@ -523,11 +521,12 @@ class BatchScheduler(ContextThread[GenerationContext]):
         """Send the text of `seq`'s sampled `token`; True if the sequence finished."""
         job = seq.job
         try:
-            if L.llama_vocab_is_eog(ctx.vocab, token):
+            piece = ctx.piece.sampled(token)
+            if piece is None:
                 self._finish(ctx, seq, FinishReason.END)
                 return True
             seq.completion += 1
-            text, hit = seq.stops.push(seq.utf8.push(ctx.piece(token)))
+            text, hit = seq.stops.push(seq.utf8.push(piece))
             if text:
                 parser = seq.parser
                 emit = job.emit
