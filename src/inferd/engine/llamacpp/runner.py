@@ -79,7 +79,7 @@ class Runner:
         #: While steps end sooner than this after the last frame, a step's events wait
         #: for the next step's and leave with them (ADR 0035 addenda 3 and 4): each frame
         #: wakes the daemon and then the app, and on a CPU the decode threads fill, every
-        #: wake-up preempts one of them. Set from the settings at load.
+        #: wake-up preempts one of them. Set from the settings by load().
         self.hold_s = FRAME_INTERVAL_MS_SPARE_CORES / 1000.0
         self.fault = FaultPlan(None)
 
@@ -119,13 +119,15 @@ class Runner:
         from .backend import LlamaCppBackend
 
         self.direct = _Direct(self)
+        interval = settings.frame_interval()
+        self.hold_s = interval / 1000.0
         if self.fault.applies("load"):
             self.fault.strike()
         self.backend = await asyncio.to_thread(LlamaCppBackend, settings)
         self.backend.observe_sequences(
             lambda slots: self.send({"op": "seq", "slots": [s.model_dump() for s in slots]}))
         caps = self.backend.capabilities().model_dump()
-        caps["frame_interval_ms"] = settings.frame_interval()  # only a runner holds events
+        caps["frame_interval_ms"] = interval  # only a runner holds events
         self.send({"op": "hello", "pid": os.getpid(), "caps": caps, "n_ctx": self.backend.n_ctx,
                    "concurrency": self.backend.concurrency, "label": self.backend.label,
                    "n_embd": self.backend.n_embd})
@@ -205,7 +207,6 @@ class Runner:
         settings = LlamaCppSettings.model_validate(load["settings"])
         if self.model_fd is not None:
             settings = settings.model_copy(update={"model_path": f"/proc/self/fd/{self.model_fd}"})
-        self.hold_s = settings.frame_interval() / 1000.0
         await self.load(settings)
         beat = asyncio.create_task(self.heartbeat())
         try:
