@@ -35,6 +35,7 @@ CAPS_A = {
     "frame_interval_ms": 30.0,
     "n_threads": 8,
     "n_threads_batch": 8,
+    "decode_cpus": [0, 2, 4, 6, 1, 3, 5, 7],
 }
 CAPS_B = {
     "id": "admin",
@@ -193,7 +194,7 @@ def test_doctor_all_ok_exits_0(fake_server, fake_config):
         f"[ ok ] admin: connected at {server.path}; daemon status=ready phase=-",
         "[ ok ] backend: alpha accelerator=cpu gpu_layers=0 v2=true vision=false audio=false"
         " tools=true thinking=true embed=false model=gemma-3-270m n_ctx=4096 parallel=4 threads=8/8 flash_attn=true"
-        " frame_interval=30ms",
+        " cpus=0,2,4,6,1,3,5,7 frame_interval=30ms",
         "[ ok ] device: cpu",
         "[ ok ] backend: beta accelerator=cuda gpu_layers=43 v2=false vision=true audio=false"
         " tools=false thinking=false embed=true",
@@ -294,6 +295,23 @@ def test_serve_refuses_a_flash_attn_that_is_not_on_or_off():
     result = runner.invoke(app, ["serve", "--backend", "llamacpp", "--model-path", "/m.gguf", "--flash-attn", "auto"])
     assert result.exit_code == 2
     assert "must be on or off" in result.output
+
+
+def test_serve_passes_cpu_strict_to_the_engine_and_refuses_other_words(monkeypatch):
+    """`--cpu-strict on|off` (ADR 0035 addendum 5) is the engine's `cpu_strict`; unset = by machine."""
+    import inferd.daemon.server as server_mod
+
+    seen = []
+    monkeypatch.setattr(server_mod, "run", lambda opts: seen.append(opts) or 0)
+    args = ["serve", "--backend", "llamacpp", "--model-path", "/m.gguf"]
+    assert runner.invoke(app, [*args, "--cpu-strict", "off"]).exit_code == 0
+    assert seen[-1].llamacpp["cpu_strict"] is False
+    assert runner.invoke(app, [*args, "--cpu-strict", "on"]).exit_code == 0
+    assert seen[-1].llamacpp["cpu_strict"] is True
+    assert runner.invoke(app, args).exit_code == 0
+    assert "cpu_strict" not in seen[-1].llamacpp
+    result = runner.invoke(app, [*args, "--cpu-strict", "1"])
+    assert result.exit_code == 2 and "--cpu-strict" in result.output
 
 
 def test_serve_passes_the_frame_interval_to_the_engine_and_refuses_one_out_of_range(monkeypatch):

@@ -237,6 +237,30 @@ async def test_a_client_leaving_cancels_across_the_channel(daemon_factory, model
     assert (await roundtrip(d.infer, req("next", "Say hi.", max_tokens=2), timeout=60))[-1]["type"] == "done"
 
 
+async def test_the_loop_steps_off_the_cpu_the_runner_decodes_on_and_back_after(
+        daemon_factory, model_path, monkeypatch):
+    """ADR 0035 addendum 5: with strict placement (as this machine gets by default where the
+    decode threads take every CPU), the runner's decode thread keeps one CPU and the
+    daemon's event loop, which every runner frame wakes, stays off it until the runner is
+    gone; the runner itself still has every CPU for its other threads."""
+    everything = set(os.sched_getaffinity(0))
+    d = await serve(daemon_factory, model_path, monkeypatch, "", cpu_strict=True)
+    backend = d.server.router.entries[0].backend
+    expected = LlamaCppSettings(model_path="x", n_threads=2, cpu_strict=True).decode_cpus()
+    assert backend.capabilities().decode_cpus == expected
+    assert (await roundtrip(d.infer, req("ok", "Say hi.", max_tokens=4), timeout=60))[-1]["type"] == "done"
+    runner = backend.pid
+    masks = [set(os.sched_getaffinity(int(t))) for t in os.listdir(f"/proc/{runner}/task")]
+    assert set(os.sched_getaffinity(runner)) == everything  # widened back (it was started by the loop)
+    if len(everything) > 1:
+        assert {expected[0]} in masks  # the decode thread
+        assert set(os.sched_getaffinity(0)) == everything - {expected[0]}  # this test's loop is the daemon's
+    else:
+        assert set(os.sched_getaffinity(0)) == everything  # one CPU: nowhere to step to
+    assert await d.stop(30) == 0
+    assert set(os.sched_getaffinity(0)) == everything
+
+
 async def test_the_frame_interval_holds_tokens_for_the_next_frame_but_never_the_first(
         daemon_factory, model_path, monkeypatch):
     """ADR 0035 addendum 4: with a frame interval longer than the whole answer, the

@@ -148,6 +148,9 @@ def backend_line(cap: AdminEvent) -> Line:
         detail += f" threads={cap.n_threads}/{cap.n_threads_batch or cap.n_threads}"
     if cap.flash_attn is not None:
         detail += f" flash_attn={_flag(cap.flash_attn)}"
+    if cap.decode_cpus is not None:
+        # Each decode thread on a CPU of its own, or the kernel's placement (cpu_strict).
+        detail += f" cpus={','.join(map(str, cap.decode_cpus)) or 'any'}"
     if cap.frame_interval_ms is not None:
         detail += f" frame_interval={cap.frame_interval_ms:g}ms"
     if cap.amx is not None:

@@ -82,6 +82,10 @@ def serve(
         "--frame-interval-ms", envvar="INFERD_FRAME_INTERVAL_MS", min=0, max=1000,
         help="a runner sends a stream's tokens at most this often while steps are shorter (default: 30 where "
              "the decode threads take every core, else 3; 0 = every step)")] = None,
+    cpu_strict: Annotated[Optional[str], typer.Option(
+        "--cpu-strict", envvar="INFERD_CPU_STRICT", metavar="on|off",
+        help="keep each llama.cpp decode thread on a CPU of its own (default: on where the decode threads "
+             "take every core)")] = None,
     in_process: Annotated[bool, typer.Option("--in-process", envvar="INFERD_IN_PROCESS",
                                              help="run llama.cpp in the daemon's process, not a supervised runner (debugging, benches)")] = False,
 ) -> None:
@@ -99,12 +103,14 @@ def serve(
         raise typer.BadParameter("must be on or off", param_hint="--flash-attn")
     if amx is not None and amx not in ("auto", "on", "off"):
         raise typer.BadParameter("must be auto, on or off", param_hint="--amx")
+    if cpu_strict is not None and cpu_strict not in ("on", "off"):
+        raise typer.BadParameter("must be on or off", param_hint="--cpu-strict")
     # Flags that set a llama.cpp option, by its LlamaCppOptions name (None = not given).
     llamacpp = {
         "n_ctx": n_ctx, "n_gpu_layers": n_gpu_layers, "n_threads": n_threads, "chat_template": chat_template,
         "parallel": parallel, "flash_attn": None if flash_attn is None else flash_attn == "on", "amx": amx,
         "embed": True if llamacpp_embed else None, "runner": False if in_process else None,
-        "frame_interval_ms": frame_interval_ms,
+        "frame_interval_ms": frame_interval_ms, "cpu_strict": None if cpu_strict is None else cpu_strict == "on",
     }
     _setup_logging()
     opts = ServeOptions(

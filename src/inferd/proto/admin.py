@@ -125,6 +125,9 @@ class BackendCapabilities(BaseModel):
     #: not llama.cpp.
     n_threads: int | None = None
     n_threads_batch: int | None = None
+    #: The CPUs llama.cpp's decode threads are kept on, in thread order (cpu_strict, ADR
+    #: 0035 addendum 5); [] where the kernel places them. None when not llama.cpp.
+    decode_cpus: list[int] | None = None
     #: How often at most a llama.cpp runner sends a stream's events while its decode
     #: steps are shorter, in ms (ADR 0035 addendum 4: 30 where the decode threads take
     #: every CPU, else 3). None in process and for other backends.
@@ -322,6 +325,7 @@ class AdminEvent(BaseModel):
     flash_attn: bool | None = None
     n_threads: int | None = None
     n_threads_batch: int | None = None
+    decode_cpus: list[int] | None = None
     frame_interval_ms: float | None = None
     amx: str | None = None
     amx_reason: str | None = None

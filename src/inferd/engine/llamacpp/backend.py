@@ -143,6 +143,8 @@ class LlamaCppBackend(Backend):
         self._gen_state = gen
         #: Whether the generation context runs flash attention (None: llama.cpp did not say).
         self.flash_attn = gen.flash_attn
+        #: The CPUs the decode threads are kept on (cpu_strict); [] = the kernel's choice.
+        self.decode_cpus = gen.cpus
         if settings.embed:
             label = self.label
             self._embed_ctx = self._gen.call(lambda: EmbedContext(model, settings, label))
@@ -212,6 +214,7 @@ class LlamaCppBackend(Backend):
             flash_attn=self.flash_attn,
             n_threads=self.settings.threads(),
             n_threads_batch=self.settings.threads_batch(),
+            decode_cpus=self.decode_cpus,
             amx=self.amx.setting,
             amx_reason=self.amx.reason,
             cpu_features=cpu_features_used(system_features()),

@@ -7,11 +7,13 @@ load/metadata, tokenisation and the accelerator probe. Contexts live in the work
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 import sys
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import llama_cpp.llama_cpp as L
 
@@ -306,3 +308,100 @@ def resolve_gpu_layers(requested: int, n_layer_all: int, kind: str) -> int:
     if requested < 0:
         return n_layer_all + 1
     return min(requested, n_layer_all + 1)
+
+
+# ---- decode threads on CPUs of their own (llama-server's --cpu-strict) ------------------------
+
+_GGML_MAX_N_THREADS = 512  # ggml.h: the length of a threadpool's CPU mask
+
+
+class _ThreadpoolParams(ctypes.Structure):
+    """ggml.h's `struct ggml_threadpool_params`."""
+
+    _fields_ = [
+        ("cpumask", ctypes.c_bool * _GGML_MAX_N_THREADS),
+        ("n_threads", ctypes.c_int),
+        ("prio", ctypes.c_int),
+        ("poll", ctypes.c_uint32),
+        ("strict_cpu", ctypes.c_bool),
+        ("paused", ctypes.c_bool),
+    ]
+
+
+_NEW_POOL = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.POINTER(_ThreadpoolParams))
+_FREE_POOL = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+
+
+@functools.cache
+def _threadpool_api() -> tuple[Any, Any, Any, Any] | None:
+    """(params_init, new, free, attach), found as llama-server finds them: the pool's
+    constructor through the CPU backend's registry, which also serves builds that load
+    their backends at run time. None where this build lacks any of them."""
+    lib = _ggml()
+    if lib is None:
+        return None
+    try:
+        lib.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+        lib.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+        lib.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+        init = lib.ggml_threadpool_params_init
+        init.argtypes = [ctypes.POINTER(_ThreadpoolParams), ctypes.c_int]
+        init.restype = None
+        attach = L._lib.llama_attach_threadpool
+        attach.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
+        attach.restype = None
+    except AttributeError:
+        return None
+    reg = lib.ggml_backend_reg_by_name(b"CPU")
+    if not reg:
+        return None
+    new = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_threadpool_new")
+    free = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_threadpool_free")
+    if not new or not free:
+        return None
+    return init, _NEW_POOL(new), _FREE_POOL(free), attach
+
+
+class StrictThreads:
+    """ggml threadpools that keep a context's decode threads each on one CPU: the thread
+    that calls llama_decode on `cpus[0]`, the i-th OpenMP worker on `cpus[i]` (ggml
+    applies the masks at every graph, as llama-server's `--cpu-strict 1` does). Freed
+    with `close()` after the context they serve (ADR 0035, addendum 5)."""
+
+    def __init__(self, free: Any, pools: list[int]) -> None:
+        self._free = free
+        self._pools = pools
+
+    @classmethod
+    def attach(cls, ctx: L.llama_context_p, cpus: list[int], n_threads: int,
+               n_threads_batch: int) -> "StrictThreads | None":
+        """Pin `ctx`'s decode threads to `cpus`; None (and a debug line) where this build
+        cannot, or there are fewer CPUs than threads: then the kernel places them."""
+        if max(n_threads, n_threads_batch) > len(cpus) or not cpus or max(cpus) >= _GGML_MAX_N_THREADS:
+            return None
+        api = _threadpool_api()
+        if api is None:
+            log.debug("this llama.cpp build has no threadpool API: decode threads are not pinned")
+            return None
+        init, new, free, attach = api
+        pools: list[int] = []
+        for n in dict.fromkeys((n_threads, n_threads_batch)):
+            params = _ThreadpoolParams()
+            init(ctypes.byref(params), n)
+            for cpu in cpus[:n]:
+                params.cpumask[cpu] = True
+            params.strict_cpu = True
+            pool = new(ctypes.byref(params))
+            if not pool:
+                for made in pools:
+                    free(made)
+                return None
+            pools.append(pool)
+        attach(ctx, pools[0], pools[-1])
+        return cls(free, pools)
+
+    def close(self) -> None:
+        pools, self._pools = self._pools, []
+        for pool in pools:
+            self._free(pool)

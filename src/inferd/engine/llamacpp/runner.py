@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from ..events import Done
-from . import runner_wire as wire
+from . import placement, runner_wire as wire
 from .bridge import Failure, StepPost
 from .settings import FRAME_INTERVAL_MS_SPARE_CORES, LlamaCppSettings
 
@@ -119,6 +119,7 @@ class Runner:
         from .backend import LlamaCppBackend
 
         self.direct = _Direct(self)
+        placement.widen(settings.cpus)  # before anything counts this process's CPUs
         interval = settings.frame_interval()
         self.hold_s = interval / 1000.0
         if self.fault.applies("load"):

@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import placement
 from .amx import AmxMode
 
 DEFAULT_N_CTX = 8192
@@ -106,6 +107,13 @@ class LlamaCppOptions(BaseModel):
     #: decode threads take every CPU this process may use, else
     #: FRAME_INTERVAL_MS_SPARE_CORES. `inferd doctor` shows what was chosen.
     frame_interval_ms: float | None = Field(default=None, ge=0, le=1000)
+    #: Keep each decode thread on a CPU of its own, as llama-server's `--cpu-strict 1`:
+    #: the thread that calls llama_decode on the first CPU this process may use, each
+    #: OpenMP worker on the next (one per physical core first). None = by machine: on
+    #: where the decode threads take every CPU this process may use, where each wake-up
+    #: of the daemon or an app would otherwise displace a decode thread and its cache
+    #: (ADR 0035 addendum 5). `inferd doctor` shows the CPUs chosen.
+    cpu_strict: bool | None = None
 
 
 class LlamaCppSettings(LlamaCppOptions):
@@ -117,6 +125,9 @@ class LlamaCppSettings(LlamaCppOptions):
     source_path: str | Path | None = None
     #: Display name reported as `model`; None = GGUF `general.name`, else the file stem.
     label: str | None = None
+    #: The CPUs this engine may use; None = this process's. A daemon gives a runner it
+    #: starts its own, which the runner may not have inherited (placement.py).
+    cpus: list[int] | None = None
     #: Route llama.cpp's own log lines to stderr instead of the debug logger.
     verbose: bool = False
     #: Built directly (tests, benches, embedding code) the engine runs one sequence,
@@ -146,6 +157,17 @@ class LlamaCppSettings(LlamaCppOptions):
         return FRAME_INTERVAL_MS_SPARE_CORES
 
 
+    def decode_cpus(self) -> list[int]:
+        """The CPUs the decode threads are kept on, in thread order; [] = the kernel
+        places them (cpu_strict off, or more threads than CPUs to give them)."""
+        saturated = self.threads() >= available_cores()
+        if not (self.cpu_strict if self.cpu_strict is not None else saturated):
+            return []
+        cpus = cpus_by_core(_allowed_cpus())
+        n = max(self.threads(), self.threads_batch())
+        return cpus[:n] if n <= len(cpus) else []
+
+
 def padded_ctx(n_ctx: int) -> int:
     """The context llama.cpp allocates for `n_ctx`: rounded up to a multiple of 256."""
     return -(-n_ctx // 256) * 256
@@ -163,19 +185,35 @@ def physical_cores(cpus: set[int] | None = None, topology: Path = Path("/sys/dev
     cpus = _allowed_cpus() if cpus is None else cpus
     if not cpus:
         return available_cores()
-    cores: set[str] = set()
-    for cpu in cpus:
+    cores = _cores(cpus, topology)
+    return len(cpus) if cores is None else max(1, len(cores))
+
+
+def cpus_by_core(cpus: set[int], topology: Path = Path("/sys/devices/system/cpu")) -> list[int]:
+    """`cpus` ordered so that each physical core's first CPU comes before any core's
+    second (its SMT sibling): N threads placed on the first N land on N cores where
+    there are that many. Where the topology cannot be read, in number order."""
+    cores = _cores(cpus, topology)
+    if cores is None:
+        return sorted(cpus)
+    rank = [(i, cpu) for group in cores.values() for i, cpu in enumerate(group)]
+    return [cpu for _, cpu in sorted(rank)]
+
+
+def _cores(cpus: set[int], topology: Path) -> dict[str, list[int]] | None:
+    """`cpus` grouped by physical core (their sysfs `thread_siblings_list`), each group
+    in number order; None where the topology cannot be read."""
+    cores: dict[str, list[int]] = {}
+    for cpu in sorted(cpus):
         try:
             siblings = (topology / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text().strip()
         except OSError:
-            return len(cpus)
-        cores.add(siblings)
-    return max(1, len(cores))
+            return None
+        cores.setdefault(siblings, []).append(cpu)
+    return cores
 
 
 def _allowed_cpus() -> set[int]:
-    # The affinity mask is what a container or taskset actually grants us.
-    try:
-        return set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return set()
+    # The affinity mask is what a container or taskset actually grants us (with any CPU
+    # the daemon's loop thread stepped off for a runner's decode thread, placement.py).
+    return placement.cpus()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import llama_cpp.llama_cpp as L
 
-from .native import PieceReader, create_context
+from .native import PieceReader, StrictThreads, create_context
 from .settings import LlamaCppSettings, available_cores, padded_ctx
 
 #: A prefix another slot holds is copied rather than evaluated when it saves at least
@@ -78,6 +78,10 @@ class GenerationContext:
                              + (f" x parallel {n_seq}" if n_seq > 1 else ""))
         self.ctx = ctx
         self._threads = (params.n_threads, params.n_threads_batch)
+        cpus = settings.decode_cpus()
+        self._strict = StrictThreads.attach(ctx, cpus, params.n_threads, params.n_threads_batch) if cpus else None
+        #: The CPUs the decode threads are kept on, in thread order; [] = the kernel's choice.
+        self.cpus = cpus if self._strict is not None else []
         self._shared = False
         self.vocab = L.llama_model_get_vocab(model)
         self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
@@ -112,6 +116,8 @@ class GenerationContext:
             L.llama_batch_free(self.batch)
             L.llama_free(self.ctx)
             self.ctx = None
+            if self._strict is not None:
+                self._strict.close()  # after the context that used them
 
     # ---- KV bookkeeping ------------------------------------------------------------
 

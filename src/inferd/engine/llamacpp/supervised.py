@@ -30,7 +30,7 @@ from ...proto.embed import EmbedResolved
 from ..backend import Backend, BackendError, BackendInvalidRequest, EmbedResult, EngineCrashed, Unavailable
 from ..events import Done, EventStream
 from ..request import GenerationRequest
-from . import runner_wire as wire
+from . import placement, runner_wire as wire
 from .settings import LlamaCppSettings
 from .spawn import start_engine_process
 
@@ -88,6 +88,8 @@ class _Process:
         self.steps = 0
         self.progress_at = time.monotonic()
         self.hung: str | None = None
+        #: The CPU the daemon's loop thread stepped off for this runner's decode thread.
+        self.aside: int | None = None
 
     @classmethod
     async def start(cls, settings: LlamaCppSettings, profile: str = "default") -> "_Process":
@@ -102,6 +104,9 @@ class _Process:
         socket.send_fds(ours, [b"F"], [fd] if fd is not None else [])
         _, channel = await asyncio.get_running_loop().create_connection(wire.FrameChannel, sock=ours)
         process = cls(proc, channel)
+        # The runner inherits this thread's CPUs, which may lack one it stepped off for
+        # another runner: it is given them all (placement.py).
+        settings = settings.model_copy(update={"cpus": sorted(placement.cpus())})
         channel.write(wire.to_runner({"op": "load", "profile": profile, "settings": settings.model_dump(mode="json")}))
         try:
             body = await channel.read()
@@ -118,7 +123,19 @@ class _Process:
             returncode = await process.kill()
             raise RunnerFailed(describe_exit(returncode) + " while loading the model")
         process.hello = message
+        caps = message.get("caps")
+        cpus = caps.get("decode_cpus") if isinstance(caps, dict) else None
+        if isinstance(cpus, list) and cpus and type(cpus[0]) is int and placement.step_aside(cpus[0]):
+            # Frames from the runner wake this loop; not on the CPU its decode thread
+            # keeps, where they would preempt it between two steps (ADR 0035 addendum 5).
+            process.aside = cpus[0]
         return process
+
+    def release(self) -> None:
+        """The runner is gone or going: the loop thread may use its CPU again."""
+        if self.aside is not None:
+            placement.step_back(self.aside)
+            self.aside = None
 
     def send(self, message: dict[str, Any]) -> None:
         self.channel.write(wire.to_runner(message))
@@ -131,18 +148,21 @@ class _Process:
 
     def abandon(self) -> None:
         """Kill the runner and close its channel without waiting (a cancelled caller)."""
+        self.release()
         if self.proc.poll() is None:
             self.proc.kill()
         self.channel.close()
         asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
 
     async def kill(self) -> int | None:
+        self.release()
         if self.proc.poll() is None:
             self.proc.kill()
         self.channel.close()
         return await self.exit_code(30.0)
 
     async def stop(self, timeout: float) -> None:
+        self.release()
         self.send({"op": "stop"})
         if await self.exit_code(max(timeout, 0.1)) is None:
             await self.kill()
@@ -395,6 +415,7 @@ class RunnerBackend(Backend):
             ended = await proc.channel.serve(handle)
         finally:
             watchdog.cancel()
+            proc.release()
         if isinstance(ended, wire.ChannelError):
             log.error("runner %s broke its channel: %s; ending it", proc.proc.pid, ended)
             await proc.kill()
