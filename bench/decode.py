@@ -254,10 +254,12 @@ def main() -> int:
 
     from inferd.engine.llamacpp.settings import LlamaCppSettings
 
-    interval = LlamaCppSettings(model_path=path, n_threads=args.threads).frame_interval()
+    chosen = LlamaCppSettings(model_path=path, n_threads=args.threads)
+    cpus = ",".join(map(str, chosen.decode_cpus())) or "any"
     print(f"model {backend.info['label']}  prompt {len(tokens)} tokens  greedy  max_tokens {args.tokens}  "
           f"threads {args.threads}  rounds {args.rounds}  llama.cpp build: {build}  "
-          f"runner frame interval {interval:g} ms (ADR 0035 addendum 4)")
+          f"runner frame interval {chosen.frame_interval():g} ms (ADR 0035 addendum 4)  "
+          f"decode CPUs {cpus} (addendum 5)")
     print_legs(legs, 12, (f"{'cached':>8}", lambda name: f"{legs[name][-1].cached:8d}"))
     for a, b in (("daemon", "reference"), ("daemon", "backend"), ("daemon", "inproc"), ("backend", "reference"),
                  ("tools", "daemon"),
