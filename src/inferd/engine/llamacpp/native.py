@@ -376,9 +376,9 @@ class StrictThreads:
     @classmethod
     def attach(cls, ctx: L.llama_context_p, cpus: list[int], n_threads: int,
                n_threads_batch: int) -> "StrictThreads | None":
-        """Pin `ctx`'s decode threads to `cpus`; None (and a debug line) where this build
-        cannot, or there are fewer CPUs than threads: then the kernel places them."""
-        if max(n_threads, n_threads_batch) > len(cpus) or not cpus or max(cpus) >= _GGML_MAX_N_THREADS:
+        """Pin `ctx`'s decode threads to `cpus` (one per thread: `decode_cpus()` chose
+        them); None (and a debug line) where this build cannot: the kernel places them."""
+        if max(cpus) >= _GGML_MAX_N_THREADS:
             return None
         api = _threadpool_api()
         if api is None:

@@ -29,9 +29,9 @@ _lock = threading.Lock()
 _aside: Counter[int] = Counter()
 
 
-def _mask(tid: int = 0) -> set[int]:
+def _mask() -> set[int]:
     try:
-        return set(os.sched_getaffinity(tid))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return set()
 
