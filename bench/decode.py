@@ -35,8 +35,10 @@ With `--tools-build`, every leg runs the llama.cpp libraries next to LLAMA_BENCH
 daemon, its runner and the in-process legs load them through llama-cpp-python's
 LLAMA_CPP_LIB_PATH) instead of llama-cpp-python's own build. On a CPU with AMX the
 two differ: pip builds for the native CPU, and the tools must be built without AMX;
-that alone moved daemon/tg by about 1% here (ADR 0035, addendum 3). The header says
-which build the legs ran.
+that alone moved daemon/tg by about 1% here (ADR 0035, addendum 3). What differed was
+the compiler's tuning for the CPU it guessed, not the instruction set: the README's
+install asks for generic tuning (`-mtune=generic`, addendum 6), but pip reuses a
+llama-cpp-python it built before that. The header says which build the legs ran.
 The daemons run their defaults but for `--n-ctx` (default: the daemon's own, 8192 per
 slot) and the threads. The in-process legs run in child processes: two engines
 decoding in one process slow each other (engine_decode.py says why).
@@ -53,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import statistics
@@ -192,7 +195,9 @@ def main() -> int:
     ap.add_argument("--tools-build", action="store_true",
                     help="run every leg on the llama.cpp libraries next to LLAMA_BENCH")
     args = ap.parse_args()
-    build = "llama-cpp-python's own"
+    spec = importlib.util.find_spec("llama_cpp")
+    own = Path(spec.submodule_search_locations[0]) / "lib" if spec and spec.submodule_search_locations else "?"
+    build = f"llama-cpp-python's own ({own})"
     if args.tools_build:
         lib = tools_lib_dir()
         if lib is None:
