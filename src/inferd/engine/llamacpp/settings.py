@@ -148,20 +148,25 @@ class LlamaCppSettings(LlamaCppOptions):
             return self.n_threads_batch
         return self.threads()
 
+    def decodes_on_every_core(self) -> bool:
+        """Whether the decode threads take every CPU this process may use: where they
+        do, each wake-up of the daemon or an app displaces one of them, and both the
+        frame interval and cpu_strict default accordingly (ADR 0035 addenda 4 and 5)."""
+        return self.threads() >= available_cores()
+
     def frame_interval(self) -> float:
         """The runner's frame interval in ms: the setting, or the machine's default."""
         if self.frame_interval_ms is not None:
             return self.frame_interval_ms
-        if self.threads() >= available_cores():
+        if self.decodes_on_every_core():
             return FRAME_INTERVAL_MS_SATURATED
         return FRAME_INTERVAL_MS_SPARE_CORES
-
 
     def decode_cpus(self) -> list[int]:
         """The CPUs the decode threads are kept on, in thread order; [] = the kernel
         places them (cpu_strict off, or more threads than CPUs to give them)."""
-        saturated = self.threads() >= available_cores()
-        if not (self.cpu_strict if self.cpu_strict is not None else saturated):
+        strict = self.cpu_strict if self.cpu_strict is not None else self.decodes_on_every_core()
+        if not strict:
             return []
         cpus = cpus_by_core(_allowed_cpus())
         n = max(self.threads(), self.threads_batch())
